@@ -1,0 +1,210 @@
+//! Types shared by the eBPF programs and the daemon.
+//!
+//! Everything here is `#[repr(C)]` plain data with explicit padding, so the
+//! kernel and user space agree on the layout byte for byte.
+#![no_std]
+
+/// Number of fault slots. A slot indexes the per-CPU statistics and the
+/// shared trigger state; the daemon allocates one per active fault.
+pub const MAX_FAULTS: u32 = 16384;
+
+/// Maximum number of `(attached cgroup, port)` rules in the connect map.
+pub const MAX_CONNECT_RULES: u32 = MAX_FAULTS;
+
+/// Identifies the cgroup an attachment of a cgroup program belongs to.
+///
+/// Lives in cgroup local storage: the kernel keeps one per (cgroup, attach
+/// type) the program is attached to, and the daemon writes the cgroup's id
+/// there right after attaching. A program therefore learns which attachment
+/// it runs for in O(1), whatever the depth of the task's own cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachInfo {
+    pub cgroup_id: u64,
+}
+
+/// Key of the connect rule map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnectKey {
+    /// cgroup2 id (inode number) of the targeted cgroup.
+    pub cgroup_id: u64,
+    /// Destination port in host byte order; 0 matches any port.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+impl ConnectKey {
+    pub const fn new(cgroup_id: u64, port: u16) -> Self {
+        Self {
+            cgroup_id,
+            port,
+            _pad: [0; 6],
+        }
+    }
+}
+
+/// Address families a rule can match.
+pub const FAMILY_ANY: u8 = 0;
+pub const FAMILY_INET: u8 = 4;
+pub const FAMILY_INET6: u8 = 6;
+
+/// A destination prefix. `addr` holds the address in network byte order
+/// (IPv4 in the first word); bits past `prefix_len` are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prefix {
+    pub family: u8,
+    pub prefix_len: u8,
+    pub _pad: [u8; 2],
+    pub addr: [u32; 4],
+}
+
+impl Prefix {
+    /// Prefix matching every address of every family.
+    pub const ANY: Self = Self {
+        family: FAMILY_ANY,
+        prefix_len: 0,
+        _pad: [0; 2],
+        addr: [0; 4],
+    };
+
+    /// Whether an address of `family` (network-order words) lies in the prefix.
+    ///
+    /// Unrolled over the four words so the verifier sees no loop.
+    #[inline(always)]
+    pub fn contains(&self, family: u8, addr: &[u32; 4]) -> bool {
+        if self.family == FAMILY_ANY {
+            return true;
+        }
+        if self.family != family {
+            return false;
+        }
+        let len = self.prefix_len as u32;
+        word_matches(self.addr[0], addr[0], len)
+            && word_matches(self.addr[1], addr[1], len.saturating_sub(32))
+            && word_matches(self.addr[2], addr[2], len.saturating_sub(64))
+            && word_matches(self.addr[3], addr[3], len.saturating_sub(96))
+    }
+}
+
+/// Compares the first `bits` (capped at 32) bits of two network-order words.
+#[inline(always)]
+fn word_matches(prefix: u32, addr: u32, bits: u32) -> bool {
+    if bits == 0 {
+        return true;
+    }
+    let mask = if bits >= 32 {
+        u32::MAX
+    } else {
+        u32::MAX << (32 - bits)
+    };
+    (u32::from_be(prefix) & mask) == (u32::from_be(addr) & mask)
+}
+
+/// When a matching event is turned into an activation. All fields together;
+/// zero means "not set" for each of them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trigger {
+    /// Fire when `bpf_get_prandom_u32() < threshold`; `1 << 32` (or more)
+    /// always fires. Probability p is stored as round(p * 2^32).
+    pub threshold: u64,
+    /// Skip the first `after` matching events.
+    pub after: u64,
+    /// Fire on every n-th matching event counted after `after`.
+    pub every_nth: u64,
+    /// Stop after this many activations (0: no limit).
+    pub max_activations: u64,
+    /// `bpf_ktime_get_ns()` after which the rule never fires (0: no expiry).
+    /// A second guard behind the daemon's own TTL timer.
+    pub expires_at_ns: u64,
+}
+
+impl Trigger {
+    pub const ALWAYS: u64 = 1 << 32;
+
+    /// Whether firing depends on the shared event counter (and so needs
+    /// atomics); plain probabilistic rules avoid the shared cache line.
+    #[inline(always)]
+    pub fn is_counted(&self) -> bool {
+        self.after != 0 || self.every_nth > 1 || self.max_activations != 0
+    }
+}
+
+/// A connect() fault rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectRule {
+    /// Fault slot: index into [`FaultStats`] and [`TriggerState`] maps.
+    pub slot: u32,
+    /// Positive errno returned by connect().
+    pub errno: u32,
+    pub dst: Prefix,
+    pub trigger: Trigger,
+}
+
+/// Shared (not per-CPU) trigger state of one fault slot, updated with
+/// atomic fetch-and-add so `after`, `every_nth` and `max_activations` are
+/// exact across CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TriggerState {
+    /// Matching events seen (only counted when the trigger needs it).
+    pub seen: u64,
+    /// Activations granted against `max_activations`.
+    pub granted: u64,
+}
+
+/// Per-CPU counters of one fault slot, summed by the daemon at scrape time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// Events that matched the fault's target and filter.
+    pub evaluations: u64,
+    /// Faults delivered.
+    pub activations: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain data with explicit padding
+    // and no invalid bit patterns.
+    unsafe impl aya::Pod for super::AttachInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnectKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnectRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TriggerState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FaultStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4]) -> [u32; 4] {
+        [u32::from_ne_bytes(a), 0, 0, 0]
+    }
+
+    #[test]
+    fn prefix_matching() {
+        let p = Prefix {
+            family: FAMILY_INET,
+            prefix_len: 24,
+            _pad: [0; 2],
+            addr: v4([10, 1, 2, 0]),
+        };
+        assert!(p.contains(FAMILY_INET, &v4([10, 1, 2, 77])));
+        assert!(!p.contains(FAMILY_INET, &v4([10, 1, 3, 77])));
+        assert!(!p.contains(FAMILY_INET6, &v4([10, 1, 2, 77])));
+        assert!(Prefix::ANY.contains(FAMILY_INET6, &[1, 2, 3, 4]));
+        let host = Prefix {
+            prefix_len: 32,
+            ..p
+        };
+        assert!(!host.contains(FAMILY_INET, &v4([10, 1, 2, 1])));
+    }
+}

@@ -1,0 +1,94 @@
+//! Decides whether a matching event becomes an activation, and counts both.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use injector_common::Trigger;
+
+use crate::maps::{FAULT_STATS, TRIGGER_STATE};
+
+/// Evaluates `trigger` for one event that matched the fault in `slot`.
+/// Returns whether the fault fires; updates the slot's counters either way.
+/// Expired rules return `false` without counting an evaluation.
+#[inline(always)]
+pub fn evaluate(slot: u32, trigger: &Trigger) -> bool {
+    if trigger.expires_at_ns != 0 {
+        // SAFETY: helper without arguments or side effects.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now >= trigger.expires_at_ns {
+            return false;
+        }
+    }
+    let Some(stats) = FAULT_STATS.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: per-CPU value: nothing else on this CPU runs concurrently with
+    // us (programs run with migration disabled), so plain writes are fine.
+    unsafe { (*stats).evaluations += 1 };
+
+    if !fires(slot, trigger) {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { (*stats).activations += 1 };
+    true
+}
+
+#[inline(always)]
+fn fires(slot: u32, trigger: &Trigger) -> bool {
+    if trigger.is_counted() {
+        let Some(state) = TRIGGER_STATE.get_ptr_mut(slot) else {
+            return false;
+        };
+        // SAFETY: `state` points into an array map value that lives as long as
+        // the map; the kernel aligns values to 8 bytes. Shared across CPUs, so
+        // only atomic operations touch it.
+        let n = unsafe { fetch_inc(&raw mut (*state).seen) };
+        if n < trigger.after {
+            return false;
+        }
+        if trigger.every_nth > 1 && (n - trigger.after + 1) % trigger.every_nth != 0 {
+            return false;
+        }
+        if !chance(trigger.threshold) {
+            return false;
+        }
+        if trigger.max_activations != 0 {
+            // SAFETY: as above.
+            if unsafe { fetch_inc(&raw mut (*state).granted) } >= trigger.max_activations {
+                return false;
+            }
+        }
+        true
+    } else {
+        chance(trigger.threshold)
+    }
+}
+
+#[inline(always)]
+fn chance(threshold: u64) -> bool {
+    if threshold >= Trigger::ALWAYS {
+        return true;
+    }
+    // SAFETY: helper without arguments.
+    let r = unsafe { bpf_get_prandom_u32() };
+    u64::from(r) < threshold
+}
+
+/// Atomically increments `*counter` and returns its previous value
+/// (`BPF_ATOMIC | BPF_FETCH`, ISA v3). `core::sync::atomic` offers no
+/// read-modify-write on the BPF target, hence the intrinsic.
+///
+/// SeqCst, not Relaxed, on purpose: LLVM 23's BPF backend lowers a relaxed
+/// `atomicrmw add` to a plain `lock +=` (no BPF_FETCH) even when the result
+/// is used, which silently returns the addend. SeqCst emits
+/// `atomic_fetch_add`, whose cost on the kernel's JIT is the same `lock xadd`.
+///
+/// # Safety
+///
+/// `counter` must be valid, 8-byte aligned and only accessed atomically.
+#[inline(always)]
+unsafe fn fetch_inc(counter: *mut u64) -> u64 {
+    // SAFETY: guaranteed by the caller.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) }
+}

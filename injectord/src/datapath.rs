@@ -1,0 +1,106 @@
+//! The loaded eBPF object: maps shared by all backends (per-slot statistics
+//! and trigger state), the slot allocator, and the backends themselves.
+
+use std::collections::VecDeque;
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
+};
+use injector_common::{FaultStats, MAX_FAULTS, TriggerState};
+
+use crate::{
+    backend::connect::ConnectBackend,
+    error::{ErrorCode, RpcError},
+};
+
+/// The eBPF object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/injector"));
+
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    stats: PerCpuArray<MapData, FaultStats>,
+    trigger_state: Array<MapData, TriggerState>,
+    /// Free slots, oldest-freed first, so a slot is reused as late as
+    /// possible (a program that looked a rule up just before its removal may
+    /// still count once into the old slot).
+    free: VecDeque<u32>,
+    nr_cpus: usize,
+    pub connect: Result<ConnectBackend, String>,
+}
+
+impl Datapath {
+    pub fn load() -> anyhow::Result<Self> {
+        raise_memlock_limit();
+        let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
+        let stats = PerCpuArray::try_from(ebpf.take_map("FAULT_STATS").context("FAULT_STATS")?)?;
+        let trigger_state =
+            Array::try_from(ebpf.take_map("TRIGGER_STATE").context("TRIGGER_STATE")?)?;
+        let nr_cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?.get() as usize;
+        let connect = ConnectBackend::load(&mut ebpf).map_err(|e| format!("{e:#}"));
+        if let Err(e) = &connect {
+            tracing::warn!(error = %e, "connect backend unavailable");
+        }
+        Ok(Self {
+            ebpf,
+            stats,
+            trigger_state,
+            free: (0..MAX_FAULTS).collect(),
+            nr_cpus,
+            connect,
+        })
+    }
+
+    /// Takes a free slot and zeroes its counters.
+    pub fn alloc_slot(&mut self) -> Result<u32, RpcError> {
+        let slot = self.free.pop_front().ok_or_else(|| {
+            RpcError::new(
+                ErrorCode::Capacity,
+                format!("all {MAX_FAULTS} fault slots are in use; remove faults first"),
+            )
+        })?;
+        let zeroed = PerCpuValues::try_from(vec![FaultStats::default(); self.nr_cpus])
+            .map_err(internal)?;
+        self.stats.set(slot, zeroed, 0).map_err(internal)?;
+        self.trigger_state
+            .set(slot, &TriggerState::default(), 0)
+            .map_err(internal)?;
+        Ok(slot)
+    }
+
+    pub fn free_slot(&mut self, slot: u32) {
+        self.free.push_back(slot);
+    }
+
+    /// Sums a slot's per-CPU counters.
+    pub fn stats(&self, slot: u32) -> FaultStats {
+        self.stats
+            .get(&slot, 0)
+            .map(|per_cpu| {
+                per_cpu.iter().fold(FaultStats::default(), |acc, s| FaultStats {
+                    evaluations: acc.evaluations + s.evaluations,
+                    activations: acc.activations + s.activations,
+                })
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(ErrorCode::Internal, format!("BPF map update failed: {e}"))
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so maps
+/// of MAX_FAULTS entries load there too. Harmless on newer kernels.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer to an initialised struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK");
+    }
+}

@@ -1,0 +1,144 @@
+//! The injectord daemon.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::Write as _,
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use injectord::{
+    capabilities,
+    datapath::Datapath,
+    faults::Faults,
+    metrics,
+    rpc::{self, State},
+    server,
+    target::Cgroups,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "eBPF fault injector daemon (run as root)")]
+struct Args {
+    /// Control socket (JSON-RPC 2.0, one object per line, mode 0600).
+    #[arg(long, env = "INJECTORD_SOCKET", default_value = "/run/injectord/injectord.sock")]
+    socket: PathBuf,
+    /// Prometheus endpoint (GET /metrics).
+    #[arg(long, env = "INJECTORD_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG also works.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("invalid --log filter {:?}", args.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    if let Err(e) = run(args) {
+        tracing::error!("{e:#}");
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("injectord must run as root (it loads eBPF programs and attaches them to cgroups)");
+    }
+    let _lock = single_instance(&args.socket)?;
+    let started = Instant::now();
+    let cgroups = Cgroups::discover()?;
+    let mut datapath = Datapath::load()?;
+    let connect_load = datapath.connect.as_ref().map(|_| ()).map_err(Clone::clone);
+    let capabilities = capabilities::probe(&mut datapath.ebpf, connect_load);
+    tracing::info!(kernel = %capabilities.kernel, "capabilities:\n{capabilities}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = server::bind(&args.socket)?;
+        let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {}", args.metrics_addr))?;
+        let state = Arc::new(State {
+            faults: Mutex::new(Faults::new(datapath, cgroups)),
+            capabilities,
+            started,
+            socket: args.socket.display().to_string(),
+            metrics_addr: metrics_listener.local_addr()?.to_string(),
+        });
+        let registry = Arc::new(metrics::registry(state.clone()));
+        tokio::spawn(server::serve(listener, state.clone()));
+        tokio::spawn(metrics::serve(metrics_listener, registry));
+        tracing::info!(
+            socket = %args.socket.display(),
+            metrics = %state.metrics_addr,
+            startup_ms = started.elapsed().as_millis() as u64,
+            "injectord ready"
+        );
+
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        let removed = rpc::lock(&state).clear();
+        tracing::info!(removed, "all faults removed; exiting");
+        let _ = std::fs::remove_file(&args.socket);
+        anyhow::Ok(())
+    })
+}
+
+/// Holds an exclusive lock next to the socket for the daemon's lifetime, so
+/// a second daemon on the same socket refuses to start (and a stale socket
+/// file from a killed daemon is recognised as stale).
+fn single_instance(socket: &Path) -> anyhow::Result<File> {
+    let lock_path = PathBuf::from(format!("{}.lock", socket.display()));
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+        bail!(
+            "another injectord (pid {}) is already serving {}; stop it first or pass another --socket",
+            holder.trim(),
+            socket.display()
+        );
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
+}
