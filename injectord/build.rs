@@ -47,7 +47,13 @@ fn main() -> anyhow::Result<()> {
         .current_dir(&ebpf_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     // The outer cargo's settings would select the userspace toolchain.
-    for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO"] {
+    for key in [
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+    ] {
         cmd.env_remove(key);
     }
     let output = cmd
@@ -59,7 +65,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if !output.status.success() {
-        bail!("building the eBPF programs failed ({}); is bpf-linker on PATH? `./x` installs it", output.status);
+        bail!(
+            "building the eBPF programs failed ({}); is bpf-linker on PATH? `./x` installs it",
+            output.status
+        );
     }
     let built = target_dir.join(target).join("release/injector");
     std::fs::copy(&built, out_dir.join("injector"))

@@ -54,7 +54,12 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     let (ip, port) = unsafe {
         let sa = &*ctx.sock_addr;
         (
-            [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]],
+            [
+                sa.user_ip6[0],
+                sa.user_ip6[1],
+                sa.user_ip6[2],
+                sa.user_ip6[3],
+            ],
             sa.user_port,
         )
     };
@@ -88,7 +93,10 @@ fn decide(family: u8, addr: &[u32; 4], user_port: u32) -> i32 {
 /// any-port rule if its destination matches.
 #[inline(always)]
 fn matching_rule(cgroup_id: u64, port: u16, family: u8, addr: &[u32; 4]) -> Option<ConnectRule> {
-    for key in [ConnectKey::new(cgroup_id, port), ConnectKey::new(cgroup_id, 0)] {
+    for key in [
+        ConnectKey::new(cgroup_id, port),
+        ConnectKey::new(cgroup_id, 0),
+    ] {
         if let Some(rule) = CONNECT_RULES.get_ptr(&key) {
             // SAFETY: the map is BPF_F_NO_PREALLOC, so the value stays valid
             // and unmodified for this RCU read section; copy it out.

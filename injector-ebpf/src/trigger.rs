@@ -47,7 +47,7 @@ fn fires(slot: u32, trigger: &Trigger) -> bool {
         if n < trigger.after {
             return false;
         }
-        if trigger.every_nth > 1 && (n - trigger.after + 1) % trigger.every_nth != 0 {
+        if trigger.every_nth > 1 && !(n - trigger.after + 1).is_multiple_of(trigger.every_nth) {
             return false;
         }
         if !chance(trigger.threshold) {

@@ -3,6 +3,7 @@
 
 use std::{fmt, process::Command};
 
+use aya::sys::BpfHelper as bpf_func_id;
 use aya::{
     Btf, Ebpf,
     programs::{
@@ -12,7 +13,6 @@ use aya::{
     },
     sys::{is_helper_supported, is_program_supported},
 };
-use aya::sys::BpfHelper as bpf_func_id;
 use serde::Serialize;
 
 use crate::error::chain;
@@ -222,12 +222,7 @@ fn probe_net(ebpf: &mut Ebpf) -> Vec<Capability> {
         .join()
         .unwrap_or_else(|_| Err("network probe thread panicked".into()))
     });
-    outcome.unwrap_or_else(|e| {
-        names
-            .iter()
-            .map(|n| cap(n, Err(e.clone())))
-            .collect()
-    })
+    outcome.unwrap_or_else(|e| names.iter().map(|n| cap(n, Err(e.clone()))).collect())
 }
 
 fn probe_xdp(ebpf: &mut Ebpf) -> Result<String, String> {
@@ -292,4 +287,3 @@ where
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| format!("probe program {name} missing from the eBPF object"))
 }
-

@@ -59,7 +59,10 @@ impl Client {
         let mut resp = self.raw(&req.to_string())?;
         if let Some(err) = resp.get_mut("error") {
             return Err(ErrorResponse {
-                code: err["data"]["code"].as_str().unwrap_or("unknown").to_string(),
+                code: err["data"]["code"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_string(),
                 message: err["message"].as_str().unwrap_or_default().to_string(),
                 data: err["data"].take(),
             }

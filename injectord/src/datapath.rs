@@ -38,7 +38,9 @@ impl Datapath {
         let stats = PerCpuArray::try_from(ebpf.take_map("FAULT_STATS").context("FAULT_STATS")?)?;
         let trigger_state =
             Array::try_from(ebpf.take_map("TRIGGER_STATE").context("TRIGGER_STATE")?)?;
-        let nr_cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?.get() as usize;
+        let nr_cpus = nr_cpus()
+            .map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?
+            .get() as usize;
         let connect = ConnectBackend::load(&mut ebpf).map_err(|e| format!("{e:#}"));
         if let Err(e) = &connect {
             tracing::warn!(error = %e, "connect backend unavailable");
@@ -61,8 +63,8 @@ impl Datapath {
                 format!("all {MAX_FAULTS} fault slots are in use; remove faults first"),
             )
         })?;
-        let zeroed = PerCpuValues::try_from(vec![FaultStats::default(); self.nr_cpus])
-            .map_err(internal)?;
+        let zeroed =
+            PerCpuValues::try_from(vec![FaultStats::default(); self.nr_cpus]).map_err(internal)?;
         self.stats.set(slot, zeroed, 0).map_err(internal)?;
         self.trigger_state
             .set(slot, &TriggerState::default(), 0)
@@ -79,10 +81,12 @@ impl Datapath {
         self.stats
             .get(&slot, 0)
             .map(|per_cpu| {
-                per_cpu.iter().fold(FaultStats::default(), |acc, s| FaultStats {
-                    evaluations: acc.evaluations + s.evaluations,
-                    activations: acc.activations + s.activations,
-                })
+                per_cpu
+                    .iter()
+                    .fold(FaultStats::default(), |acc, s| FaultStats {
+                        evaluations: acc.evaluations + s.evaluations,
+                        activations: acc.activations + s.activations,
+                    })
             })
             .unwrap_or_default()
     }

@@ -73,7 +73,9 @@ impl<'de> Deserialize<'de> for Errno {
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Errno, E> {
                 Errno::from_number(v).ok_or_else(|| {
-                    E::custom(format_args!("errno {v} is out of range: expected 1 to {MAX_ERRNO}"))
+                    E::custom(format_args!(
+                        "errno {v} is out of range: expected 1 to {MAX_ERRNO}"
+                    ))
                 })
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Errno, E> {

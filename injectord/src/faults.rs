@@ -152,7 +152,10 @@ impl Faults {
                         ),
                     ));
                 }
-                let dir = self.cgroups.mount().join(cgroup.path.trim_start_matches('/'));
+                let dir = self
+                    .cgroups
+                    .mount()
+                    .join(cgroup.path.trim_start_matches('/'));
                 let slot = self.datapath.alloc_slot()?;
                 let backend = match &mut self.datapath.connect {
                     Ok(b) => b,
@@ -161,13 +164,20 @@ impl Faults {
                         self.datapath.free_slot(slot);
                         return Err(RpcError::new(
                             ErrorCode::UnsupportedKernel,
-                            format!("connect_error needs cgroup sock_addr programs with bpf_set_retval, which this kernel refused: {why}"),
+                            format!(
+                                "connect_error needs cgroup sock_addr programs with bpf_set_retval, which this kernel refused: {why}"
+                            ),
                         ));
                     }
                 };
-                if let Err(e) =
-                    backend.install(&mut self.datapath.ebpf, &cgroup, &dir, &fault, slot, trigger)
-                {
+                if let Err(e) = backend.install(
+                    &mut self.datapath.ebpf,
+                    &cgroup,
+                    &dir,
+                    &fault,
+                    slot,
+                    trigger,
+                ) {
                     self.datapath.free_slot(slot);
                     return Err(e);
                 }

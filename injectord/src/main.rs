@@ -27,7 +27,11 @@ use tokio::signal::unix::{SignalKind, signal};
 #[command(version, about = "eBPF fault injector daemon (run as root)")]
 struct Args {
     /// Control socket (JSON-RPC 2.0, one object per line, mode 0600).
-    #[arg(long, env = "INJECTORD_SOCKET", default_value = "/run/injectord/injectord.sock")]
+    #[arg(
+        long,
+        env = "INJECTORD_SOCKET",
+        default_value = "/run/injectord/injectord.sock"
+    )]
     socket: PathBuf,
     /// Prometheus endpoint (GET /metrics).
     #[arg(long, env = "INJECTORD_METRICS_ADDR", default_value = "127.0.0.1:9464")]

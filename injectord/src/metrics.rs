@@ -53,8 +53,12 @@ impl Collector for FaultCollector {
                 |c: &crate::faults::FaultCounters| c.activations,
             ),
         ] {
-            let mut family =
-                encoder.encode_descriptor(metric, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            let mut family = encoder.encode_descriptor(
+                metric,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
             for c in &counters {
                 let labels = [("fault", c.name.as_str()), ("type", c.kind)];
                 ConstCounter::new(pick(c)).encode(family.encode_family(&labels)?)?;
@@ -100,7 +104,13 @@ async fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<
     // Read up to the end of the request head.
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
         if len == buf.len() {
-            return write(&mut stream, "431 Request Header Fields Too Large", "text/plain", "").await;
+            return write(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+            )
+            .await;
         }
         let n = tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -137,7 +147,12 @@ async fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<
     }
 }
 
-async fn write(stream: &mut TcpStream, status: &str, ctype: &str, body: &str) -> std::io::Result<()> {
+async fn write(
+    stream: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let mut resp = String::with_capacity(body.len() + 128);
     let _ = write!(
         resp,

@@ -159,7 +159,9 @@ impl<'de> Deserialize<'de> for Port {
             .filter(|p| *p != 0)
             .map(Self)
             .ok_or_else(|| {
-                de::Error::custom(format_args!("invalid value: port {n} is out of range 1 to 65535"))
+                de::Error::custom(format_args!(
+                    "invalid value: port {n} is out of range 1 to 65535"
+                ))
             })
     }
 }
@@ -287,8 +289,7 @@ impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         let ok = (1..=128).contains(&s.len())
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
         if ok {
             Ok(Self(s))
@@ -331,9 +332,7 @@ mod tests {
 
     #[test]
     fn errors_are_classified() {
-        let base = |fault: Value, trigger: Value| {
-            json!({"target": {"pid": 1}, "fault": fault, "trigger": trigger})
-        };
+        let base = |fault: Value, trigger: Value| json!({"target": {"pid": 1}, "fault": fault, "trigger": trigger});
         let code = |v: Value| parse(v).unwrap_err().code;
         let ok_fault = json!({"type": "connect_error", "errno": 111});
         assert_eq!(
@@ -341,11 +340,17 @@ mod tests {
             ErrorCode::UnknownField
         );
         assert_eq!(
-            code(base(json!({"type": "connect_error", "errno": 111, "prot": 1}), json!({}))),
+            code(base(
+                json!({"type": "connect_error", "errno": 111, "prot": 1}),
+                json!({})
+            )),
             ErrorCode::UnknownField
         );
         assert_eq!(
-            code(base(json!({"type": "connect_error", "errno": "EBOGUS"}), json!({}))),
+            code(base(
+                json!({"type": "connect_error", "errno": "EBOGUS"}),
+                json!({})
+            )),
             ErrorCode::UnknownErrno
         );
         assert_eq!(

@@ -1,6 +1,9 @@
 //! The few raw `bpf(2)` calls aya has no typed wrapper for.
 
-use std::{io, os::fd::{AsRawFd as _, BorrowedFd}};
+use std::{
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd},
+};
 
 /// `union bpf_attr` as used by the BPF_MAP_*_ELEM commands.
 #[repr(C)]

@@ -56,7 +56,9 @@ impl Cgroups {
                 (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount(dir)))
             })
             .next()
-            .ok_or_else(|| anyhow::anyhow!("no cgroup2 filesystem is mounted (see /proc/self/mounts)"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("no cgroup2 filesystem is mounted (see /proc/self/mounts)")
+            })?;
         Ok(Self { mount })
     }
 
@@ -201,10 +203,16 @@ fn container_id_of(name: &str) -> Option<&str> {
     if stem.contains("conmon") {
         return None;
     }
-    let id = ["docker-", "cri-containerd-", "crio-", "libpod-", "containerd-"]
-        .iter()
-        .find_map(|p| stem.strip_prefix(p))
-        .unwrap_or(stem);
+    let id = [
+        "docker-",
+        "cri-containerd-",
+        "crio-",
+        "libpod-",
+        "containerd-",
+    ]
+    .iter()
+    .find_map(|p| stem.strip_prefix(p))
+    .unwrap_or(stem);
     (id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(id)
 }
 

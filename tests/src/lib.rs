@@ -74,7 +74,10 @@ impl Daemon {
         daemon.child = Some(child);
         daemon.wait_ready()?;
         let status = daemon.client().call("status", Value::Null)?;
-        daemon.metrics_addr = status["metrics_addr"].as_str().unwrap_or_default().to_string();
+        daemon.metrics_addr = status["metrics_addr"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         Ok(daemon)
     }
 
@@ -84,7 +87,12 @@ impl Daemon {
         Command::new(daemon_binary())
             .arg("--socket")
             .arg(&self.socket)
-            .args(["--metrics-addr", "127.0.0.1:0", "--log", "info,injectord=debug"])
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log",
+                "info,injectord=debug",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -97,7 +105,10 @@ impl Daemon {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                bail!("injectord exited during start-up: {status}\n{}", self.logs());
+                bail!(
+                    "injectord exited during start-up: {status}\n{}",
+                    self.logs()
+                );
             }
             if Client::connect(&self.socket).is_ok() {
                 return Ok(());
@@ -169,7 +180,9 @@ impl Daemon {
         let m = self.metrics();
         let get = |metric: &str| {
             let key = format!("{metric}{{fault=\"{name}\",type=\"{kind}\"}}");
-            m.get(&key).copied().unwrap_or_else(|| panic!("{key} missing from /metrics: {m:?}")) as u64
+            m.get(&key)
+                .copied()
+                .unwrap_or_else(|| panic!("{key} missing from /metrics: {m:?}")) as u64
         };
         (
             get("injectord_fault_evaluations_total"),
@@ -202,10 +215,15 @@ impl Drop for Daemon {
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    let (head, body) = resp.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
     if !head.starts_with("HTTP/1.1 200") {
         bail!("GET {path}: {head}");
     }
@@ -377,7 +395,9 @@ impl Connects {
 }
 
 pub fn helper(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("helpers").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("helpers")
+        .join(name)
 }
 
 /// A connect_error spec on a cgroup.

@@ -63,5 +63,8 @@ fn status_reports_the_daemon() {
     assert!(s["cgroup2_mount"].as_str().unwrap().starts_with('/'));
     let m = d.metrics();
     assert_eq!(m.get("injectord_faults_active"), Some(&0.0));
-    assert!(m.keys().any(|k| k.starts_with("injectord_build_info{")), "{m:?}");
+    assert!(
+        m.keys().any(|k| k.starts_with("injectord_build_info{")),
+        "{m:?}"
+    );
 }

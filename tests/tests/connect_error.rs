@@ -91,8 +91,15 @@ fn probability_lands_within_four_sigma_and_matches_metrics() {
     assert_eq!(hits + r.ok, n, "{:?}", r.errors);
     let sigma = (n as f64 * 0.3 * 0.7).sqrt();
     let dev = (hits as f64 - 0.3 * n as f64).abs();
-    println!("probability 0.3 over {n}: {hits} hits, {:.2} sigma off", dev / sigma);
-    assert!(dev <= 4.0 * sigma, "{hits} of {n} is {:.1} sigma from 30%", dev / sigma);
+    println!(
+        "probability 0.3 over {n}: {hits} hits, {:.2} sigma off",
+        dev / sigma
+    );
+    assert!(
+        dev <= 4.0 * sigma,
+        "{hits} of {n} is {:.1} sigma from 30%",
+        dev / sigma
+    );
     assert_eq!(d.counters("p30", "connect_error"), (n, hits));
 }
 
@@ -105,8 +112,16 @@ fn every_nth_after_and_max_activations_are_exact() {
             json!({"every_nth": 5}),
             "....X....X....X....X....X....X".to_string(),
         ),
-        ("after", json!({"after": 10}), format!("{}{}", ".".repeat(10), "X".repeat(20))),
-        ("max", json!({"max_activations": 7}), format!("{}{}", "X".repeat(7), ".".repeat(23))),
+        (
+            "after",
+            json!({"after": 10}),
+            format!("{}{}", ".".repeat(10), "X".repeat(20)),
+        ),
+        (
+            "max",
+            json!({"max_activations": 7}),
+            format!("{}{}", "X".repeat(7), ".".repeat(23)),
+        ),
         (
             "combined",
             json!({"after": 2, "every_nth": 3, "max_activations": 4}),
@@ -147,8 +162,12 @@ fn pid_target_resolves_to_the_process_cgroup() {
     }));
     let got = d.call("list", json!(null)).unwrap();
     assert_eq!(got["faults"][0]["cgroup"]["path"], format!("/{}", cg.rel));
-    assert_eq!(cg.connects("udp", "127.0.0.1", 9, 1).failed("ECONNRESET"), 1);
+    assert_eq!(
+        cg.connects("udp", "127.0.0.1", 9, 1).failed("ECONNRESET"),
+        1
+    );
     let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }
 
 #[test]

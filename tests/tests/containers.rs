@@ -28,30 +28,26 @@ fn container_ids_resolve_in_every_runtime_layout() {
     let d = Daemon::start();
     let root = TestCgroup::new("runtimes");
     let pod = "pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901";
-    let layouts: Vec<(&str, Box<dyn Fn(&str) -> String>)> = vec![
-        ("docker (systemd driver)", Box::new(|id| format!("system.slice/docker-{id}.scope"))),
-        ("docker (cgroupfs driver)", Box::new(|id| format!("docker/{id}"))),
+    // "ID" stands for the container id.
+    let layouts = [
+        ("docker (systemd driver)", "system.slice/docker-ID.scope".to_string()),
+        ("docker (cgroupfs driver)", "docker/ID".to_string()),
         (
             "containerd under Kubernetes",
-            Box::new(move |id| {
-                format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-{pod}.slice/cri-containerd-{id}.scope")
-            }),
+            format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-{pod}.slice/cri-containerd-ID.scope"),
         ),
         (
             "cri-o under Kubernetes",
-            Box::new(move |id| format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-{pod}.slice/crio-{id}.scope")),
+            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-{pod}.slice/crio-ID.scope"),
         ),
-        (
-            "containerd (cgroupfs driver)",
-            Box::new(move |id| format!("kubepods/besteffort/{pod}/{id}")),
-        ),
-        ("podman", Box::new(|id| format!("machine.slice/libpod-{id}.scope"))),
+        ("containerd (cgroupfs driver)", format!("kubepods/besteffort/{pod}/ID")),
+        ("podman", "machine.slice/libpod-ID.scope".to_string()),
     ];
     for (runtime, layout) in layouts {
         let id = container_id("");
-        let cg = root.child(&layout(&id));
+        let cg = root.child(&layout.replace("ID", &id));
         // A conmon scope next to it must not count as the container.
-        let _conmon = root.child(&layout(&id).replace(&id, &format!("conmon-{id}")));
+        let _conmon = root.child(&layout.replace("ID", &format!("conmon-{id}")));
         let r = d
             .call(
                 "inject",
@@ -95,11 +91,17 @@ fn ambiguous_prefix_lists_the_candidates() {
         .unwrap_err();
     let err = err.downcast_ref::<ErrorResponse>().unwrap();
     assert_eq!(err.code, "ambiguous_target");
-    assert!(err.message.contains(&a) && err.message.contains(&b), "{}", err.message);
+    assert!(
+        err.message.contains(&a) && err.message.contains(&b),
+        "{}",
+        err.message
+    );
     let candidates = err.data["details"]["candidates"].as_array().unwrap();
     assert_eq!(candidates.len(), 2);
     // a longer prefix disambiguates
-    d.inject(json!({"target": {"container": &a[..20]}, "fault": {"type": "connect_error", "errno": 1}}));
+    d.inject(
+        json!({"target": {"container": &a[..20]}, "fault": {"type": "connect_error", "errno": 1}}),
+    );
     // too short a prefix is refused as invalid
     assert_eq!(
         d.error_code(

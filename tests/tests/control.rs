@@ -28,7 +28,9 @@ fn bad_input_gets_specific_errors_and_active_fault_keeps_firing() {
     let ok_fault = json!({"type": "connect_error", "errno": "ECONNREFUSED"});
     let spec = |extra: Value| {
         let mut s = json!({"target": {"cgroup": cg.rel}, "fault": ok_fault});
-        s.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        s.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         s
     };
 
@@ -53,7 +55,12 @@ fn bad_input_gets_specific_errors_and_active_fault_keeps_firing() {
     still_firing();
 
     let cases = [
-        ("unknown method", "frobnicate", json!({}), "method_not_found"),
+        (
+            "unknown method",
+            "frobnicate",
+            json!({}),
+            "method_not_found",
+        ),
         (
             "unknown field",
             "inject",
@@ -114,9 +121,24 @@ fn bad_input_gets_specific_errors_and_active_fault_keeps_firing() {
             json!({"target": {"cgroup": cg.rel}}),
             "invalid_spec",
         ),
-        ("duplicate name", "inject", spec(json!({"name": "steady"})), "name_taken"),
-        ("get of nothing", "get", json!({"name": "nope"}), "not_found"),
-        ("bad selector", "get", json!({"nombre": "x"}), "invalid_params"),
+        (
+            "duplicate name",
+            "inject",
+            spec(json!({"name": "steady"})),
+            "name_taken",
+        ),
+        (
+            "get of nothing",
+            "get",
+            json!({"name": "nope"}),
+            "not_found",
+        ),
+        (
+            "bad selector",
+            "get",
+            json!({"nombre": "x"}),
+            "invalid_params",
+        ),
         (
             "zero duration",
             "inject",

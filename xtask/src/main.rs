@@ -1,1 +1,137 @@
-fn main(){}
+//! Developer and CI tasks. Run through `./x` (which installs the pinned
+//! toolchains and bpf-linker first), e.g. `./x run`, `./x test`, `./x bench`.
+
+mod bench;
+mod deps;
+mod suite;
+mod vm;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "injectord development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build injectord (release) and run it in the foreground with the
+    /// embedded defaults; extra arguments go to the daemon.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what the tests need, then run the whole suite: lints, unit
+    /// tests, end-to-end tests on the host kernel, then inside each VM
+    /// kernel of the matrix; print the backend x kernel table.
+    Test {
+        /// Skip the VM kernel matrix (host kernel only).
+        #[arg(long)]
+        host_only: bool,
+        /// Only these VM kernels (labels, e.g. debian-6.12).
+        #[arg(long)]
+        kernel: Vec<String>,
+    },
+    /// rustfmt and clippy (-D warnings) on every crate, eBPF included.
+    Lint,
+    /// Benchmarks: connect() overhead, control-plane latency, memory.
+    Bench {
+        /// connect() calls per measurement.
+        #[arg(long, default_value_t = 200_000)]
+        iterations: u32,
+        /// inject operations for the control-plane latency.
+        #[arg(long, default_value_t = 1000)]
+        injects: u32,
+    },
+    /// Internal: the process `bench` runs inside a cgroup.
+    #[command(hide = true)]
+    BenchWorker {
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Run { args } => run(&args),
+        Task::Test { host_only, kernel } => suite::run(host_only, &kernel),
+        Task::Lint => lint(),
+        Task::Bench { iterations, injects } => bench::run(iterations, injects),
+        Task::BenchWorker { args } => bench::worker_main(&args),
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+pub fn cache() -> PathBuf {
+    std::env::var_os("INJECTORD_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/injectord")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/injectord"))
+}
+
+/// Runs a command, failing with its command line if it fails.
+pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Builds the daemon in release mode and returns its path.
+pub fn build_daemon() -> anyhow::Result<PathBuf> {
+    sh(cargo().args(["build", "--release", "-p", "injectord", "--bins"]))?;
+    Ok(root().join("target/release/injectord"))
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let bin = build_daemon()?;
+    eprintln!(
+        "[x] starting {} (control socket /run/injectord/injectord.sock, metrics http://127.0.0.1:9464/metrics; Ctrl-C stops it and removes every fault)",
+        bin.display()
+    );
+    use std::os::unix::process::CommandExt as _;
+    let err = Command::new(&bin).args(args).exec();
+    Err(err).with_context(|| format!("exec {}", bin.display()))
+}
+
+fn lint() -> anyhow::Result<()> {
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
+    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let toolchain = std::env::var("INJECTORD_EBPF_TOOLCHAIN")
+        .unwrap_or_else(|_| "nightly-2026-09-01".into());
+    let mut ebpf = Command::new("rustup");
+    ebpf.args(["run", &toolchain, "cargo", "clippy", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["-p", "injector-ebpf", "--", "-D", "warnings"])
+        .current_dir(root().join("injector-ebpf"))
+        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"\x1f-Ctarget-cpu=v3")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC");
+    sh(&mut ebpf)?;
+    eprintln!("[x] lint clean");
+    Ok(())
+}

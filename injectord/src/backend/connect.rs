@@ -151,7 +151,13 @@ impl ConnectBackend {
         for (name, attach_type) in PROGRAMS {
             let result = program(ebpf, name)
                 .attach(dir.as_fd(), LINK_MODE)
-                .map_err(|e| format!("attaching {name} to {}: {}", cgroup.path, crate::error::chain(&e)))
+                .map_err(|e| {
+                    format!(
+                        "attaching {name} to {}: {}",
+                        cgroup.path,
+                        crate::error::chain(&e)
+                    )
+                })
                 .and_then(|link| {
                     links.push(link);
                     let key = StorageKey {
@@ -217,8 +223,10 @@ fn prefix_of(cidr: Cidr) -> Prefix {
             FAMILY_INET
         }
         IpAddr::V6(a) => {
-            for (word, chunk) in addr.iter_mut().zip(a.octets().chunks_exact(4)) {
-                *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            let octets = a.octets();
+            let (chunks, _) = octets.as_chunks::<4>();
+            for (word, chunk) in addr.iter_mut().zip(chunks) {
+                *word = u32::from_ne_bytes(*chunk);
             }
             FAMILY_INET6
         }

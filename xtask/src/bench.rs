@@ -1,0 +1,320 @@
+//! `cargo xtask bench`: what injectord costs the processes it is not aimed
+//! at, how fast a fault switches on, and how much memory the daemon needs.
+//! Figures are ratios against a baseline measured in the same run.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::build_daemon;
+
+/// A cgroup2 directory made for the benchmark, removed on drop.
+struct Cg(PathBuf);
+
+impl Cg {
+    fn new(mount: &Path, rel: &str) -> anyhow::Result<Self> {
+        let p = mount.join(rel);
+        fs::create_dir_all(&p).with_context(|| format!("mkdir {}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for Cg {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    fs::read_to_string("/proc/self/mounts")?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<_> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .context("no cgroup2 mount")
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    conn: Option<(BufReader<UnixStream>, UnixStream)>,
+}
+
+impl Daemon {
+    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let socket = dir.join("bench.sock");
+        let child = Command::new(bin)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--metrics-addr", "127.0.0.1:0", "--log", "warn"])
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            if let Ok(s) = UnixStream::connect(&socket) {
+                break s;
+            }
+            if Instant::now() > deadline {
+                bail!("injectord did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Self {
+            child,
+            socket,
+            conn: Some((BufReader::new(stream.try_clone()?), stream)),
+        })
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let (r, w) = self.conn.as_mut().context("not connected")?;
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        writeln!(w, "{req}")?;
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let mut resp: Value = serde_json::from_str(&line)?;
+        if let Some(e) = resp.get("error") {
+            bail!("{method}: {e}");
+        }
+        Ok(resp["result"].take())
+    }
+
+    fn rss_kib(&self) -> u64 {
+        fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.conn = None;
+        // SAFETY: kill(2) on our child.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.socket);
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Runs `xtask bench-worker ...` (this binary) inside a cgroup.
+fn worker(cg: &Cg, args: &[String]) -> anyhow::Result<Child> {
+    let me = std::env::current_exe()?;
+    Ok(Command::new("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+        .arg(&cg.0)
+        .arg(me)
+        .arg("bench-worker")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()?)
+}
+
+/// ns per connect() to a closed local port, median of `rounds` runs.
+fn connect_cost(cg: &Cg, port: u16, iterations: u32, rounds: usize) -> anyhow::Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        let out = worker(cg, &["connect".into(), port.to_string(), iterations.to_string()])?
+            .wait_with_output()?;
+        if !out.status.success() {
+            bail!("bench worker failed");
+        }
+        samples.push(String::from_utf8_lossy(&out.stdout).trim().parse::<f64>()?);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+fn closed_port() -> anyhow::Result<u16> {
+    // Bind and drop: the kernel will not hand this port out again soon, and
+    // nothing listens on it, so connect() gets a RST (ECONNREFUSED).
+    let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+pub fn run(iterations: u32, injects: u32) -> anyhow::Result<()> {
+    let bin = build_daemon()?;
+    let mount = cgroup2_mount()?;
+    let base = format!("injectord-bench-{}", std::process::id());
+    let _base = Cg::new(&mount, &base)?;
+    let a = Cg::new(&mount, &format!("{base}/a"))?;
+    let dir = std::env::temp_dir().join(&base);
+    fs::create_dir_all(&dir)?;
+    let port = closed_port()?;
+    let rounds = 5;
+    let mut rows: Vec<(String, f64)> = Vec::new();
+
+    eprintln!("[bench] connect() cost, {iterations} calls x {rounds} rounds per row");
+    rows.push(("no daemon".into(), connect_cost(&a, port, iterations, rounds)?));
+
+    let mut d = Daemon::start(&bin, &dir)?;
+    let mut others: Vec<Cg> = Vec::new();
+    let mut faults = 0usize;
+    for target in [1usize, 100, 10_000] {
+        while faults < target {
+            let cg = Cg::new(&mount, &format!("{base}/o{faults}"))?;
+            d.call(
+                "inject",
+                json!({"target": {"cgroup": format!("{base}/o{faults}")},
+                       "fault": {"type": "connect_error", "errno": "ECONNREFUSED", "port": port}}),
+            )?;
+            others.push(cg);
+            faults += 1;
+        }
+        rows.push((
+            format!("{target} faults on other cgroups"),
+            connect_cost(&a, port, iterations, rounds)?,
+        ));
+    }
+    let rss_10k = d.rss_kib();
+    // A fault on A itself for another port: the program runs, looks up, misses.
+    d.call(
+        "inject",
+        json!({"name": "other-port", "target": {"cgroup": format!("{base}/a")},
+               "fault": {"type": "connect_error", "errno": "EPERM", "port": port.wrapping_add(1).max(1)}}),
+    )?;
+    rows.push((
+        "fault on A, other port (program runs, no match)".into(),
+        connect_cost(&a, port, iterations, rounds)?,
+    ));
+    d.call("remove", json!({"name": "other-port"}))?;
+    d.call(
+        "inject",
+        json!({"name": "all", "target": {"cgroup": format!("{base}/a")},
+               "fault": {"type": "connect_error", "errno": "ECONNREFUSED"}}),
+    )?;
+    rows.push((
+        "matching fault refusing every call".into(),
+        connect_cost(&a, port, iterations, rounds)?,
+    ));
+    d.call("clear", json!(null))?;
+
+    let base_ns = rows[0].1;
+    println!("\nconnect() to a closed local port from cgroup A (median of {rounds} x {iterations} calls)");
+    println!("{:<50} {:>10} {:>8}", "scenario", "ns/call", "ratio");
+    for (name, ns) in &rows {
+        println!("{name:<50} {ns:>10.0} {:>8.3}", ns / base_ns);
+    }
+    println!("daemon resident memory with 10,000 faults: {:.1} MiB", rss_10k as f64 / 1024.0);
+
+    // Control-plane latency: inject -> first refused connect seen by a
+    // client looping on connect().
+    let t = Cg::new(&mount, &format!("{base}/latency"))?;
+    let mut watcher = worker(&t, &["watch".into(), port.to_string()])?;
+    let mut lines = BufReader::new(watcher.stdout.take().context("watcher stdout")?);
+    let mut lat = Vec::with_capacity(injects as usize);
+    for _ in 0..injects {
+        let t0 = monotonic_ns();
+        d.call(
+            "inject",
+            json!({"name": "lat", "target": {"cgroup": format!("{base}/latency")},
+                   "fault": {"type": "connect_error", "errno": "ECONNREFUSED", "port": port}}),
+        )?;
+        let t1 = read_transition(&mut lines, "fail")?;
+        lat.push(t1.saturating_sub(t0));
+        d.call("remove", json!({"name": "lat"}))?;
+        read_transition(&mut lines, "ok")?;
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    println!(
+        "\ncontrol plane: inject -> first activation seen by a client, over {injects} injects: p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    drop(d);
+    drop(others);
+    drop(t);
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn read_transition(lines: &mut BufReader<ChildStdout>, want: &str) -> anyhow::Result<u64> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            bail!("watcher exited");
+        }
+        if let Some((kind, ns)) = line.trim().split_once(' ')
+            && kind == want
+        {
+            return Ok(ns.parse()?);
+        }
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = Timespec::default();
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { clock_gettime(1, &mut ts) }; // CLOCK_MONOTONIC
+    ts.sec as u64 * 1_000_000_000 + ts.nsec as u64
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+
+unsafe extern "C" {
+    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+}
+
+/// The processes the benchmark runs inside cgroups.
+pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
+    match args {
+        [cmd, port, n] if cmd == "connect" => {
+            let port: u16 = port.parse()?;
+            let n: u32 = n.parse()?;
+            let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+            // warm up
+            for _ in 0..1000 {
+                let _ = std::net::TcpStream::connect(addr);
+            }
+            let t = Instant::now();
+            for _ in 0..n {
+                let _ = std::net::TcpStream::connect(addr);
+            }
+            println!("{}", t.elapsed().as_nanos() as f64 / f64::from(n));
+            Ok(())
+        }
+        [cmd, port] if cmd == "watch" => {
+            let port: u16 = port.parse()?;
+            let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+            let mut failing = false;
+            let mut out = std::io::stdout().lock();
+            loop {
+                let sock = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+                let now_failing = sock.connect(addr).is_err();
+                if now_failing != failing {
+                    failing = now_failing;
+                    writeln!(out, "{} {}", if failing { "fail" } else { "ok" }, monotonic_ns())?;
+                    out.flush()?;
+                }
+            }
+        }
+        _ => bail!("usage: bench-worker connect PORT N | watch PORT"),
+    }
+}

@@ -1,0 +1,249 @@
+//! `cargo xtask test`: the whole suite on the host kernel, then inside each
+//! VM kernel, with one compile of every test binary.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::{build_daemon, cargo, deps, root, vm};
+
+/// Outcome of one test binary run.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
+    deps::ensure_test_tools()?;
+    crate::lint()?;
+    let daemon = build_daemon()?;
+    let tests = build_tests()?;
+    let matrix_dir = root().join("target/matrix");
+    let _ = fs::remove_dir_all(&matrix_dir);
+    fs::create_dir_all(&matrix_dir)?;
+
+    let mut results: Vec<(String, Tally, bool)> = Vec::new();
+    let host_label = format!("host-{}", kernel_release());
+    eprintln!("\n[x] ===== {host_label}: running the suite on the host kernel =====");
+    let (tally, ok) = run_here(&host_label, &daemon, &tests, &matrix_dir)?;
+    results.push((host_label, tally, ok));
+
+    if !host_only {
+        let cache = crate::cache();
+        let tools = vm::ensure_tools(&cache)?;
+        for spec in vm::matrix() {
+            if !only.is_empty() && !only.iter().any(|k| k == spec.label) {
+                continue;
+            }
+            let kernel = vm::ensure_kernel(&cache, &spec)?;
+            eprintln!(
+                "\n[x] ===== {}: running the suite inside {} under QEMU =====",
+                kernel.label, kernel.release
+            );
+            let (tally, ok) = run_in_vm(&tools, &kernel, &daemon, &tests, &matrix_dir)?;
+            results.push((kernel.label.clone(), tally, ok));
+        }
+    }
+
+    print_matrix(&matrix_dir)?;
+    println!("\nkernel               passed  failed");
+    let mut total = Tally::default();
+    for (label, t, ok) in &results {
+        println!(
+            "{label:<20} {:>6}  {:>6}{}",
+            t.passed,
+            t.failed,
+            if *ok { "" } else { "  (a test binary failed)" }
+        );
+        total.passed += t.passed;
+        total.failed += t.failed;
+    }
+    let all_ok = results.iter().all(|r| r.2);
+    println!("\nsuite: {} passed, {} failed", total.passed, total.failed);
+    if !all_ok || total.failed > 0 {
+        bail!("the suite failed");
+    }
+    Ok(())
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Builds every test binary (unit and end-to-end) once, in release mode,
+/// and returns their paths.
+fn build_tests() -> anyhow::Result<Vec<PathBuf>> {
+    let out = cargo()
+        .args(["test", "--release", "--no-run", "--message-format=json"])
+        .args(["-p", "injector-common", "-p", "injectord", "-p", "injectord-tests"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the tests failed");
+    }
+    let mut exes = Vec::new();
+    for line in out.stdout.split(|b| *b == b'\n') {
+        let Ok(msg) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact"
+            && msg["profile"]["test"] == true
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            exes.push(PathBuf::from(exe));
+        }
+    }
+    if exes.is_empty() {
+        bail!("no test binaries were built");
+    }
+    Ok(exes)
+}
+
+fn test_env(label: &str, daemon: &Path, matrix_dir: &Path) -> Vec<(String, String)> {
+    vec![
+        ("INJECTORD_BIN".into(), daemon.display().to_string()),
+        ("INJECTORD_MATRIX_DIR".into(), matrix_dir.display().to_string()),
+        ("INJECTORD_KERNEL_LABEL".into(), label.to_string()),
+        ("RUST_BACKTRACE".into(), "1".into()),
+    ]
+}
+
+fn run_here(
+    label: &str,
+    daemon: &Path,
+    tests: &[PathBuf],
+    matrix_dir: &Path,
+) -> anyhow::Result<(Tally, bool)> {
+    let mut tally = Tally::default();
+    let mut ok = true;
+    for exe in tests {
+        let mut child = Command::new(exe)
+            .envs(test_env(label, daemon, matrix_dir))
+            .current_dir(root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("running {}", exe.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut out = std::io::stdout().lock();
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            add_result_line(&mut tally, &line);
+            let _ = writeln!(out, "{line}");
+        }
+        drop(out);
+        ok &= child.wait()?.success();
+    }
+    Ok((tally, ok))
+}
+
+fn run_in_vm(
+    tools: &vm::VmTools,
+    kernel: &vm::Kernel,
+    daemon: &Path,
+    tests: &[PathBuf],
+    matrix_dir: &Path,
+) -> anyhow::Result<(Tally, bool)> {
+    let log = matrix_dir.join(format!("{}.log", kernel.label));
+    let mut script = String::from("set -o pipefail; fail=0; ");
+    for (k, v) in test_env(&kernel.label, daemon, matrix_dir) {
+        script.push_str(&format!("export {k}='{v}'; "));
+    }
+    script.push_str(&format!("cd '{}'; ", root().display()));
+    for exe in tests {
+        script.push_str(&format!(
+            "'{}' 2>&1 | tee -a '{}' || fail=1; ",
+            exe.display(),
+            log.display()
+        ));
+    }
+    script.push_str("exit $fail");
+    let command = format!("bash -c \"{}\"", script.replace('"', "\\\""));
+    let status = vm::run_in_vm(tools, kernel, &command, &[matrix_dir])?;
+    let mut tally = Tally::default();
+    for line in fs::read_to_string(&log).unwrap_or_default().lines() {
+        add_result_line(&mut tally, line);
+    }
+    if tally.passed + tally.failed == 0 {
+        eprintln!("[x] {}: no test results came back from the VM", kernel.label);
+        return Ok((tally, false));
+    }
+    Ok((tally, status.success()))
+}
+
+/// Adds a libtest summary line ("test result: ok. 7 passed; 0 failed; ...").
+fn add_result_line(t: &mut Tally, line: &str) {
+    let Some(rest) = line.strip_prefix("test result: ") else {
+        return;
+    };
+    let num = |word: &str| {
+        rest.split(';')
+            .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    t.passed += num("passed");
+    t.failed += num("failed");
+}
+
+/// Prints backend x kernel from the rows the capabilities test wrote.
+fn print_matrix(dir: &Path) -> anyhow::Result<()> {
+    let mut kernels: Vec<(String, Value)> = Vec::new();
+    for e in fs::read_dir(dir)?.flatten() {
+        if e.path().extension().is_some_and(|x| x == "json") {
+            let row: Value = serde_json::from_str(&fs::read_to_string(e.path())?)?;
+            kernels.push((row["label"].as_str().unwrap_or("?").to_string(), row["capabilities"].clone()));
+        }
+    }
+    kernels.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut backends: BTreeMap<usize, String> = BTreeMap::new();
+    for (_, caps) in &kernels {
+        for (i, c) in caps["backends"].as_array().into_iter().flatten().enumerate() {
+            backends.entry(i).or_insert_with(|| c["name"].as_str().unwrap_or("?").to_string());
+        }
+    }
+    println!("\nbackend x kernel (capability probes of the real daemon):");
+    print!("{:<20}", "backend");
+    for (label, caps) in &kernels {
+        let col = format!("{label} ({})", caps["kernel"].as_str().unwrap_or("?"));
+        print!(" {col:<34}");
+    }
+    println!();
+    for name in backends.values() {
+        print!("{name:<20}");
+        for (_, caps) in &kernels {
+            let c = caps["backends"]
+                .as_array()
+                .and_then(|b| b.iter().find(|c| c["name"] == name.as_str()));
+            let cell = match c {
+                Some(c) if c["available"] == true => "yes".to_string(),
+                Some(_) => "no".to_string(),
+                None => "-".to_string(),
+            };
+            print!(" {cell:<34}");
+        }
+        println!();
+    }
+    for (label, caps) in &kernels {
+        for c in caps["backends"].as_array().into_iter().flatten() {
+            if c["available"] != true {
+                println!(
+                    "  {label}: {} unavailable: {}",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["detail"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
