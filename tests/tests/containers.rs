@@ -30,17 +30,27 @@ fn container_ids_resolve_in_every_runtime_layout() {
     let pod = "pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901";
     // "ID" stands for the container id.
     let layouts = [
-        ("docker (systemd driver)", "system.slice/docker-ID.scope".to_string()),
+        (
+            "docker (systemd driver)",
+            "system.slice/docker-ID.scope".to_string(),
+        ),
         ("docker (cgroupfs driver)", "docker/ID".to_string()),
         (
             "containerd under Kubernetes",
-            format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-{pod}.slice/cri-containerd-ID.scope"),
+            format!(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-{pod}.slice/cri-containerd-ID.scope"
+            ),
         ),
         (
             "cri-o under Kubernetes",
-            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-{pod}.slice/crio-ID.scope"),
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-{pod}.slice/crio-ID.scope"
+            ),
         ),
-        ("containerd (cgroupfs driver)", format!("kubepods/besteffort/{pod}/ID")),
+        (
+            "containerd (cgroupfs driver)",
+            format!("kubepods/besteffort/{pod}/ID"),
+        ),
         ("podman", "machine.slice/libpod-ID.scope".to_string()),
     ];
     for (runtime, layout) in layouts {

@@ -131,8 +131,11 @@ fn worker(cg: &Cg, args: &[String]) -> anyhow::Result<Child> {
 fn connect_cost(cg: &Cg, port: u16, iterations: u32, rounds: usize) -> anyhow::Result<f64> {
     let mut samples = Vec::new();
     for _ in 0..rounds {
-        let out = worker(cg, &["connect".into(), port.to_string(), iterations.to_string()])?
-            .wait_with_output()?;
+        let out = worker(
+            cg,
+            &["connect".into(), port.to_string(), iterations.to_string()],
+        )?
+        .wait_with_output()?;
         if !out.status.success() {
             bail!("bench worker failed");
         }
@@ -162,7 +165,10 @@ pub fn run(iterations: u32, injects: u32) -> anyhow::Result<()> {
     let mut rows: Vec<(String, f64)> = Vec::new();
 
     eprintln!("[bench] connect() cost, {iterations} calls x {rounds} rounds per row");
-    rows.push(("no daemon".into(), connect_cost(&a, port, iterations, rounds)?));
+    rows.push((
+        "no daemon".into(),
+        connect_cost(&a, port, iterations, rounds)?,
+    ));
 
     let mut d = Daemon::start(&bin, &dir)?;
     let mut others: Vec<Cg> = Vec::new();
@@ -207,12 +213,17 @@ pub fn run(iterations: u32, injects: u32) -> anyhow::Result<()> {
     d.call("clear", json!(null))?;
 
     let base_ns = rows[0].1;
-    println!("\nconnect() to a closed local port from cgroup A (median of {rounds} x {iterations} calls)");
+    println!(
+        "\nconnect() to a closed local port from cgroup A (median of {rounds} x {iterations} calls)"
+    );
     println!("{:<50} {:>10} {:>8}", "scenario", "ns/call", "ratio");
     for (name, ns) in &rows {
         println!("{name:<50} {ns:>10.0} {:>8.3}", ns / base_ns);
     }
-    println!("daemon resident memory with 10,000 faults: {:.1} MiB", rss_10k as f64 / 1024.0);
+    println!(
+        "daemon resident memory with 10,000 faults: {:.1} MiB",
+        rss_10k as f64 / 1024.0
+    );
 
     // Control-plane latency: inject -> first refused connect seen by a
     // client looping on connect().
@@ -310,7 +321,12 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
                 let now_failing = sock.connect(addr).is_err();
                 if now_failing != failing {
                     failing = now_failing;
-                    writeln!(out, "{} {}", if failing { "fail" } else { "ok" }, monotonic_ns())?;
+                    writeln!(
+                        out,
+                        "{} {}",
+                        if failing { "fail" } else { "ok" },
+                        monotonic_ns()
+                    )?;
                     out.flush()?;
                 }
             }

@@ -40,8 +40,7 @@ pub fn ensure(tools: &[(&str, &str)], extra: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("[x] apt-get install {}", missing.join(" "));
-    sh(Command::new("apt-get").arg("update").arg("-q"))
-        .context("apt-get update")?;
+    sh(Command::new("apt-get").arg("update").arg("-q")).context("apt-get update")?;
     sh(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)

@@ -3,8 +3,8 @@
 
 mod bench;
 mod deps;
+mod matrix;
 mod suite;
-mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -64,7 +64,10 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run(&args),
         Task::Test { host_only, kernel } => suite::run(host_only, &kernel),
         Task::Lint => lint(),
-        Task::Bench { iterations, injects } => bench::run(iterations, injects),
+        Task::Bench {
+            iterations,
+            injects,
+        } => bench::run(iterations, injects),
         Task::BenchWorker { args } => bench::worker_main(&args),
     }
 }
@@ -85,9 +88,7 @@ pub fn cache() -> PathBuf {
 
 /// Runs a command, failing with its command line if it fails.
 pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -119,15 +120,25 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 
 fn lint() -> anyhow::Result<()> {
     sh(cargo().args(["fmt", "--all", "--check"]))?;
-    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    let toolchain = std::env::var("INJECTORD_EBPF_TOOLCHAIN")
-        .unwrap_or_else(|_| "nightly-2026-09-01".into());
+    sh(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let toolchain =
+        std::env::var("INJECTORD_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly-2026-09-01".into());
     let mut ebpf = Command::new("rustup");
     ebpf.args(["run", &toolchain, "cargo", "clippy", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["-p", "injector-ebpf", "--", "-D", "warnings"])
         .current_dir(root().join("injector-ebpf"))
-        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"\x1f-Ctarget-cpu=v3")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Ctarget-cpu=v3",
+        )
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO")
         .env_remove("RUSTC");

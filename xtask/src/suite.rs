@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{build_daemon, cargo, deps, root, vm};
+use crate::{build_daemon, cargo, deps, matrix, root};
 
 /// Outcome of one test binary run.
 #[derive(Default, Clone, Copy)]
@@ -38,12 +38,12 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
 
     if !host_only {
         let cache = crate::cache();
-        let tools = vm::ensure_tools(&cache)?;
-        for spec in vm::matrix() {
+        let tools = matrix::ensure_tools(&cache)?;
+        for spec in matrix::matrix() {
             if !only.is_empty() && !only.iter().any(|k| k == spec.label) {
                 continue;
             }
-            let kernel = vm::ensure_kernel(&cache, &spec)?;
+            let kernel = matrix::ensure_kernel(&cache, &spec)?;
             eprintln!(
                 "\n[x] ===== {}: running the suite inside {} under QEMU =====",
                 kernel.label, kernel.release
@@ -85,7 +85,14 @@ fn kernel_release() -> String {
 fn build_tests() -> anyhow::Result<Vec<PathBuf>> {
     let out = cargo()
         .args(["test", "--release", "--no-run", "--message-format=json"])
-        .args(["-p", "injector-common", "-p", "injectord", "-p", "injectord-tests"])
+        .args([
+            "-p",
+            "injector-common",
+            "-p",
+            "injectord",
+            "-p",
+            "injectord-tests",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .context("cargo test --no-run")?;
@@ -113,7 +120,10 @@ fn build_tests() -> anyhow::Result<Vec<PathBuf>> {
 fn test_env(label: &str, daemon: &Path, matrix_dir: &Path) -> Vec<(String, String)> {
     vec![
         ("INJECTORD_BIN".into(), daemon.display().to_string()),
-        ("INJECTORD_MATRIX_DIR".into(), matrix_dir.display().to_string()),
+        (
+            "INJECTORD_MATRIX_DIR".into(),
+            matrix_dir.display().to_string(),
+        ),
         ("INJECTORD_KERNEL_LABEL".into(), label.to_string()),
         ("RUST_BACKTRACE".into(), "1".into()),
     ]
@@ -149,8 +159,8 @@ fn run_here(
 }
 
 fn run_in_vm(
-    tools: &vm::VmTools,
-    kernel: &vm::Kernel,
+    tools: &matrix::VmTools,
+    kernel: &matrix::Kernel,
     daemon: &Path,
     tests: &[PathBuf],
     matrix_dir: &Path,
@@ -170,13 +180,16 @@ fn run_in_vm(
     }
     script.push_str("exit $fail");
     let command = format!("bash -c \"{}\"", script.replace('"', "\\\""));
-    let status = vm::run_in_vm(tools, kernel, &command, &[matrix_dir])?;
+    let status = matrix::run_in_vm(tools, kernel, &command, &[matrix_dir])?;
     let mut tally = Tally::default();
     for line in fs::read_to_string(&log).unwrap_or_default().lines() {
         add_result_line(&mut tally, line);
     }
     if tally.passed + tally.failed == 0 {
-        eprintln!("[x] {}: no test results came back from the VM", kernel.label);
+        eprintln!(
+            "[x] {}: no test results came back from the VM",
+            kernel.label
+        );
         return Ok((tally, false));
     }
     Ok((tally, status.success()))
@@ -189,7 +202,15 @@ fn add_result_line(t: &mut Tally, line: &str) {
     };
     let num = |word: &str| {
         rest.split(';')
-            .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+            .find_map(|part| {
+                part.trim()
+                    .strip_suffix(word)?
+                    .trim()
+                    .rsplit(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
             .unwrap_or(0)
     };
     t.passed += num("passed");
@@ -202,14 +223,24 @@ fn print_matrix(dir: &Path) -> anyhow::Result<()> {
     for e in fs::read_dir(dir)?.flatten() {
         if e.path().extension().is_some_and(|x| x == "json") {
             let row: Value = serde_json::from_str(&fs::read_to_string(e.path())?)?;
-            kernels.push((row["label"].as_str().unwrap_or("?").to_string(), row["capabilities"].clone()));
+            kernels.push((
+                row["label"].as_str().unwrap_or("?").to_string(),
+                row["capabilities"].clone(),
+            ));
         }
     }
     kernels.sort_by(|a, b| a.0.cmp(&b.0));
     let mut backends: BTreeMap<usize, String> = BTreeMap::new();
     for (_, caps) in &kernels {
-        for (i, c) in caps["backends"].as_array().into_iter().flatten().enumerate() {
-            backends.entry(i).or_insert_with(|| c["name"].as_str().unwrap_or("?").to_string());
+        for (i, c) in caps["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            backends
+                .entry(i)
+                .or_insert_with(|| c["name"].as_str().unwrap_or("?").to_string());
         }
     }
     println!("\nbackend x kernel (capability probes of the real daemon):");

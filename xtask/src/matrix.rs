@@ -1,0 +1,206 @@
+//! The VM half of the kernel matrix: Debian's 6.1 and 6.12 cloud kernels
+//! booted under QEMU (TCG; KVM is unusable on these machines) with the
+//! host's root filesystem over virtiofs (virtme-ng), so the test binaries
+//! run unchanged. Everything is cached under the cache directory.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{deps, sh};
+
+pub struct VmTools {
+    vng: PathBuf,
+    virtiofsd_bin: PathBuf,
+}
+
+pub struct KernelSpec {
+    pub label: &'static str,
+    /// `apt-cache search --names-only` pattern; the newest match wins.
+    pattern: &'static str,
+}
+
+pub struct Kernel {
+    pub label: String,
+    pub release: String,
+    pub vmlinuz: PathBuf,
+}
+
+pub fn matrix() -> Vec<KernelSpec> {
+    vec![
+        KernelSpec {
+            label: "debian-6.1",
+            pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
+        },
+        KernelSpec {
+            label: "debian-6.12",
+            pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
+        },
+    ]
+}
+
+pub fn ensure_tools(cache: &Path) -> anyhow::Result<VmTools> {
+    deps::ensure(
+        &[
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("depmod", "kmod"),
+        ],
+        &["libseccomp-dev", "libcap-ng-dev", "python3-venv", "udev"],
+    )?;
+    let venv = cache.join("venv-vng");
+    let vng = venv.join("bin/vng");
+    if !vng.exists() {
+        eprintln!("[x] installing virtme-ng (PyPI) into {}", venv.display());
+        sh(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        sh(Command::new(venv.join("bin/pip")).args(["install", "-q", "virtme-ng"]))?;
+    }
+    // udev: without udevd in the (shared) root filesystem the guest gets no
+    // /dev/virtio-ports links, and vng loses the command's output and exit
+    // status. Debian's virtiofsd (shipped with its qemu) is too old for vng.
+    let root = cache.join("virtiofsd");
+    let virtiofsd_bin = root.join("bin");
+    if !virtiofsd_bin.join("virtiofsd").exists() {
+        eprintln!("[x] building virtiofsd (crates.io) into {}", root.display());
+        let mut c = crate::cargo();
+        c.args(["install", "virtiofsd", "--locked", "--root"])
+            .arg(&root);
+        sh(&mut c)?;
+    }
+    Ok(VmTools { vng, virtiofsd_bin })
+}
+
+fn newest_package(pattern: &str) -> anyhow::Result<Option<String>> {
+    let out = Command::new("apt-cache")
+        .args(["search", "--names-only", pattern])
+        .output()
+        .context("apt-cache search")?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(" - ").next())
+        .map(str::to_string)
+        .collect();
+    names.sort_by_key(|n| version_key(n));
+    Ok(names.pop())
+}
+
+/// Numbers in a package name, for a version-aware sort.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+pub fn ensure_kernel(cache: &Path, spec: &KernelSpec) -> anyhow::Result<Kernel> {
+    let dir = cache.join("kernels");
+    fs::create_dir_all(&dir)?;
+    let marker = dir.join(format!("{}.package", spec.label));
+    let package = match fs::read_to_string(&marker) {
+        Ok(p) if dir.join(p.trim()).join("boot").exists() => p.trim().to_string(),
+        _ => {
+            let package = match newest_package(spec.pattern)? {
+                Some(p) => p,
+                None => {
+                    sh(Command::new("apt-get").args(["update", "-q"]))?;
+                    newest_package(spec.pattern)?.with_context(|| {
+                        format!(
+                            "no Debian package matches {} for {}",
+                            spec.pattern, spec.label
+                        )
+                    })?
+                }
+            };
+            eprintln!("[x] downloading {package}");
+            sh(Command::new("apt-get")
+                .args(["download", "-q", &package])
+                .current_dir(&dir))?;
+            let deb = fs::read_dir(&dir)?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with(&format!("{package}_")) && n.ends_with(".deb")
+                    })
+                })
+                .with_context(|| format!("apt-get download left no .deb for {package}"))?;
+            sh(Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(dir.join(&package)))?;
+            let _ = fs::remove_file(&deb);
+            fs::write(&marker, &package)?;
+            package
+        }
+    };
+    let tree = dir.join(&package);
+    let release = fs::read_dir(tree.join("lib/modules"))?
+        .flatten()
+        .next()
+        .and_then(|e| e.file_name().into_string().ok())
+        .with_context(|| format!("{package} has no lib/modules"))?;
+    let vmlinuz = tree.join("boot").join(format!("vmlinuz-{release}"));
+    if !vmlinuz.exists() {
+        bail!("{} missing", vmlinuz.display());
+    }
+    // vng loads the guest's modules from the (shared) host /lib/modules.
+    let modules = Path::new("/lib/modules").join(&release);
+    if !modules.join("modules.dep").exists() {
+        fs::create_dir_all("/lib/modules")?;
+        sh(Command::new("cp")
+            .arg("-a")
+            .arg(tree.join("lib/modules").join(&release))
+            .arg("/lib/modules/"))?;
+        sh(Command::new("depmod").arg(&release))?;
+    }
+    Ok(Kernel {
+        label: spec.label.to_string(),
+        release,
+        vmlinuz,
+    })
+}
+
+/// Boots the kernel and runs `command` (through the guest's shell) as
+/// root; the guest sees the host's filesystem read-only except `rw_dirs`.
+pub fn run_in_vm(
+    tools: &VmTools,
+    kernel: &Kernel,
+    command: &str,
+    rw_dirs: &[&Path],
+) -> anyhow::Result<ExitStatus> {
+    // vng runs virtme-run from its venv and virtiofsd from PATH.
+    let venv_bin = tools.vng.parent().unwrap_or(Path::new("/"));
+    let path = format!(
+        "{}:{}:{}",
+        venv_bin.display(),
+        tools.virtiofsd_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new(&tools.vng);
+    cmd.arg("--run").arg(&kernel.vmlinuz).args([
+        "--disable-kvm",
+        "--disable-microvm",
+        "--cpus",
+        "2",
+        "--memory",
+        "2G",
+    ]);
+    for d in rw_dirs {
+        cmd.arg("--rwdir").arg(d);
+    }
+    cmd.arg("--exec")
+        .arg(format!("{}{command}", guest_preamble()))
+        .env("PATH", path)
+        .current_dir(crate::root());
+    cmd.status().with_context(|| format!("running {cmd:?}"))
+}
+
+/// Runs first in every guest: what the tests expect of a host.
+pub fn guest_preamble() -> &'static str {
+    "ip link set lo up 2>/dev/null; \
+     grep -q ' cgroup2 ' /proc/mounts || { mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup; }; \
+     grep -q ' tracefs ' /proc/mounts || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null; \
+     "
+}
