@@ -123,6 +123,8 @@ fn lint() -> anyhow::Result<()> {
     sh(cargo().args([
         "clippy",
         "--workspace",
+        "--exclude",
+        "injector-ebpf",
         "--all-targets",
         "--",
         "-D",

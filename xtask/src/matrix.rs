@@ -6,7 +6,8 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, ExitStatus},
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -193,8 +194,51 @@ pub fn run_in_vm(
     cmd.arg("--exec")
         .arg(format!("{}{command}", guest_preamble()))
         .env("PATH", path)
-        .current_dir(crate::root());
-    cmd.status().with_context(|| format!("running {cmd:?}"))
+        .current_dir(crate::root())
+        .stdin(Stdio::null())
+        // QEMU opens the guest's script output ports on /proc/self/fd/1 and
+        // 2 with O_TRUNC: a log file as our stdout would be truncated. Pipes
+        // are relayed instead.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
+    let relays = [
+        relay(child.stdout.take(), std::io::stdout),
+        relay(child.stderr.take(), std::io::stderr),
+    ];
+    let deadline = Instant::now() + VM_TIME_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "[x] {}: no exit after {VM_TIME_LIMIT:?}; killing the VM",
+                kernel.label
+            );
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for r in relays.into_iter().flatten() {
+        let _ = r.join();
+    }
+    Ok(status)
+}
+
+/// Upper bound for one kernel's whole suite under TCG.
+const VM_TIME_LIMIT: Duration = Duration::from_secs(25 * 60);
+
+fn relay<R, W>(from: Option<R>, to: fn() -> W) -> Option<std::thread::JoinHandle<()>>
+where
+    R: std::io::Read + Send + 'static,
+    W: std::io::Write,
+{
+    let mut from = from?;
+    Some(std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to());
+    }))
 }
 
 /// Runs first in every guest: what the tests expect of a host.

@@ -166,20 +166,25 @@ fn run_in_vm(
     matrix_dir: &Path,
 ) -> anyhow::Result<(Tally, bool)> {
     let log = matrix_dir.join(format!("{}.log", kernel.label));
-    let mut script = String::from("set -o pipefail; fail=0; ");
+    let _ = fs::remove_file(&log);
+    // The guest runs a script file: no second layer of shell quoting. Each
+    // binary has a time limit so a hang cannot eat the CI budget.
+    let mut script = String::from("set -o pipefail\nfail=0\n");
     for (k, v) in test_env(&kernel.label, daemon, matrix_dir) {
-        script.push_str(&format!("export {k}='{v}'; "));
+        script.push_str(&format!("export {k}='{v}'\n"));
     }
-    script.push_str(&format!("cd '{}'; ", root().display()));
+    script.push_str(&format!("cd '{}'\n", root().display()));
     for exe in tests {
         script.push_str(&format!(
-            "'{}' 2>&1 | tee -a '{}' || fail=1; ",
+            "timeout 900 '{}' 2>&1 | tee -a '{}' || fail=1\n",
             exe.display(),
             log.display()
         ));
     }
-    script.push_str("exit $fail");
-    let command = format!("bash -c \"{}\"", script.replace('"', "\\\""));
+    script.push_str("exit $fail\n");
+    let script_path = matrix_dir.join(format!("run-{}.sh", kernel.label));
+    fs::write(&script_path, script)?;
+    let command = format!("bash '{}'", script_path.display());
     let status = matrix::run_in_vm(tools, kernel, &command, &[matrix_dir])?;
     let mut tally = Tally::default();
     for line in fs::read_to_string(&log).unwrap_or_default().lines() {
