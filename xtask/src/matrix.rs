@@ -233,7 +233,7 @@ const VM_TIME_LIMIT: Duration = Duration::from_secs(25 * 60);
 fn relay<R, W>(from: Option<R>, to: fn() -> W) -> Option<std::thread::JoinHandle<()>>
 where
     R: std::io::Read + Send + 'static,
-    W: std::io::Write,
+    W: std::io::Write + 'static,
 {
     let mut from = from?;
     Some(std::thread::spawn(move || {
