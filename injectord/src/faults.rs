@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
 use injector_common::{ConnectKey, Trigger};
@@ -50,7 +50,7 @@ pub struct Faults {
     datapath: Datapath,
     cgroups: Cgroups,
     by_id: BTreeMap<FaultId, ActiveFault>,
-    by_name: HashMap<Name, FaultId>,
+    by_name: HashMap<String, FaultId>,
     connect_keys: HashMap<ConnectKey, FaultId>,
     next_id: FaultId,
 }
@@ -94,7 +94,7 @@ impl Faults {
     /// Installs a fault; returns its id and, when it has a TTL, its deadline.
     pub fn inject(&mut self, spec: FaultSpec) -> Result<(&ActiveFault, Option<Instant>), RpcError> {
         if let Some(name) = &spec.name
-            && self.by_name.contains_key(name)
+            && self.by_name.contains_key(name.as_str())
         {
             return Err(RpcError::new(
                 ErrorCode::NameTaken,
@@ -109,7 +109,7 @@ impl Faults {
             .name
             .clone()
             .unwrap_or_else(|| Name::generated(spec.fault.kind(), id));
-        if self.by_name.contains_key(&name) {
+        if self.by_name.contains_key(name.as_str()) {
             return Err(RpcError::new(
                 ErrorCode::NameTaken,
                 format!("a fault named {name:?} exists already"),
@@ -187,7 +187,7 @@ impl Faults {
         };
 
         self.next_id += 1;
-        self.by_name.insert(name.clone(), id);
+        self.by_name.insert(name.to_string(), id);
         tracing::info!(id, name = %name, target = %spec.target, cgroup = %cgroup.path, kind = spec.fault.kind(), "fault injected");
         let fault = ActiveFault {
             id,
@@ -206,11 +206,7 @@ impl Faults {
     pub fn find(&self, sel: &Selector) -> Result<&ActiveFault, RpcError> {
         let id = match sel {
             Selector::Id(id) => Some(*id),
-            Selector::Name(n) => self
-                .by_name
-                .iter()
-                .find(|(k, _)| k.as_str() == n)
-                .map(|(_, id)| *id),
+            Selector::Name(n) => self.by_name.get(n).copied(),
         };
         id.and_then(|id| self.by_id.get(&id)).ok_or_else(|| {
             RpcError::new(
@@ -222,7 +218,7 @@ impl Faults {
 
     pub fn remove(&mut self, id: FaultId) -> Option<ActiveFault> {
         let fault = self.by_id.remove(&id)?;
-        self.by_name.remove(&fault.name);
+        self.by_name.remove(fault.name.as_str());
         match fault.installed {
             Installed::Connect(key) => {
                 self.connect_keys.remove(&key);
@@ -295,9 +291,4 @@ impl Faults {
     pub fn list(&self) -> Vec<Value> {
         self.by_id.values().map(|f| self.view(f)).collect()
     }
-}
-
-/// A TTL remaining, for logs.
-pub fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
 }

@@ -90,8 +90,8 @@ fn dispatch(state: &Shared, req: Value) -> Result<Value, RpcError> {
         "remove" => {
             let sel = selector(params)?;
             let mut faults = lock(state);
-            let id = faults.find(&sel)?.id;
-            let view = faults.find(&sel).map(|f| faults.view(f))?;
+            let f = faults.find(&sel)?;
+            let (id, view) = (f.id, faults.view(f));
             faults.remove(id);
             Ok(json!({ "removed": view }))
         }

@@ -14,6 +14,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{deps, sh};
 
+const VIRTME_NG_VERSION: &str = "1.42";
+const VIRTIOFSD_VERSION: &str = "1.14.0";
+
 pub struct VmTools {
     vng: PathBuf,
     virtiofsd_bin: PathBuf,
@@ -50,19 +53,33 @@ pub fn ensure_tools(cache: &Path) -> anyhow::Result<VmTools> {
             ("qemu-system-x86_64", "qemu-system-x86"),
             ("depmod", "kmod"),
         ],
-        &["libseccomp-dev", "libcap-ng-dev", "python3-venv", "udev"],
+        &[
+            "libseccomp-dev",
+            "libcap-ng-dev",
+            "python3-venv",
+            "udev",
+            "busybox-static",
+        ],
     )?;
-    let venv = cache.join("venv-vng");
+    let venv = cache.join(format!("virtme-ng-{VIRTME_NG_VERSION}"));
     let vng = venv.join("bin/vng");
     if !vng.exists() {
         eprintln!("[x] installing virtme-ng (PyPI) into {}", venv.display());
-        sh(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        sh(Command::new(venv.join("bin/pip")).args(["install", "-q", "virtme-ng"]))?;
+        sh(Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv))?;
+        sh(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "-q",
+            &format!("virtme-ng=={VIRTME_NG_VERSION}"),
+        ]))?;
     }
+    // busybox-static: the Debian kernels build virtio and virtiofs as
+    // modules, so vng must make an initramfs, which needs a static busybox.
     // udev: without udevd in the (shared) root filesystem the guest gets no
     // /dev/virtio-ports links, and vng loses the command's output and exit
     // status. Debian's virtiofsd (shipped with its qemu) is too old for vng.
-    let root = cache.join("virtiofsd");
+    let root = cache.join(format!("virtiofsd-{VIRTIOFSD_VERSION}"));
     let virtiofsd_bin = root.join("bin");
     if !virtiofsd_bin.join("virtiofsd").exists() {
         eprintln!("[x] building virtiofsd (crates.io) into {}", root.display());
