@@ -34,6 +34,7 @@ pub struct Datapath {
 impl Datapath {
     pub fn load() -> anyhow::Result<Self> {
         raise_memlock_limit();
+        raise_open_files_limit();
         let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
         let stats = PerCpuArray::try_from(ebpf.take_map("FAULT_STATS").context("FAULT_STATS")?)?;
         let trigger_state =
@@ -107,4 +108,38 @@ fn raise_memlock_limit() {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK");
     }
+}
+
+/// Each targeted cgroup holds two bpf_link fds; 10,000 targets need more
+/// than the usual limits (1024 soft, often 20,000 hard). As root we may
+/// raise both, up to the kernel's `fs.nr_open`.
+fn raise_open_files_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    let want = libc::rlimit {
+        rlim_cur: nr_open,
+        rlim_max: nr_open,
+    };
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid pointers to initialised structs.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+            return;
+        }
+        // Without CAP_SYS_RESOURCE (e.g. in a container): the hard limit.
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) == 0 {
+            hard.rlim_cur = hard.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &hard);
+        }
+    }
+    tracing::warn!(
+        limit = hard.rlim_max,
+        "could not raise RLIMIT_NOFILE to {nr_open}: at most about {} cgroups can be targeted",
+        hard.rlim_max / 2
+    );
 }

@@ -179,7 +179,14 @@ impl ConnectBackend {
                 for (link, (name, _)) in links.into_iter().zip(PROGRAMS) {
                     let _ = program(ebpf, name).detach(link);
                 }
-                return Err(RpcError::new(ErrorCode::Internal, msg));
+                // Each attachment is a bpf_link fd: EMFILE means the daemon's
+                // open-file limit, not a bug.
+                let code = if msg.contains("os error 24") {
+                    ErrorCode::Capacity
+                } else {
+                    ErrorCode::Internal
+                };
+                return Err(RpcError::new(code, msg));
             }
         }
         self.attachments
