@@ -1,0 +1,303 @@
+//! injectctl: the command-line client of injectord's control socket.
+
+use std::{io::Read as _, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use injectord::client::{Client, ErrorResponse};
+use serde_json::{Map, Value, json};
+
+#[derive(Parser)]
+#[command(version, about = "Control injectord: inject, list and remove faults")]
+struct Cli {
+    /// injectord's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "INJECTORD_SOCKET",
+        default_value = "/run/injectord/injectord.sock"
+    )]
+    socket: PathBuf,
+    /// Print the daemon's JSON result instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inject a fault, from a JSON spec (-f FILE, - for stdin) or from flags.
+    Inject(Box<InjectArgs>),
+    /// List active faults with their counters.
+    List,
+    /// Show one fault (by id or name).
+    Get { fault: String },
+    /// Remove one fault (by id or name).
+    Remove { fault: String },
+    /// Remove every fault.
+    Clear,
+    /// What this kernel supports, per backend.
+    Capabilities,
+    /// Daemon status.
+    Status,
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    /// JSON spec file ("-" reads stdin); the flags below are ignored then.
+    #[arg(short, long, conflicts_with_all = ["cgroup", "pid", "container"])]
+    file: Option<PathBuf>,
+    /// Unique fault name (generated when absent).
+    #[arg(long)]
+    name: Option<String>,
+    /// Target cgroup (path absolute or relative to the cgroup2 mount).
+    #[arg(long, group = "target")]
+    cgroup: Option<String>,
+    /// Target the cgroup of this process.
+    #[arg(long, group = "target")]
+    pid: Option<u32>,
+    /// Target a container by id or unique prefix (12+ hex digits).
+    #[arg(long, group = "target")]
+    container: Option<String>,
+    /// Fault type.
+    #[arg(long = "type", default_value = "connect_error")]
+    kind: String,
+    /// errno to return: a name (ECONNREFUSED) or a number.
+    #[arg(long)]
+    errno: Option<String>,
+    /// Only destinations in this CIDR (IPv4 or IPv6).
+    #[arg(long)]
+    address: Option<String>,
+    /// Only this destination port.
+    #[arg(long)]
+    port: Option<u64>,
+    /// Fire with this probability (0 to 1).
+    #[arg(long)]
+    probability: Option<f64>,
+    /// Fire on every n-th matching event.
+    #[arg(long)]
+    every_nth: Option<u64>,
+    /// Skip the first n matching events.
+    #[arg(long)]
+    after: Option<u64>,
+    /// Stop after n activations.
+    #[arg(long)]
+    max_activations: Option<u64>,
+    /// Time to live, e.g. 500ms, 30s, 5m.
+    #[arg(long)]
+    duration: Option<String>,
+    /// Allow targets containing PID 1, injectord or the whole host.
+    #[arg(long)]
+    force: bool,
+}
+
+impl InjectArgs {
+    /// The spec as the daemon takes it. No validation here: the daemon
+    /// parses the spec and answers with a specific error.
+    fn spec(&self) -> anyhow::Result<Value> {
+        if let Some(file) = &self.file {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            return serde_json::from_str(&text).context("the spec file is not valid JSON");
+        }
+        let target = match (&self.cgroup, self.pid, &self.container) {
+            (Some(c), _, _) => json!({"cgroup": c}),
+            (_, Some(p), _) => json!({"pid": p}),
+            (_, _, Some(c)) => json!({"container": c}),
+            _ => anyhow::bail!("give a target: --cgroup, --pid or --container (or -f FILE)"),
+        };
+        let mut fault = Map::new();
+        fault.insert("type".into(), json!(self.kind.replace('-', "_")));
+        if let Some(e) = &self.errno {
+            // A number is sent as a number, anything else as a name.
+            let v = e.parse::<i64>().map_or_else(|_| json!(e), |n| json!(n));
+            fault.insert("errno".into(), v);
+        }
+        insert(
+            &mut fault,
+            "address",
+            self.address.as_ref().map(|a| json!(a)),
+        );
+        insert(&mut fault, "port", self.port.map(|p| json!(p)));
+        let mut trigger = Map::new();
+        insert(
+            &mut trigger,
+            "probability",
+            self.probability.map(|p| json!(p)),
+        );
+        insert(&mut trigger, "every_nth", self.every_nth.map(|n| json!(n)));
+        insert(&mut trigger, "after", self.after.map(|n| json!(n)));
+        insert(
+            &mut trigger,
+            "max_activations",
+            self.max_activations.map(|n| json!(n)),
+        );
+        let mut spec = Map::new();
+        insert(&mut spec, "name", self.name.as_ref().map(|n| json!(n)));
+        spec.insert("target".into(), target);
+        spec.insert("fault".into(), Value::Object(fault));
+        if !trigger.is_empty() {
+            spec.insert("trigger".into(), Value::Object(trigger));
+        }
+        insert(
+            &mut spec,
+            "duration",
+            self.duration.as_ref().map(|d| json!(d)),
+        );
+        if self.force {
+            spec.insert("force".into(), json!(true));
+        }
+        Ok(Value::Object(spec))
+    }
+}
+
+fn insert(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+    if let Some(v) = value {
+        map.insert(key.into(), v);
+    }
+}
+
+/// `{"id": N}` for an all-digits argument, else `{"name": ...}`.
+fn selector(s: &str) -> Value {
+    match s.parse::<u64>() {
+        Ok(id) => json!({"id": id}),
+        Err(_) => json!({"name": s}),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<ErrorResponse>() {
+            Some(resp) => {
+                eprintln!("error: {}: {}", resp.code, resp.message);
+                if let Some(field) = resp.data.get("field").and_then(Value::as_str) {
+                    eprintln!("  field: {field}");
+                }
+                if let Some(details) = resp.data.get("details") {
+                    eprintln!("  details: {details}");
+                }
+                ExitCode::from(2)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let mut client = Client::connect(&cli.socket)?;
+    let (method, params) = match &cli.command {
+        Command::Inject(args) => ("inject", args.spec()?),
+        Command::List => ("list", Value::Null),
+        Command::Get { fault } => ("get", selector(fault)),
+        Command::Remove { fault } => ("remove", selector(fault)),
+        Command::Clear => ("clear", Value::Null),
+        Command::Capabilities => ("capabilities", Value::Null),
+        Command::Status => ("status", Value::Null),
+    };
+    let result = client.call(method, params)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    match &cli.command {
+        Command::Inject(_) => println!(
+            "injected fault {} ({})",
+            result["id"],
+            text(&result["name"])
+        ),
+        Command::List => print_faults(result["faults"].as_array().map_or(&[], Vec::as_slice)),
+        Command::Get { .. } => print_fault(&result),
+        Command::Remove { .. } => {
+            println!("removed:");
+            print_fault(&result["removed"]);
+        }
+        Command::Clear => println!("removed {} fault(s)", result["removed"]),
+        Command::Capabilities => {
+            println!("kernel {}", text(&result["kernel"]));
+            println!("{:<20} {:<9} DETAIL", "BACKEND", "AVAILABLE");
+            for c in result["backends"].as_array().into_iter().flatten() {
+                let yes = if c["available"] == true { "yes" } else { "no" };
+                println!("{:<20} {yes:<9} {}", text(&c["name"]), text(&c["detail"]));
+            }
+        }
+        Command::Status => {
+            for (k, v) in result.as_object().into_iter().flatten() {
+                println!("{k:<16} {}", text(v));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A JSON value for people: strings without quotes.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn target(f: &Value) -> String {
+    f["spec"]["target"]
+        .as_object()
+        .and_then(|t| t.iter().next())
+        .map_or_else(|| "-".into(), |(k, v)| format!("{k}:{}", text(v)))
+}
+
+fn expires(f: &Value) -> String {
+    f["expires_in_ms"].as_u64().map_or_else(
+        || "never".into(),
+        |ms| format!("{:.1}s", ms as f64 / 1000.0),
+    )
+}
+
+fn print_faults(faults: &[Value]) {
+    println!(
+        "{:<6} {:<24} {:<14} {:<32} {:<9} {:>12} {:>12} {:>8}",
+        "ID", "NAME", "TYPE", "TARGET", "STATE", "EVALUATIONS", "ACTIVATIONS", "EXPIRES"
+    );
+    for f in faults {
+        println!(
+            "{:<6} {:<24} {:<14} {:<32} {:<9} {:>12} {:>12} {:>8}",
+            text(&f["id"]),
+            text(&f["name"]),
+            text(&f["type"]),
+            target(f),
+            text(&f["state"]),
+            text(&f["evaluations"]),
+            text(&f["activations"]),
+            expires(f)
+        );
+    }
+}
+
+fn print_fault(f: &Value) {
+    for (label, value) in [
+        ("id", text(&f["id"])),
+        ("name", text(&f["name"])),
+        ("type", text(&f["type"])),
+        ("state", text(&f["state"])),
+        ("target", target(f)),
+        ("cgroup", text(&f["cgroup"]["path"])),
+        ("evaluations", text(&f["evaluations"])),
+        ("activations", text(&f["activations"])),
+        ("expires", expires(f)),
+        ("fault", f["spec"]["fault"].to_string()),
+        ("trigger", text(&f["spec"]["trigger"])),
+    ] {
+        println!("{label:<12} {value}");
+    }
+}
