@@ -186,3 +186,37 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_strings_match_the_wire_format() {
+        use ErrorCode::*;
+        for code in [
+            ParseError,
+            InvalidRequest,
+            MethodNotFound,
+            InvalidParams,
+            InvalidSpec,
+            UnknownField,
+            UnknownFaultType,
+            UnknownErrno,
+            InvalidValue,
+            TargetNotFound,
+            ContainerNotFound,
+            AmbiguousTarget,
+            ForbiddenTarget,
+            UnsupportedKernel,
+            NotFound,
+            NameTaken,
+            Conflict,
+            Capacity,
+            PermissionDenied,
+            Internal,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
+    }
+}

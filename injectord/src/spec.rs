@@ -367,6 +367,26 @@ mod tests {
     }
 
     #[test]
+    fn the_faultspec_library_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../faultspecs");
+        let mut seen = 0;
+        for area in std::fs::read_dir(&dir).unwrap().flatten() {
+            if !area.path().is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(area.path()).unwrap().flatten() {
+                let text = std::fs::read_to_string(file.path()).unwrap();
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if let Err(e) = parse(v) {
+                    panic!("{}: {e}", file.path().display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 5, "only {seen} specs found in {}", dir.display());
+    }
+
+    #[test]
     fn probability_threshold() {
         assert_eq!(Probability(1.0).threshold(), 1 << 32);
         assert_eq!(Probability(0.0).threshold(), 0);
