@@ -22,12 +22,6 @@ struct FaultCollector {
     state: Shared,
 }
 
-impl std::fmt::Debug for crate::rpc::State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State").finish_non_exhaustive()
-    }
-}
-
 impl Collector for FaultCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (active, counters) = {

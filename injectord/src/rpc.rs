@@ -26,6 +26,15 @@ pub struct State {
 
 pub type Shared = Arc<State>;
 
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("socket", &self.socket)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Handles one line; returns the response line, or `None` for a
 /// notification (a request without an id).
 pub fn handle_line(state: &Shared, line: &str) -> Option<String> {
