@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// Stable error codes. Never rename one; add new ones instead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumIter,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorCode {
     /// The line is not valid JSON.
     ParseError,
@@ -51,28 +54,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ParseError => "parse_error",
-            Self::InvalidRequest => "invalid_request",
-            Self::MethodNotFound => "method_not_found",
-            Self::InvalidParams => "invalid_params",
-            Self::InvalidSpec => "invalid_spec",
-            Self::UnknownField => "unknown_field",
-            Self::UnknownFaultType => "unknown_fault_type",
-            Self::UnknownErrno => "unknown_errno",
-            Self::InvalidValue => "invalid_value",
-            Self::TargetNotFound => "target_not_found",
-            Self::ContainerNotFound => "container_not_found",
-            Self::AmbiguousTarget => "ambiguous_target",
-            Self::ForbiddenTarget => "forbidden_target",
-            Self::UnsupportedKernel => "unsupported_kernel",
-            Self::NotFound => "not_found",
-            Self::NameTaken => "name_taken",
-            Self::Conflict => "conflict",
-            Self::Capacity => "capacity",
-            Self::PermissionDenied => "permission_denied",
-            Self::Internal => "internal",
-        }
+        self.into()
     }
 
     /// The JSON-RPC 2.0 numeric code: the standard ones where they apply,
@@ -193,29 +175,8 @@ mod tests {
 
     #[test]
     fn code_strings_match_the_wire_format() {
-        use ErrorCode::*;
-        for code in [
-            ParseError,
-            InvalidRequest,
-            MethodNotFound,
-            InvalidParams,
-            InvalidSpec,
-            UnknownField,
-            UnknownFaultType,
-            UnknownErrno,
-            InvalidValue,
-            TargetNotFound,
-            ContainerNotFound,
-            AmbiguousTarget,
-            ForbiddenTarget,
-            UnsupportedKernel,
-            NotFound,
-            NameTaken,
-            Conflict,
-            Capacity,
-            PermissionDenied,
-            Internal,
-        ] {
+        use strum::IntoEnumIterator as _;
+        for code in ErrorCode::iter() {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
         }
     }
