@@ -102,15 +102,10 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.conn = None;
         // SAFETY: kill(2) on our child.
-        unsafe { libc_kill(self.child.id() as i32, 15) };
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
         let _ = fs::remove_file(&self.socket);
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// Runs `xtask bench-worker ...` (this binary) inside a cgroup.
@@ -300,21 +295,13 @@ fn read_transition(lines: &mut BufReader<ChildStdout>, want: &str) -> anyhow::Re
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = Timespec::default();
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the struct we pass.
-    unsafe { clock_gettime(1, &mut ts) }; // CLOCK_MONOTONIC
-    ts.sec as u64 * 1_000_000_000 + ts.nsec as u64
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-
-unsafe extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The processes the benchmark runs inside cgroups.
