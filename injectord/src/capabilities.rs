@@ -1,7 +1,7 @@
 //! What this kernel can do, found by trying (as aya's feature probes do),
 //! never by reading the kernel version. Probed once at start-up.
 
-use std::{fmt, process::Command};
+use std::process::Command;
 
 use aya::sys::BpfHelper as bpf_func_id;
 use aya::{
@@ -30,27 +30,6 @@ pub struct Capability {
 pub struct Capabilities {
     pub kernel: String,
     pub backends: Vec<Capability>,
-}
-
-impl Capabilities {
-    pub fn get(&self, name: &str) -> Option<&Capability> {
-        self.backends.iter().find(|c| c.name == name)
-    }
-}
-
-impl fmt::Display for Capabilities {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in &self.backends {
-            writeln!(
-                f,
-                "{:<20} {:<4} {}",
-                c.name,
-                if c.available { "yes" } else { "no" },
-                c.detail
-            )?;
-        }
-        Ok(())
-    }
 }
 
 fn cap(name: &'static str, result: Result<String, String>) -> Capability {

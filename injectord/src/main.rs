@@ -78,7 +78,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut datapath = Datapath::load()?;
     let connect_load = datapath.connect.as_ref().map(|_| ()).map_err(Clone::clone);
     let capabilities = capabilities::probe(&mut datapath.ebpf, connect_load);
-    tracing::info!(kernel = %capabilities.kernel, "capabilities:\n{capabilities}");
+    for c in &capabilities.backends {
+        tracing::info!(
+            backend = c.name,
+            available = c.available,
+            detail = %c.detail,
+            "capability"
+        );
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
