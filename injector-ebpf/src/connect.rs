@@ -6,27 +6,15 @@
 //! attachment (which target cgroup) it runs for; the rule is then one hash
 //! lookup by (target, port), falling back to (target, any port).
 
-#![expect(
-    deprecated,
-    reason = "legacy cgroup storage is per attachment, which is what we need; \
-              BPF_MAP_TYPE_CGRP_STORAGE is per task cgroup"
-)]
-
 use aya_ebpf::{
     helpers::bpf_set_retval,
     macros::{cgroup_sock_addr, map},
-    maps::{CgroupStorage, HashMap},
+    maps::HashMap,
     programs::SockAddrContext,
 };
-use injector_common::{
-    AttachInfo, ConnectKey, ConnectRule, FAMILY_INET, FAMILY_INET6, MAX_CONNECT_RULES,
-};
+use injector_common::{ConnectKey, ConnectRule, FAMILY_INET, FAMILY_INET6, MAX_CONNECT_RULES};
 
-use crate::trigger;
-
-/// Which target cgroup an attachment belongs to; written by the daemon.
-#[map]
-static CONNECT_ATTACH: CgroupStorage<AttachInfo> = CgroupStorage::new();
+use crate::{maps::attached_cgroup, trigger};
 
 /// `BPF_F_NO_PREALLOC`: values are freed after an RCU grace period, so a
 /// rule replaced or removed by the daemon is never read half-rewritten.
@@ -68,9 +56,7 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn decide(family: u8, addr: &[u32; 4], user_port: u32) -> i32 {
-    let info = CONNECT_ATTACH.get_ptr_mut();
-    // SAFETY: bpf_get_local_storage always returns this attachment's storage.
-    let cgroup_id = unsafe { (*info).cgroup_id };
+    let cgroup_id = attached_cgroup();
     if cgroup_id == 0 {
         // Attached, but the daemon has not published the target yet.
         return ALLOW;
@@ -101,7 +87,7 @@ fn matching_rule(cgroup_id: u64, port: u16, family: u8, addr: &[u32; 4]) -> Opti
             // SAFETY: the map is BPF_F_NO_PREALLOC, so the value stays valid
             // and unmodified for this RCU read section; copy it out.
             let rule = unsafe { *rule };
-            if rule.dst.contains(family, addr) {
+            if rule.dst.contains(family, addr) && port >= rule.ports[0] && port <= rule.ports[1] {
                 return Some(rule);
             }
         }

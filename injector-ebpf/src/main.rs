@@ -7,6 +7,7 @@
 
 mod connect;
 mod maps;
+mod packet;
 mod probe;
 mod trigger;
 

@@ -5,14 +5,14 @@ use std::collections::VecDeque;
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
-use injector_common::{FaultStats, MAX_FAULTS, TriggerState};
+use injector_common::{FaultStats, MAX_FAULTS, MAX_PACKET_RULES, TriggerState};
 
 use crate::{
-    backend::connect::ConnectBackend,
+    backend::{cgroup_skb::CgroupPackets, connect::ConnectBackend},
     error::{ErrorCode, RpcError},
 };
 
@@ -21,14 +21,12 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/in
 
 pub struct Datapath {
     pub ebpf: Ebpf,
-    stats: PerCpuArray<MapData, FaultStats>,
-    trigger_state: Array<MapData, TriggerState>,
-    /// Free slots, oldest-freed first, so a slot is reused as late as
-    /// possible (a program that looked a rule up just before its removal may
-    /// still count once into the old slot).
-    free: VecDeque<u32>,
-    nr_cpus: usize,
+    pub slots: Slots,
+    /// CGROUP_ATTACH: which target each cgroup attachment serves.
+    pub cgroup_storage: MapData,
     pub connect: Result<ConnectBackend, String>,
+    /// Packet faults on cgroup targets (cgroup_skb).
+    pub cgroup_packets: Result<CgroupPackets, String>,
 }
 
 impl Datapath {
@@ -36,32 +34,88 @@ impl Datapath {
         raise_memlock_limit();
         raise_open_files_limit();
         let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
+        let slots = Slots::take(&mut ebpf, MAX_FAULTS)?;
+        let cgroup_storage = match ebpf.take_map("CGROUP_ATTACH").context("CGROUP_ATTACH")? {
+            aya::maps::Map::CgroupStorage(m) => m,
+            other => anyhow::bail!("CGROUP_ATTACH has unexpected type {other:?}"),
+        };
+        let connect = ConnectBackend::load(&mut ebpf).map_err(|e| format!("{e:#}"));
+        if let Err(e) = &connect {
+            tracing::warn!(error = %e, "connect backend unavailable");
+        }
+        let cgroup_packets = CgroupPackets::load(&mut ebpf).map_err(|e| format!("{e:#}"));
+        if let Err(e) = &cgroup_packets {
+            tracing::warn!(error = %e, "cgroup packet backend unavailable");
+        }
+        Ok(Self {
+            ebpf,
+            slots,
+            cgroup_storage,
+            connect,
+            cgroup_packets,
+        })
+    }
+
+    /// Loads a private copy of the object for the packet programs of one
+    /// network interface, with maps sized for one target.
+    pub fn load_instance() -> anyhow::Result<(Ebpf, Slots)> {
+        let per_target = MAX_PACKET_RULES;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("FAULT_STATS", per_target)
+            .map_max_entries("TRIGGER_STATE", per_target)
+            .map_max_entries("RATE_STATE", per_target)
+            .map_max_entries("DELAY_HIST", per_target)
+            .map_max_entries("PACKET_TARGETS", 1)
+            .map_max_entries("PACKET_RULES", per_target)
+            .map_max_entries("PACKET_SRC", per_target * 2 + 1)
+            .map_max_entries("PACKET_DST", per_target * 2 + 1)
+            .map_max_entries("CONNECT_RULES", 1)
+            .load(OBJECT)
+            .context("loading the eBPF object for an interface")?;
+        let slots = Slots::take(&mut ebpf, per_target)?;
+        Ok((ebpf, slots))
+    }
+}
+
+/// Fault slots of one loaded object: per-CPU statistics and shared trigger
+/// state, and the free list.
+pub struct Slots {
+    stats: PerCpuArray<MapData, FaultStats>,
+    trigger_state: Array<MapData, TriggerState>,
+    /// Free slots, oldest-freed first, so a slot is reused as late as
+    /// possible (a program that looked a rule up just before its removal may
+    /// still count once into the old slot).
+    free: VecDeque<u32>,
+    capacity: u32,
+    nr_cpus: usize,
+}
+
+impl Slots {
+    fn take(ebpf: &mut Ebpf, capacity: u32) -> anyhow::Result<Self> {
         let stats = PerCpuArray::try_from(ebpf.take_map("FAULT_STATS").context("FAULT_STATS")?)?;
         let trigger_state =
             Array::try_from(ebpf.take_map("TRIGGER_STATE").context("TRIGGER_STATE")?)?;
         let nr_cpus = nr_cpus()
             .map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?
             .get() as usize;
-        let connect = ConnectBackend::load(&mut ebpf).map_err(|e| format!("{e:#}"));
-        if let Err(e) = &connect {
-            tracing::warn!(error = %e, "connect backend unavailable");
-        }
         Ok(Self {
-            ebpf,
             stats,
             trigger_state,
-            free: (0..MAX_FAULTS).collect(),
+            free: (0..capacity).collect(),
+            capacity,
             nr_cpus,
-            connect,
         })
     }
 
     /// Takes a free slot and zeroes its counters.
-    pub fn alloc_slot(&mut self) -> Result<u32, RpcError> {
+    pub fn alloc(&mut self) -> Result<u32, RpcError> {
         let slot = self.free.pop_front().ok_or_else(|| {
             RpcError::new(
                 ErrorCode::Capacity,
-                format!("all {MAX_FAULTS} fault slots are in use; remove faults first"),
+                format!(
+                    "all {} fault slots of this target are in use; remove faults first",
+                    self.capacity
+                ),
             )
         })?;
         let zeroed =
@@ -73,8 +127,12 @@ impl Datapath {
         Ok(slot)
     }
 
-    pub fn free_slot(&mut self, slot: u32) {
+    pub fn free(&mut self, slot: u32) {
         self.free.push_back(slot);
+    }
+
+    pub fn nr_cpus(&self) -> usize {
+        self.nr_cpus
     }
 
     /// Sums a slot's per-CPU counters.
@@ -87,13 +145,14 @@ impl Datapath {
                     .fold(FaultStats::default(), |acc, s| FaultStats {
                         evaluations: acc.evaluations + s.evaluations,
                         activations: acc.activations + s.activations,
+                        overflows: acc.overflows + s.overflows,
                     })
             })
             .unwrap_or_default()
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> RpcError {
+pub fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::new(ErrorCode::Internal, format!("BPF map update failed: {e}"))
 }
 

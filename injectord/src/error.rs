@@ -39,6 +39,9 @@ pub enum ErrorCode {
     ForbiddenTarget,
     /// This kernel cannot deliver the fault; the message names what is missing.
     UnsupportedKernel,
+    /// The fault cannot be delivered at this kind of target (or the target
+    /// lacks something the fault needs); the message says what would work.
+    UnsupportedTarget,
     /// No fault with that id or name.
     NotFound,
     /// A fault with that name exists already.
@@ -73,7 +76,7 @@ impl ErrorCode {
             | Self::InvalidValue => -32001,
             Self::TargetNotFound | Self::ContainerNotFound | Self::AmbiguousTarget => -32002,
             Self::ForbiddenTarget | Self::PermissionDenied => -32003,
-            Self::UnsupportedKernel => -32004,
+            Self::UnsupportedKernel | Self::UnsupportedTarget => -32004,
             Self::NotFound => -32005,
             Self::NameTaken | Self::Conflict | Self::Capacity => -32006,
         }
@@ -157,7 +160,9 @@ impl RpcError {
     }
 }
 
-/// An error with its sources, on one line.
+/// An error with its sources, on one line. Verifier logs (which aya puts
+/// in load errors) are cut to their last lines, where the kernel says what
+/// it rejected.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -166,7 +171,24 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         s.push_str(&c.to_string());
         cur = c.source();
     }
-    s
+    shorten_verifier_log(s)
+}
+
+fn shorten_verifier_log(s: String) -> String {
+    const KEEP: usize = 8;
+    let Some(at) = s.find("Verifier output:") else {
+        return s;
+    };
+    let (head, log) = s.split_at(at);
+    let lines: Vec<&str> = log.lines().collect();
+    if lines.len() <= KEEP + 1 {
+        return s;
+    }
+    format!(
+        "{head}verifier output (last {KEEP} of {} lines): {}",
+        lines.len(),
+        lines[lines.len() - KEEP..].join(" | ")
+    )
 }
 
 #[cfg(test)]

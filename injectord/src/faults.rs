@@ -5,24 +5,36 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use injector_common::{ConnectKey, Trigger};
+use injector_common::{ACTION_DROP, ConnectKey, DelayHistogram, FaultStats, Trigger};
 use serde_json::{Value, json};
 
 use crate::{
-    backend::connect::{ConnectBackend, ConnectFault},
+    backend::{
+        cgroup_skb::CgroupPacketHandle,
+        connect::{ConnectBackend, ConnectFault},
+        interface::{InterfaceHandle, Interfaces},
+        packet::PacketPlan,
+    },
     datapath::Datapath,
+    errno::Errno,
     error::{ErrorCode, RpcError},
-    spec::{Fault, FaultSpec, Name},
+    spec::{Fault, FaultSpec, Name, TargetSpec},
     sys,
     target::{self, Cgroup, Cgroups},
 };
 
 pub type FaultId = u64;
 
-/// Where a fault's rule lives in the kernel.
-#[derive(Debug, Clone, Copy)]
+/// Where a fault's rules live in the kernel.
+#[derive(Debug, Clone)]
 enum Installed {
+    /// connect() rule; counters in the main object's slot.
     Connect(ConnectKey),
+    /// cgroup_skb rules (and, for a partition, a connect() rule); counters
+    /// in the main object's slot.
+    CgroupPacket(CgroupPacketHandle, Option<ConnectKey>),
+    /// Rules in an interface's own object; counters in its slot.
+    Interface(InterfaceHandle),
 }
 
 #[derive(Debug)]
@@ -30,7 +42,8 @@ pub struct ActiveFault {
     pub id: FaultId,
     pub name: Name,
     pub spec: FaultSpec,
-    pub cgroup: Cgroup,
+    /// The resolved cgroup, for cgroup targets.
+    pub cgroup: Option<Cgroup>,
     slot: u32,
     installed: Installed,
     created: SystemTime,
@@ -44,10 +57,14 @@ pub struct FaultCounters {
     pub kind: &'static str,
     pub evaluations: u64,
     pub activations: u64,
+    /// Packets a rate limit dropped past its `max_delay`.
+    pub overflows: u64,
+    pub delay: Option<DelayHistogram>,
 }
 
 pub struct Faults {
     datapath: Datapath,
+    interfaces: Interfaces,
     cgroups: Cgroups,
     by_id: BTreeMap<FaultId, ActiveFault>,
     by_name: HashMap<String, FaultId>,
@@ -64,9 +81,11 @@ pub enum Selector {
 }
 
 impl Faults {
-    pub fn new(datapath: Datapath, cgroups: Cgroups) -> Self {
+    /// `fq_available`: whether the kernel has sch_fq (delay and rate).
+    pub fn new(datapath: Datapath, cgroups: Cgroups, fq_available: bool) -> Self {
         Self {
             datapath,
+            interfaces: Interfaces::new(fq_available),
             cgroups,
             by_id: BTreeMap::new(),
             by_name: HashMap::new(),
@@ -93,17 +112,6 @@ impl Faults {
 
     /// Installs a fault; returns its id and, when it has a TTL, its deadline.
     pub fn inject(&mut self, spec: FaultSpec) -> Result<(&ActiveFault, Option<Instant>), RpcError> {
-        if let Some(name) = &spec.name
-            && self.by_name.contains_key(name.as_str())
-        {
-            return Err(RpcError::new(
-                ErrorCode::NameTaken,
-                format!("a fault named {name:?} exists already; remove it or pick another name"),
-            ));
-        }
-        let cgroup = self.cgroups.resolve(&spec.target)?;
-        target::check_guard(&cgroup, spec.force)?;
-
         let id = self.next_id;
         let name = spec
             .name
@@ -112,7 +120,7 @@ impl Faults {
         if self.by_name.contains_key(name.as_str()) {
             return Err(RpcError::new(
                 ErrorCode::NameTaken,
-                format!("a fault named {name:?} exists already"),
+                format!("a fault named {name:?} exists already; remove it or pick another name"),
             ));
         }
         let expires = spec.duration.map(|d| Instant::now() + d.get());
@@ -129,78 +137,230 @@ impl Faults {
                 .map_or(0, |d| sys::monotonic_ns() + d.get().as_nanos() as u64),
         };
 
-        let installed = match &spec.fault {
-            Fault::ConnectError {
-                errno,
-                address,
-                port,
+        let (cgroup, installed, slot) = match &spec.target {
+            TargetSpec::Interface {
+                name: ifname,
+                netns,
             } => {
-                let fault = ConnectFault {
-                    errno: errno.get(),
-                    address: *address,
-                    port: port.map(|p| p.get()),
-                };
-                let key = ConnectBackend::key(&cgroup, &fault);
-                if let Some(other) = self.connect_keys.get(&key) {
-                    let other = &self.by_id[other].name;
+                let Some(plan) = PacketPlan::of(&spec.fault) else {
                     return Err(RpcError::new(
-                        ErrorCode::Conflict,
+                        ErrorCode::UnsupportedTarget,
                         format!(
-                            "fault {other:?} already makes connect() fail in cgroup {} for {}; remove it first or use another port",
-                            cgroup.path,
-                            port.map_or("any port".to_string(), |p| format!("port {}", p.get()))
+                            "{} needs a cgroup target (cgroup, pid or container): it acts on processes, not on a device",
+                            spec.fault.kind()
                         ),
                     ));
-                }
-                let dir = self
-                    .cgroups
-                    .mount()
-                    .join(cgroup.path.trim_start_matches('/'));
-                let slot = self.datapath.alloc_slot()?;
-                let backend = match &mut self.datapath.connect {
-                    Ok(b) => b,
-                    Err(why) => {
-                        let why = why.clone();
-                        self.datapath.free_slot(slot);
-                        return Err(RpcError::new(
-                            ErrorCode::UnsupportedKernel,
-                            format!(
-                                "connect_error needs cgroup sock_addr programs with bpf_set_retval, which this kernel refused: {why}"
-                            ),
-                        ));
+                };
+                let handle = self
+                    .interfaces
+                    .install(ifname, netns.as_ref(), &plan, trigger)?;
+                let slot = handle.slot();
+                (None, Installed::Interface(handle), slot)
+            }
+            target => {
+                let cgroup = self.cgroups.resolve(target)?;
+                target::check_guard(&cgroup, spec.force)?;
+                let (installed, slot) = match PacketPlan::of(&spec.fault) {
+                    None => self.install_connect(&spec.fault, &cgroup, trigger)?,
+                    Some(plan) => {
+                        self.install_cgroup_packet(&spec.fault, &plan, &cgroup, trigger)?
                     }
                 };
-                if let Err(e) = backend.install(
-                    &mut self.datapath.ebpf,
-                    &cgroup,
-                    &dir,
-                    &fault,
-                    slot,
-                    trigger,
-                ) {
-                    self.datapath.free_slot(slot);
-                    return Err(e);
-                }
-                self.connect_keys.insert(key, id);
-                (Installed::Connect(key), slot)
+                (Some(cgroup), installed, slot)
             }
         };
 
         self.next_id += 1;
         self.by_name.insert(name.to_string(), id);
-        tracing::info!(id, name = %name, target = %spec.target, cgroup = %cgroup.path, kind = spec.fault.kind(), "fault injected");
+        if let Installed::Connect(key) | Installed::CgroupPacket(_, Some(key)) = &installed {
+            self.connect_keys.insert(*key, id);
+        }
+        tracing::info!(
+            id,
+            name = %name,
+            target = %spec.target,
+            cgroup = cgroup.as_ref().map(|c| c.path.as_str()),
+            kind = spec.fault.kind(),
+            "fault injected"
+        );
         let fault = ActiveFault {
             id,
             name,
             spec,
             cgroup,
-            slot: installed.1,
-            installed: installed.0,
+            slot,
+            installed,
             created: SystemTime::now(),
             expires,
         };
         let fault = self.by_id.entry(id).or_insert(fault);
         Ok((fault, expires))
+    }
+
+    /// Refuses a connect rule that would replace another fault's.
+    fn check_connect_conflict(&self, key: &ConnectKey, cgroup: &Cgroup) -> Result<(), RpcError> {
+        if let Some(other) = self.connect_keys.get(key) {
+            let other = &self.by_id[other].name;
+            let port = if key.port == 0 {
+                "any port".to_string()
+            } else {
+                format!("port {}", key.port)
+            };
+            return Err(RpcError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "fault {other:?} already makes connect() fail in cgroup {} for {port}; remove it first or use another port",
+                    cgroup.path
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn cgroup_dir(&self, cgroup: &Cgroup) -> std::path::PathBuf {
+        self.cgroups
+            .mount()
+            .join(cgroup.path.trim_start_matches('/'))
+    }
+
+    fn install_connect(
+        &mut self,
+        fault: &Fault,
+        cgroup: &Cgroup,
+        trigger: Trigger,
+    ) -> Result<(Installed, u32), RpcError> {
+        let Fault::ConnectError {
+            errno,
+            address,
+            port,
+        } = fault
+        else {
+            return Err(RpcError::new(
+                ErrorCode::Internal,
+                format!("{} is not a connect fault", fault.kind()),
+            ));
+        };
+        let fault = ConnectFault {
+            errno: errno.get(),
+            address: *address,
+            ports: port.map(|p| (p.get(), p.get())),
+        };
+        let key = ConnectBackend::key(cgroup, &fault);
+        self.check_connect_conflict(&key, cgroup)?;
+        let slot = self.datapath.slots.alloc()?;
+        if let Err(e) = self.connect_install(cgroup, &fault, slot, trigger) {
+            self.datapath.slots.free(slot);
+            return Err(e);
+        }
+        Ok((Installed::Connect(key), slot))
+    }
+
+    fn connect_install(
+        &mut self,
+        cgroup: &Cgroup,
+        fault: &ConnectFault,
+        slot: u32,
+        trigger: Trigger,
+    ) -> Result<(), RpcError> {
+        let dir = self.cgroup_dir(cgroup);
+        let dp = &mut self.datapath;
+        let backend = dp.connect.as_mut().map_err(|why| {
+            RpcError::new(
+                ErrorCode::UnsupportedKernel,
+                format!(
+                    "connect() faults need cgroup sock_addr programs with bpf_set_retval, which this kernel refused: {why}"
+                ),
+            )
+        })?;
+        backend.install(
+            &mut dp.ebpf,
+            &dp.cgroup_storage,
+            cgroup,
+            &dir,
+            fault,
+            slot,
+            trigger,
+        )
+    }
+
+    fn install_cgroup_packet(
+        &mut self,
+        fault: &Fault,
+        plan: &PacketPlan,
+        cgroup: &Cgroup,
+        trigger: Trigger,
+    ) -> Result<(Installed, u32), RpcError> {
+        if plan.rule.action != ACTION_DROP {
+            return Err(RpcError::new(
+                ErrorCode::UnsupportedTarget,
+                format!(
+                    "{} cannot target a cgroup: cgroup_skb programs can drop a cgroup's packets but not rewrite, copy or hold them. Aim it at the interface the traffic crosses: {{\"interface\": \"eth0\", \"netns\": \"<name or /proc/PID/ns/net>\"}}",
+                    plan.kind
+                ),
+            ));
+        }
+        // A partition also makes connect() towards the far side fail at once.
+        let connect = match fault {
+            Fault::Partition(p) => {
+                let f = ConnectFault {
+                    errno: p
+                        .errno
+                        .unwrap_or_else(|| Errno::from_name("ENETUNREACH").expect("known errno"))
+                        .get(),
+                    address: plan.filter.dst,
+                    ports: plan.filter.dst_port.map(|r| (r.first, r.last)),
+                };
+                let key = ConnectBackend::key(cgroup, &f);
+                self.check_connect_conflict(&key, cgroup)?;
+                Some((f, key))
+            }
+            _ => None,
+        };
+        let slot = self.datapath.slots.alloc()?;
+        let dir = self.cgroup_dir(cgroup);
+        let dp = &mut self.datapath;
+        let nr_cpus = dp.slots.nr_cpus();
+        let installed = match dp.cgroup_packets.as_mut() {
+            Err(why) => Err(RpcError::new(
+                ErrorCode::UnsupportedKernel,
+                format!(
+                    "{} on a cgroup needs cgroup_skb programs, which this kernel refused: {why}",
+                    plan.kind
+                ),
+            )),
+            Ok(backend) => backend.install(
+                &mut dp.ebpf,
+                &dp.cgroup_storage,
+                cgroup,
+                &dir,
+                plan,
+                slot,
+                trigger,
+                nr_cpus,
+            ),
+        };
+        let handle = match installed {
+            Ok(h) => h,
+            Err(e) => {
+                self.datapath.slots.free(slot);
+                return Err(e);
+            }
+        };
+        let key = match connect {
+            None => None,
+            Some((f, key)) => {
+                if let Err(e) = self.connect_install(cgroup, &f, slot, trigger) {
+                    let dp = &mut self.datapath;
+                    if let Ok(b) = dp.cgroup_packets.as_mut() {
+                        b.uninstall(&mut dp.ebpf, &handle);
+                    }
+                    dp.slots.free(slot);
+                    return Err(e);
+                }
+                Some(key)
+            }
+        };
+        Ok((Installed::CgroupPacket(handle, key), slot))
     }
 
     pub fn find(&self, sel: &Selector) -> Result<&ActiveFault, RpcError> {
@@ -219,15 +379,29 @@ impl Faults {
     pub fn remove(&mut self, id: FaultId) -> Option<ActiveFault> {
         let fault = self.by_id.remove(&id)?;
         self.by_name.remove(fault.name.as_str());
-        match fault.installed {
+        let dp = &mut self.datapath;
+        match &fault.installed {
             Installed::Connect(key) => {
-                self.connect_keys.remove(&key);
-                if let Ok(b) = &mut self.datapath.connect {
-                    b.uninstall(&mut self.datapath.ebpf, &key);
+                self.connect_keys.remove(key);
+                if let Ok(b) = &mut dp.connect {
+                    b.uninstall(&mut dp.ebpf, key);
                 }
+                dp.slots.free(fault.slot);
             }
+            Installed::CgroupPacket(handle, key) => {
+                if let Ok(b) = &mut dp.cgroup_packets {
+                    b.uninstall(&mut dp.ebpf, handle);
+                }
+                if let Some(key) = key {
+                    self.connect_keys.remove(key);
+                    if let Ok(b) = &mut dp.connect {
+                        b.uninstall(&mut dp.ebpf, key);
+                    }
+                }
+                dp.slots.free(fault.slot);
+            }
+            Installed::Interface(handle) => self.interfaces.uninstall(handle),
         }
-        self.datapath.free_slot(fault.slot);
         tracing::info!(id, name = %fault.name, "fault removed");
         Some(fault)
     }
@@ -248,23 +422,45 @@ impl Faults {
         due && self.remove(id).is_some()
     }
 
+    fn stats(&self, f: &ActiveFault) -> FaultStats {
+        match &f.installed {
+            Installed::Interface(h) => self.interfaces.stats(h),
+            _ => self.datapath.slots.stats(f.slot),
+        }
+    }
+
+    fn histogram(&self, f: &ActiveFault) -> Option<DelayHistogram> {
+        match &f.installed {
+            Installed::Interface(h) => self.interfaces.histogram(h),
+            Installed::CgroupPacket(h, _) => self
+                .datapath
+                .cgroup_packets
+                .as_ref()
+                .ok()
+                .and_then(|b| b.histogram(h)),
+            Installed::Connect(_) => None,
+        }
+    }
+
     pub fn counters(&self) -> Vec<FaultCounters> {
         self.by_id
             .values()
             .map(|f| {
-                let s = self.datapath.stats(f.slot);
+                let s = self.stats(f);
                 FaultCounters {
                     name: f.name.to_string(),
                     kind: f.spec.fault.kind(),
                     evaluations: s.evaluations,
                     activations: s.activations,
+                    overflows: s.overflows,
+                    delay: self.histogram(f),
                 }
             })
             .collect()
     }
 
     pub fn view(&self, f: &ActiveFault) -> Value {
-        let s = self.datapath.stats(f.slot);
+        let s = self.stats(f);
         let exhausted = f
             .spec
             .trigger
@@ -280,9 +476,14 @@ impl Faults {
             "type": f.spec.fault.kind(),
             "state": if exhausted { "exhausted" } else { "active" },
             "spec": f.spec,
-            "cgroup": { "path": f.cgroup.path, "id": f.cgroup.id },
+            "cgroup": f.cgroup.as_ref().map(|c| json!({ "path": c.path, "id": c.id })),
+            "interface": match &f.installed {
+                Installed::Interface(h) => self.interfaces.describe(h),
+                _ => Value::Null,
+            },
             "evaluations": s.evaluations,
             "activations": s.activations,
+            "overflows": s.overflows,
             "created_unix_ms": created.as_millis() as u64,
             "expires_in_ms": f.expires.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
         })

@@ -87,6 +87,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
+    let fq_available = capabilities
+        .backends
+        .iter()
+        .any(|c| c.name == "sch_fq" && c.available);
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -96,7 +101,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the metrics endpoint {}", args.metrics_addr))?;
         let state = Arc::new(State {
-            faults: Mutex::new(Faults::new(datapath, cgroups)),
+            faults: Mutex::new(Faults::new(datapath, cgroups, fq_available)),
             capabilities,
             started,
             socket: args.socket.display().to_string(),

@@ -41,9 +41,10 @@ impl FaultSpec {
     }
 }
 
-/// What a fault is aimed at. Exactly one key.
+/// What a fault is aimed at: a cgroup (by path, pid or container id) or a
+/// network interface (in the daemon's network namespace or another one).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "RawTarget", into = "RawTarget")]
 pub enum TargetSpec {
     /// A cgroup2 directory, absolute or relative to the cgroup2 mount.
     Cgroup(String),
@@ -51,6 +52,95 @@ pub enum TargetSpec {
     Pid(u32),
     /// A container id or a unique prefix of at least 12 hex digits.
     Container(ContainerId),
+    /// A network device, in `netns` (a name under /run/netns or a path such
+    /// as /proc/PID/ns/net) or else in the daemon's own namespace.
+    Interface { name: IfName, netns: Option<Netns> },
+}
+
+impl TargetSpec {
+    pub fn is_cgroup(&self) -> bool {
+        !matches!(self, Self::Interface { .. })
+    }
+}
+
+/// The JSON shape of a target: one of `cgroup`, `pid`, `container`,
+/// `interface` (the last optionally with `netns`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    container: Option<ContainerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interface: Option<IfName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    netns: Option<Netns>,
+}
+
+impl TryFrom<RawTarget> for TargetSpec {
+    type Error = String;
+
+    fn try_from(raw: RawTarget) -> Result<Self, String> {
+        let RawTarget {
+            cgroup,
+            pid,
+            container,
+            interface,
+            netns,
+        } = raw;
+        let given = [
+            cgroup.is_some(),
+            pid.is_some(),
+            container.is_some(),
+            interface.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given != 1 {
+            return Err(
+                "invalid value: a target needs exactly one of \"cgroup\", \"pid\", \"container\" or \"interface\""
+                    .into(),
+            );
+        }
+        if netns.is_some() && interface.is_none() {
+            return Err("invalid value: \"netns\" goes with an \"interface\" target".into());
+        }
+        Ok(match (cgroup, pid, container, interface) {
+            (Some(c), ..) => Self::Cgroup(c),
+            (_, Some(p), ..) => Self::Pid(p),
+            (_, _, Some(c), _) => Self::Container(c),
+            (.., Some(name)) => Self::Interface { name, netns },
+            _ => unreachable!("exactly one is set"),
+        })
+    }
+}
+
+impl From<TargetSpec> for RawTarget {
+    fn from(t: TargetSpec) -> Self {
+        match t {
+            TargetSpec::Cgroup(c) => Self {
+                cgroup: Some(c),
+                ..Self::default()
+            },
+            TargetSpec::Pid(p) => Self {
+                pid: Some(p),
+                ..Self::default()
+            },
+            TargetSpec::Container(c) => Self {
+                container: Some(c),
+                ..Self::default()
+            },
+            TargetSpec::Interface { name, netns } => Self {
+                interface: Some(name),
+                netns,
+                ..Self::default()
+            },
+        }
+    }
 }
 
 impl fmt::Display for TargetSpec {
@@ -59,6 +149,74 @@ impl fmt::Display for TargetSpec {
             Self::Cgroup(p) => write!(f, "cgroup {p}"),
             Self::Pid(p) => write!(f, "pid {p}"),
             Self::Container(c) => write!(f, "container {}", c.0),
+            Self::Interface { name, netns: None } => write!(f, "interface {}", name.0),
+            Self::Interface {
+                name,
+                netns: Some(ns),
+            } => write!(f, "interface {} in netns {}", name.0, ns.0),
+        }
+    }
+}
+
+/// A network device name: 1 to 15 bytes, no '/', ':' or whitespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct IfName(String);
+
+impl IfName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for IfName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = (1..=15).contains(&s.len())
+            && s != "."
+            && s != ".."
+            && !s
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(de::Error::custom(format_args!(
+                "invalid value: interface name {s:?} must be 1 to 15 characters without '/', ':' or spaces"
+            )))
+        }
+    }
+}
+
+/// A network namespace: a name (as `ip netns` makes them, under
+/// /run/netns) or an absolute path to a namespace file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Netns(String);
+
+impl Netns {
+    /// The namespace file to open.
+    pub fn path(&self) -> std::path::PathBuf {
+        if self.0.starts_with('/') {
+            self.0.clone().into()
+        } else {
+            std::path::Path::new("/run/netns").join(&self.0)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Netns {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let name_ok = !s.is_empty() && s.len() <= 255 && s != "." && s != ".." && !s.contains('/');
+        if name_ok || (s.starts_with('/') && !s.contains("/../")) {
+            Ok(Self(s))
+        } else {
+            Err(de::Error::custom(format_args!(
+                "invalid value: netns {s:?} must be a name under /run/netns or an absolute path such as /proc/PID/ns/net"
+            )))
         }
     }
 }
@@ -87,7 +245,7 @@ impl<'de> Deserialize<'de> for ContainerId {
 }
 
 /// The fault to inject, tagged by `type`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fault {
     /// `connect()` fails with `errno`, optionally only towards `address`
@@ -99,12 +257,384 @@ pub enum Fault {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<Port>,
     },
+    PacketDrop(PacketDrop),
+    PacketCorrupt(PacketCorrupt),
+    PacketDuplicate(PacketDuplicate),
+    PacketDelay(PacketDelay),
+    BandwidthLimit(BandwidthLimit),
+    Partition(Partition),
 }
 
 impl Fault {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::ConnectError { .. } => "connect_error",
+            Self::PacketDrop(_) => "packet_drop",
+            Self::PacketCorrupt(_) => "packet_corrupt",
+            Self::PacketDuplicate(_) => "packet_duplicate",
+            Self::PacketDelay(_) => "packet_delay",
+            Self::BandwidthLimit(_) => "bandwidth_limit",
+            Self::Partition(_) => "partition",
+        }
+    }
+
+    /// The packet filter of a packet fault.
+    pub fn packet_filter(&self) -> Option<PacketFilter> {
+        Some(match self {
+            Self::ConnectError { .. } => return None,
+            Self::PacketDrop(f) => f.filter(Direction::Egress),
+            Self::PacketCorrupt(f) => f.filter(Direction::Egress),
+            Self::PacketDuplicate(f) => f.filter(Direction::Egress),
+            Self::PacketDelay(f) => f.filter(Direction::Egress),
+            Self::BandwidthLimit(f) => f.filter(Direction::Egress),
+            Self::Partition(f) => f.filter(Direction::Both),
+        })
+    }
+}
+
+/// Which packets a packet fault matches. Addresses and ports are those in
+/// the packet (`src` is the sender). `partition` also applies the mirrored
+/// filter to ingress, so `dst` names the far side in both directions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketFilter {
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub src: Option<Cidr>,
+    pub dst: Option<Cidr>,
+    pub src_port: Option<PortRange>,
+    pub dst_port: Option<PortRange>,
+}
+
+/// Declares a packet fault struct: its own fields plus the common filter
+/// fields, with unknown fields denied (serde's `flatten` cannot be combined
+/// with `deny_unknown_fields`).
+macro_rules! packet_fault {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// ingress, egress or both.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub direction: Option<Direction>,
+            #[serde(default, skip_serializing_if = "Protocol::is_any")]
+            pub protocol: Protocol,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub src: Option<Cidr>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub dst: Option<Cidr>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub src_port: Option<PortRange>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub dst_port: Option<PortRange>,
+        }
+
+        impl $name {
+            pub fn filter(&self, default_direction: Direction) -> PacketFilter {
+                PacketFilter {
+                    direction: self.direction.unwrap_or(default_direction),
+                    protocol: self.protocol,
+                    src: self.src,
+                    dst: self.dst,
+                    src_port: self.src_port,
+                    dst_port: self.dst_port,
+                }
+            }
+        }
+    };
+}
+
+packet_fault!(
+    /// Drops matching packets.
+    PacketDrop {}
+);
+
+packet_fault!(
+    /// Flips bits in one byte of matching packets.
+    PacketCorrupt {
+        /// Which bytes may be hit: `payload` (default), `headers` (IP and
+        /// transport headers) or `any`.
+        #[serde(default, skip_serializing_if = "Region::is_payload")]
+        region: Region,
+        /// Byte offset into the region; random when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u16>,
+        /// XOR mask for the byte; one random bit when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mask: Option<ByteMask>,
+        /// Fix the checksums up so the corruption reaches the application;
+        /// by default they are left wrong and the receiving stack drops the
+        /// packet.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fix_checksum: bool,
+    }
+);
+
+packet_fault!(
+    /// Sends a copy of matching packets as well as the original.
+    PacketDuplicate {}
+);
+
+packet_fault!(
+    /// Delays matching packets (egress; needs sch_fq on the device).
+    PacketDelay {
+        delay: Latency,
+        /// Uniform half-width, or the standard deviation for `normal`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jitter: Option<Latency>,
+        #[serde(default, skip_serializing_if = "Distribution::is_uniform")]
+        distribution: Distribution,
+        /// Put sch_fq on the device if it lacks it (restored on removal).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        install_fq: bool,
+    }
+);
+
+packet_fault!(
+    /// Paces matching packets to `rate` (egress; needs sch_fq).
+    BandwidthLimit {
+        rate: Rate,
+        /// Packets that would wait longer than this are dropped (default 1s).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_delay: Option<Latency>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        install_fq: bool,
+    }
+);
+
+packet_fault!(
+    /// Cuts matching traffic in both directions; on a cgroup target also
+    /// makes connect() towards `dst` fail at once with `errno` (default
+    /// ENETUNREACH).
+    Partition {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        errno: Option<Errno>,
+    }
+);
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Ingress,
+    Egress,
+    Both,
+}
+
+impl Direction {
+    pub fn ingress(self) -> bool {
+        matches!(self, Self::Ingress | Self::Both)
+    }
+
+    pub fn egress(self) -> bool {
+        matches!(self, Self::Egress | Self::Both)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+    /// ICMP or ICMPv6.
+    Icmp,
+}
+
+impl Protocol {
+    fn is_any(&self) -> bool {
+        *self == Self::Any
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Region {
+    #[default]
+    Payload,
+    Headers,
+    Any,
+}
+
+impl Region {
+    fn is_payload(&self) -> bool {
+        *self == Self::Payload
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    #[default]
+    Uniform,
+    Normal,
+}
+
+impl Distribution {
+    fn is_uniform(&self) -> bool {
+        *self == Self::Uniform
+    }
+}
+
+/// A non-zero XOR mask for one byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ByteMask(u8);
+
+impl ByteMask {
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteMask {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        u8::try_from(n)
+            .ok()
+            .filter(|m| *m != 0)
+            .map(Self)
+            .ok_or_else(|| {
+                de::Error::custom(format_args!("invalid value: mask {n} must be 1 to 255"))
+            })
+    }
+}
+
+/// An inclusive port range: a number, or a string "80" or "1000-2000".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn single(self) -> Option<u16> {
+        (self.first == self.last).then_some(self.first)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.single() {
+            Some(p) => s.serialize_u16(p),
+            None => s.collect_str(&format_args!("{}-{}", self.first, self.last)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let bad = || {
+            de::Error::custom(format_args!(
+                "invalid value: port range {v} must be a port 1 to 65535 or \"first-last\""
+            ))
+        };
+        let port = |n: Option<i64>| n.and_then(|n| u16::try_from(n).ok()).filter(|p| *p != 0);
+        let (first, last) = match &v {
+            Value::Number(n) => {
+                let p = port(n.as_i64()).ok_or_else(bad)?;
+                (p, p)
+            }
+            Value::String(s) => {
+                let (a, b) = s.split_once('-').unwrap_or((s, s));
+                let a = port(a.trim().parse().ok()).ok_or_else(bad)?;
+                let b = port(b.trim().parse().ok()).ok_or_else(bad)?;
+                (a, b)
+            }
+            _ => return Err(bad()),
+        };
+        if first > last {
+            return Err(bad());
+        }
+        Ok(Self { first, last })
+    }
+}
+
+/// A delay: above zero, at most 10 s (sch_fq's default horizon).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latency(Duration);
+
+impl Latency {
+    pub const MAX: Duration = Duration::from_secs(10);
+
+    pub fn get(self) -> Duration {
+        self.0
+    }
+
+    pub fn nanos(self) -> u64 {
+        self.0.as_nanos() as u64
+    }
+}
+
+impl Serialize for Latency {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Latency {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match humantime::parse_duration(&s) {
+            Ok(d) if !d.is_zero() && d <= Self::MAX => Ok(Self(d)),
+            Ok(_) => Err(de::Error::custom(format_args!(
+                "invalid value: delay {s:?} must be above zero and at most 10s"
+            ))),
+            Err(e) => Err(de::Error::custom(format_args!(
+                "invalid value: delay {s:?}: {e} (write e.g. \"50ms\", \"250us\")"
+            ))),
+        }
+    }
+}
+
+/// A rate in bit/s: a number, or a string with a unit: "bit", "kbit",
+/// "mbit", "gbit" (powers of 1000, as tc(8) reads them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate(u64);
+
+impl Rate {
+    pub fn bits_per_second(self) -> u64 {
+        self.0
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let bits = match &v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => {
+                let s = s.trim().to_ascii_lowercase();
+                let digits_end = s
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .unwrap_or(s.len());
+                let (num, unit) = s.split_at(digits_end);
+                let scale = match unit.trim() {
+                    "" | "bit" | "bps" => Some(1.0),
+                    "kbit" => Some(1e3),
+                    "mbit" => Some(1e6),
+                    "gbit" => Some(1e9),
+                    _ => None,
+                };
+                num.parse::<f64>()
+                    .ok()
+                    .zip(scale)
+                    .map(|(n, k)| (n * k).round() as u64)
+            }
+            _ => None,
+        };
+        match bits {
+            Some(b) if (8..=1_000_000_000_000).contains(&b) => Ok(Self(b)),
+            _ => Err(de::Error::custom(format_args!(
+                "invalid value: rate {v} must be 8 bit/s to 1 Tbit/s, as bits per second or e.g. \"10mbit\", \"500kbit\", \"1gbit\""
+            ))),
         }
     }
 }
@@ -324,7 +854,9 @@ mod tests {
         let a = parse(spec.clone()).unwrap();
         let b = parse(json!({ "spec": spec })).unwrap();
         assert_eq!(a.target, b.target);
-        let Fault::ConnectError { address, port, .. } = a.fault;
+        let Fault::ConnectError { address, port, .. } = a.fault else {
+            panic!("parsed as {:?}", a.fault)
+        };
         assert_eq!(address.unwrap().net().to_string(), "10.1.2.0/24");
         assert_eq!(port.unwrap().get(), 5432);
         assert_eq!(a.duration.unwrap().get(), Duration::from_secs(30));

@@ -71,6 +71,10 @@ impl Cgroups {
             TargetSpec::Cgroup(path) => self.by_path(path),
             TargetSpec::Pid(pid) => self.by_pid(*pid),
             TargetSpec::Container(id) => self.by_container(id),
+            TargetSpec::Interface { .. } => Err(RpcError::new(
+                ErrorCode::UnsupportedTarget,
+                "an interface is not a cgroup target",
+            )),
         }
     }
 

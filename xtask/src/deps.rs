@@ -13,6 +13,13 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("/usr/bin/python3", "python3"),
+    // Packet-fault tests and benchmarks.
+    ("ping", "iputils-ping"),
+    ("iperf3", "iperf3"),
+    ("ethtool", "ethtool"),
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
+    ("nsenter", "util-linux"),
 ];
 
 pub fn have(cmd: &str) -> bool {

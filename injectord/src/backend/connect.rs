@@ -13,14 +13,11 @@ use aya::{
     maps::{HashMap, MapData},
     programs::{CgroupAttachMode, CgroupSockAddr, cgroup_sock_addr::CgroupSockAddrLinkId},
 };
-use injector_common::{
-    AttachInfo, ConnectKey, ConnectRule, FAMILY_INET, FAMILY_INET6, Prefix, Trigger,
-};
+use injector_common::{ConnectKey, ConnectRule, FAMILY_INET, FAMILY_INET6, Prefix, Trigger};
 
 use crate::{
     error::{ErrorCode, RpcError},
     spec::Cidr,
-    sys,
     target::Cgroup,
 };
 
@@ -36,18 +33,6 @@ const PROGRAMS: [(&str, u32); 2] = [
 /// (`BPF_F_ALLOW_MULTI` gives EINVAL): "Single" means no flags.
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
-/// `struct bpf_cgroup_storage_key`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct StorageKey {
-    cgroup_inode_id: u64,
-    attach_type: u32,
-    _pad: u32,
-}
-
-// SAFETY: plain data, padding spelled out.
-unsafe impl aya::Pod for StorageKey {}
-
 struct Attachment {
     links: Vec<CgroupSockAddrLinkId>,
     users: usize,
@@ -55,7 +40,6 @@ struct Attachment {
 
 pub struct ConnectBackend {
     rules: HashMap<MapData, ConnectKey, ConnectRule>,
-    storage: MapData,
     attachments: StdHashMap<u64, Attachment>,
 }
 
@@ -63,7 +47,18 @@ pub struct ConnectBackend {
 pub struct ConnectFault {
     pub errno: u32,
     pub address: Option<Cidr>,
-    pub port: Option<u16>,
+    /// A single port gets its own rule key; ranges and "any" share the
+    /// cgroup's any-port key.
+    pub ports: Option<(u16, u16)>,
+}
+
+impl ConnectFault {
+    fn key_port(&self) -> u16 {
+        match self.ports {
+            Some((a, b)) if a == b => a,
+            _ => 0,
+        }
+    }
 }
 
 impl ConnectBackend {
@@ -78,26 +73,23 @@ impl ConnectBackend {
             })?;
         }
         let rules = HashMap::try_from(ebpf.take_map("CONNECT_RULES").context("CONNECT_RULES")?)?;
-        let storage = match ebpf.take_map("CONNECT_ATTACH").context("CONNECT_ATTACH")? {
-            aya::maps::Map::CgroupStorage(m) => m,
-            other => anyhow::bail!("CONNECT_ATTACH has unexpected type {other:?}"),
-        };
         Ok(Self {
             rules,
-            storage,
             attachments: StdHashMap::new(),
         })
     }
 
     pub fn key(cgroup: &Cgroup, fault: &ConnectFault) -> ConnectKey {
-        ConnectKey::new(cgroup.id, fault.port.unwrap_or(0))
+        ConnectKey::new(cgroup.id, fault.key_port())
     }
 
     /// Attaches to the cgroup if needed and publishes the rule. On error
     /// nothing is left behind.
+    #[expect(clippy::too_many_arguments, reason = "the pieces of one install")]
     pub fn install(
         &mut self,
         ebpf: &mut Ebpf,
+        storage: &MapData,
         cgroup: &Cgroup,
         cgroup_dir: &std::path::Path,
         fault: &ConnectFault,
@@ -105,11 +97,12 @@ impl ConnectBackend {
         trigger: Trigger,
     ) -> Result<(), RpcError> {
         let key = Self::key(cgroup, fault);
-        self.acquire(ebpf, cgroup, cgroup_dir)?;
+        self.acquire(ebpf, storage, cgroup, cgroup_dir)?;
         let rule = ConnectRule {
             slot,
             errno: fault.errno,
             dst: fault.address.map_or(Prefix::ANY, prefix_of),
+            ports: fault.ports.map_or([0, u16::MAX], |(a, b)| [a, b]),
             trigger,
         };
         if let Err(e) = self.rules.insert(&key, &rule, 0) {
@@ -134,6 +127,7 @@ impl ConnectBackend {
     fn acquire(
         &mut self,
         ebpf: &mut Ebpf,
+        storage: &MapData,
         cgroup: &Cgroup,
         cgroup_dir: &std::path::Path,
     ) -> Result<(), RpcError> {
@@ -160,33 +154,14 @@ impl ConnectBackend {
                 })
                 .and_then(|link| {
                     links.push(link);
-                    let key = StorageKey {
-                        cgroup_inode_id: cgroup.id,
-                        attach_type,
-                        _pad: 0,
-                    };
-                    let info = AttachInfo {
-                        cgroup_id: cgroup.id,
-                    };
-                    sys::map_update(
-                        self.storage.fd().as_fd(),
-                        sys::bytes_of(&key),
-                        sys::bytes_of(&info),
-                    )
-                    .map_err(|e| format!("publishing the target of {name}: {e}"))
+                    super::publish_attachment(storage, cgroup.id, attach_type)
+                        .map_err(|e| format!("publishing the target of {name}: {e}"))
                 });
             if let Err(msg) = result {
                 for (link, (name, _)) in links.into_iter().zip(PROGRAMS) {
                     let _ = program(ebpf, name).detach(link);
                 }
-                // Each attachment is a bpf_link fd: EMFILE means the daemon's
-                // open-file limit, not a bug.
-                let code = if msg.contains("os error 24") {
-                    ErrorCode::Capacity
-                } else {
-                    ErrorCode::Internal
-                };
-                return Err(RpcError::new(code, msg));
+                return Err(super::attach_error(msg));
             }
         }
         self.attachments

@@ -1,0 +1,371 @@
+//! Packet faults: drop, corrupt, duplicate, delay and rate-limit packets at
+//! XDP (ingress drops at line rate), TC (everything that rewrites or
+//! re-times packets) and cgroup_skb (one cgroup's packets only).
+//!
+//! Per packet, after parsing: one hash lookup for the target's rule masks at
+//! this hook, two LPM-trie lookups (source and destination prefix) whose
+//! values are masks of the rules covering the address, and then one rule
+//! lookup per candidate rule left in the intersection. A packet that no rule
+//! aims at stops after the first lookup or the tries.
+
+mod cgroup;
+mod parse;
+mod tc;
+mod xdp;
+
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+};
+use injector_common::{
+    ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DELAY_BUCKETS,
+    DelayHistogram, LPM_FULL_BITS, LpmData, MAX_FAULTS, MAX_PACKET_RULES, OFFSET_RANDOM,
+    PacketRule, PacketRuleKey, PacketTarget, REGION_ANY, REGION_HEADERS, RULE_JITTER_NORMAL,
+};
+pub use parse::Flow;
+
+use crate::{maps::FAULT_STATS, trigger};
+
+/// `BPF_F_NO_PREALLOC`: a rule replaced by the daemon is freed after an RCU
+/// grace period, so a program never reads one half-rewritten.
+const NO_PREALLOC: u32 = 1;
+
+/// Rule masks per target and hook.
+#[map]
+static PACKET_TARGETS: HashMap<u64, PacketTarget> =
+    HashMap::with_max_entries(MAX_FAULTS, NO_PREALLOC);
+
+#[map]
+static PACKET_RULES: HashMap<PacketRuleKey, PacketRule> =
+    HashMap::with_max_entries(MAX_FAULTS, NO_PREALLOC);
+
+/// Source and destination prefixes; see [`LpmData`].
+#[map]
+static PACKET_SRC: LpmTrie<LpmData, u64> = LpmTrie::with_max_entries(MAX_FAULTS * 2, NO_PREALLOC);
+
+#[map]
+static PACKET_DST: LpmTrie<LpmData, u64> = LpmTrie::with_max_entries(MAX_FAULTS * 2, NO_PREALLOC);
+
+/// Next free departure time of each rate limit, by fault slot. Updated
+/// without a lock (as Cilium's EDT rate limiter does): two CPUs racing on
+/// one limit can both send, which costs a packet's worth of accuracy.
+#[map]
+static RATE_STATE: Array<u64> = Array::with_max_entries(MAX_FAULTS, 0);
+
+/// Injected delay per fault slot, for faults that delay (inserted by the
+/// daemon, so the hot path never allocates).
+#[map]
+static DELAY_HIST: PerCpuHashMap<u32, DelayHistogram> =
+    PerCpuHashMap::with_max_entries(MAX_FAULTS, NO_PREALLOC);
+
+/// What a hook does with a packet once the rules have run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// The packet operations a hook offers. Hooks that cannot rewrite or
+/// re-time packets keep the defaults (the daemon never installs such rules
+/// at such hooks; these are the second line).
+pub trait Packet {
+    /// Total packet length in bytes (linear and paged).
+    fn len(&self) -> u32;
+    /// Flips `mask` in the byte at `pos`, with the rule's checksum policy.
+    fn corrupt(&mut self, _flow: &Flow, _pos: u32, _mask: u8, _fix_checksum: bool) -> bool {
+        false
+    }
+    /// Sends a copy of the packet the way the original goes.
+    fn duplicate(&mut self) -> bool {
+        false
+    }
+    /// The packet's earliest departure time (0: now).
+    fn departure(&self) -> u64 {
+        0
+    }
+    /// Sets the earliest departure time (EDT).
+    fn set_departure(&mut self, _ns: u64) -> bool {
+        false
+    }
+}
+
+#[inline(always)]
+fn lpm_mask(trie: &LpmTrie<LpmData, u64>, target: &[u8; 8], addr: &[u32; 4]) -> u64 {
+    let key = Key::new(
+        LPM_FULL_BITS,
+        LpmData {
+            target: *target,
+            addr: *addr,
+        },
+    );
+    trie.get(&key).copied().unwrap_or(0)
+}
+
+/// Runs the rules of `target` at `hook` against one packet.
+#[inline(always)]
+pub fn run<P: Packet>(hook: usize, target: u64, flow: &Flow, pkt: &mut P) -> Verdict {
+    let Some(masks) = PACKET_TARGETS.get_ptr(&target) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: NO_PREALLOC map value, valid for this RCU read section.
+    let mut mask = unsafe { (*masks).masks[hook & 7] };
+    if mask == 0 {
+        return Verdict::Pass;
+    }
+    let target_be = target.to_be_bytes();
+    mask &= lpm_mask(&PACKET_SRC, &target_be, &flow.src);
+    if mask == 0 {
+        return Verdict::Pass;
+    }
+    mask &= lpm_mask(&PACKET_DST, &target_be, &flow.dst);
+
+    for _ in 0..MAX_PACKET_RULES {
+        if mask == 0 {
+            break;
+        }
+        let index = lowest_bit(mask);
+        mask &= mask - 1;
+        if step(target, index, flow, pkt) == Verdict::Drop {
+            return Verdict::Drop;
+        }
+    }
+    Verdict::Pass
+}
+
+/// One candidate rule. A BPF-to-BPF call rather than inlined: the loop
+/// may be unrolled, and 64 inlined copies would overflow the 512-byte stack.
+#[inline(never)]
+fn step<P: Packet>(target: u64, index: u32, flow: &Flow, pkt: &mut P) -> Verdict {
+    let key = PacketRuleKey {
+        target,
+        index,
+        _pad: 0,
+    };
+    let Some(rule) = PACKET_RULES.get_ptr(&key) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: as for `masks`: a replaced rule stays intact until the end of
+    // this RCU read section.
+    let rule = unsafe { &*rule };
+    if !rule.accepts(flow.proto, flow.sport, flow.dport) {
+        return Verdict::Pass;
+    }
+    apply(rule, flow, pkt)
+}
+
+/// Evaluates one matching rule's trigger and delivers its fault.
+#[inline(always)]
+fn apply<P: Packet>(rule: &PacketRule, flow: &Flow, pkt: &mut P) -> Verdict {
+    match rule.action {
+        ACTION_DROP => {
+            if trigger::evaluate(rule.slot, &rule.trigger) {
+                return Verdict::Drop;
+            }
+        }
+        ACTION_CORRUPT => {
+            // A packet without the chosen region (say, a bare TCP ACK for
+            // `payload`) is not a candidate: it counts nowhere.
+            let Some(pos) = corrupt_position(rule, flow, pkt.len()) else {
+                return Verdict::Pass;
+            };
+            if trigger::evaluate(rule.slot, &rule.trigger) {
+                let mask = if rule.xor_mask != 0 {
+                    rule.xor_mask
+                } else {
+                    1 << (random() & 7)
+                };
+                pkt.corrupt(
+                    flow,
+                    pos,
+                    mask,
+                    rule.flags & injector_common::RULE_FIX_CHECKSUM != 0,
+                );
+            }
+        }
+        ACTION_DUPLICATE => {
+            if trigger::evaluate(rule.slot, &rule.trigger) {
+                pkt.duplicate();
+            }
+        }
+        ACTION_DELAY => {
+            if trigger::evaluate(rule.slot, &rule.trigger) {
+                let delay = jittered(rule);
+                let now = now();
+                let base = max(pkt.departure(), now);
+                if pkt.set_departure(base + delay) {
+                    record_delay(rule.slot, base + delay - now);
+                }
+            }
+        }
+        ACTION_RATE => {
+            if trigger::evaluate(rule.slot, &rule.trigger) {
+                return pace(rule, pkt);
+            }
+        }
+        _ => {}
+    }
+    Verdict::Pass
+}
+
+/// Earliest departure time pacing (as sch_fq and Cilium's bandwidth
+/// manager do): each packet leaves no earlier than the previous one plus its
+/// own transmission time at the rate; packets that would leave later than
+/// the horizon are dropped, which is what bounds the queue.
+#[inline(always)]
+fn pace<P: Packet>(rule: &PacketRule, pkt: &mut P) -> Verdict {
+    let Some(next) = RATE_STATE.get_ptr_mut(rule.slot) else {
+        return Verdict::Pass;
+    };
+    let now = now();
+    // SAFETY: array value, lives as long as the map; see RATE_STATE for the
+    // (accepted) race between CPUs.
+    let t_last = unsafe { core::ptr::read_volatile(next) };
+    let start = max(max(t_last, now), pkt.departure());
+    if start - now > rule.horizon_ns {
+        if let Some(stats) = FAULT_STATS.get_ptr_mut(rule.slot) {
+            // SAFETY: per-CPU value, nothing else runs on this CPU.
+            unsafe { (*stats).overflows += 1 };
+        }
+        return Verdict::Drop;
+    }
+    let rate = if rule.rate_bytes == 0 {
+        1
+    } else {
+        rule.rate_bytes
+    };
+    let cost = u64::from(pkt.len()) * 1_000_000_000 / rate;
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(next, start + cost) };
+    if start > now && pkt.set_departure(start) {
+        record_delay(rule.slot, start - now);
+    }
+    Verdict::Pass
+}
+
+/// Where to flip bits: a byte offset from the start of the packet data, if
+/// the packet has the rule's region and the offset lies inside it.
+#[inline(always)]
+fn corrupt_position(rule: &PacketRule, flow: &Flow, len: u32) -> Option<u32> {
+    let (start, end) = match rule.region {
+        REGION_HEADERS => (flow.l3, flow.payload),
+        REGION_ANY => (flow.l3, len),
+        _ => (flow.payload, len),
+    };
+    if end <= start {
+        return None;
+    }
+    let size = end - start;
+    let offset = if rule.offset == OFFSET_RANDOM {
+        random() % size
+    } else {
+        rule.offset
+    };
+    (offset < size).then_some(start + offset)
+}
+
+/// The rule's delay with jitter applied, never negative.
+#[inline(always)]
+fn jittered(rule: &PacketRule) -> u64 {
+    let j = rule.jitter_ns;
+    if j == 0 {
+        return rule.delay_ns;
+    }
+    let (magnitude, negative) = if rule.flags & RULE_JITTER_NORMAL != 0 {
+        // Irwin-Hall: the sum of four uniform u32s is close to normal with
+        // mean 2^33 and standard deviation 2^32 / sqrt(3); scale it so one
+        // standard deviation is `j`. Truncated at ±3.46 sigma.
+        let sum =
+            u64::from(random()) + u64::from(random()) + u64::from(random()) + u64::from(random());
+        let (dev, negative) = if sum >= 1 << 33 {
+            (sum - (1 << 33), false)
+        } else {
+            ((1 << 33) - sum, true)
+        };
+        // dev / (2^32 / sqrt 3) * j, in steps that stay within 64 bits for
+        // j up to 2^40 ns (18 minutes).
+        ((dev >> 16) * 1732 / 1000 * (j >> 8) >> 8, negative)
+    } else {
+        // Uniform in [-j, j].
+        let r = u64::from(random()) % (2 * j + 1);
+        if r >= j {
+            (r - j, false)
+        } else {
+            (j - r, true)
+        }
+    };
+    if negative {
+        rule.delay_ns.saturating_sub(magnitude)
+    } else {
+        rule.delay_ns + magnitude
+    }
+}
+
+#[inline(always)]
+fn record_delay(slot: u32, ns: u64) {
+    let Some(hist) = DELAY_HIST.get_ptr_mut(&slot) else {
+        return;
+    };
+    let us = ns / 1000;
+    let bucket = if us == 0 {
+        0
+    } else {
+        (63 - us.leading_zeros()) as usize
+    };
+    let bucket = if bucket >= DELAY_BUCKETS {
+        DELAY_BUCKETS - 1
+    } else {
+        bucket
+    };
+    // SAFETY: per-CPU value, nothing else runs on this CPU; the index is
+    // bounded above.
+    unsafe {
+        (*hist).buckets[bucket] += 1;
+        (*hist).sum_ns += ns;
+    }
+}
+
+/// Index of the lowest set bit of a non-zero mask, without a loop (BPF has
+/// no count-trailing-zeros instruction).
+#[inline(always)]
+fn lowest_bit(mask: u64) -> u32 {
+    let b = mask & mask.wrapping_neg();
+    let mut n = 0;
+    if b & 0xffff_ffff_0000_0000 != 0 {
+        n += 32;
+    }
+    if b & 0xffff_0000_ffff_0000 != 0 {
+        n += 16;
+    }
+    if b & 0xff00_ff00_ff00_ff00 != 0 {
+        n += 8;
+    }
+    if b & 0xf0f0_f0f0_f0f0_f0f0 != 0 {
+        n += 4;
+    }
+    if b & 0xcccc_cccc_cccc_cccc != 0 {
+        n += 2;
+    }
+    if b & 0xaaaa_aaaa_aaaa_aaaa != 0 {
+        n += 1;
+    }
+    n
+}
+
+#[inline(always)]
+fn max(a: u64, b: u64) -> u64 {
+    if a > b { a } else { b }
+}
+
+#[inline(always)]
+fn random() -> u32 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_get_prandom_u32() }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments. CLOCK_MONOTONIC, the clock of
+    // skb->tstamp departure times.
+    unsafe { bpf_ktime_get_ns() }
+}

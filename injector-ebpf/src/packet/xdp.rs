@@ -1,0 +1,32 @@
+//! XDP at a device's ingress: drops at line rate, before any allocation.
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use injector_common::HOOK_XDP;
+
+use super::{Packet, Verdict, parse, run};
+
+struct XdpPacket {
+    len: u32,
+}
+
+impl Packet for XdpPacket {
+    fn len(&self) -> u32 {
+        self.len
+    }
+}
+
+#[xdp]
+pub fn packet_xdp(ctx: XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let Some(flow) = parse::ethernet(data, end) else {
+        return xdp_action::XDP_PASS;
+    };
+    let mut pkt = XdpPacket {
+        len: (end - data) as u32,
+    };
+    // A per-interface object: its maps hold this interface's rules only.
+    match run(HOOK_XDP, 0, &flow, &mut pkt) {
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Pass => xdp_action::XDP_PASS,
+    }
+}

@@ -1,0 +1,648 @@
+//! Packet faults on a network interface: XDP at ingress for drops, TC at
+//! ingress and egress for everything that rewrites, copies or re-times
+//! packets.
+//!
+//! Each interface gets a private copy of the eBPF object: XDP cannot tell
+//! which network namespace an ifindex belongs to, and ifindexes repeat
+//! across namespaces, so maps shared between interfaces would mix up two
+//! containers' `eth0`. Programs are attached lazily, per hook a rule needs,
+//! and everything is put back when the interface's last fault goes:
+//! - XDP and tcx attachments are bpf_links owned by this process;
+//! - clsact filters (kernels without tcx) get their own auto-chosen
+//!   priority in front of others', and the clsact qdisc is removed only if
+//!   we added it and no filter of anyone else is left on it;
+//! - sch_fq is installed only on request and only over a default root
+//!   qdisc, and removed again (the kernel then restores the default).
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    fs::File,
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    process::Command,
+};
+
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttach, TcAttachType, Xdp, XdpMode,
+        tc::SchedClassifierLinkId,
+        tc::{self, NlOptions},
+        xdp::XdpLinkId,
+    },
+};
+use injector_common::{
+    ACTION_DROP, DelayHistogram, FaultStats, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, Trigger,
+};
+
+use super::packet::{PacketMaps, PacketPlan, TargetRules};
+use crate::{
+    datapath::{Datapath, Slots},
+    error::{ErrorCode, RpcError, chain},
+    spec::{IfName, Netns},
+};
+
+/// An interface, named by its network namespace (device and inode of the
+/// namespace file) and its index there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InterfaceKey {
+    netns_dev: u64,
+    netns_ino: u64,
+    ifindex: u32,
+}
+
+/// A packet fault installed on an interface.
+#[derive(Debug, Clone)]
+pub struct InterfaceHandle {
+    pub key: InterfaceKey,
+    indices: Vec<u32>,
+    slot: u32,
+}
+
+#[derive(Default)]
+pub struct Interfaces {
+    by_key: HashMap<InterfaceKey, Interface>,
+    /// Whether this kernel has sch_fq at all (from the capabilities probe).
+    fq_available: bool,
+}
+
+enum XdpState {
+    NotTried,
+    Attached(XdpLinkId),
+    /// Another XDP program owns the device (or the kernel refused): ingress
+    /// drops go through TC instead.
+    Unavailable(String),
+}
+
+struct TcLink {
+    id: SchedClassifierLinkId,
+    /// A clsact filter (not a tcx link): detach it in its namespace.
+    netlink: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fq {
+    Unknown,
+    /// fq was there before us.
+    Present,
+    /// We put fq at the root; removing it restores the default qdisc.
+    Installed,
+}
+
+struct Interface {
+    ebpf: Ebpf,
+    slots: Slots,
+    maps: PacketMaps,
+    rules: TargetRules,
+    /// The namespace, or `None` for the daemon's own.
+    netns: Option<File>,
+    label: String,
+    name: String,
+    ifindex: u32,
+    xdp: XdpState,
+    /// Ingress, egress.
+    tc: [Option<TcLink>; 2],
+    clsact_created: bool,
+    fq: Fq,
+}
+
+impl InterfaceHandle {
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+}
+
+impl Interfaces {
+    pub fn new(fq_available: bool) -> Self {
+        Self {
+            by_key: HashMap::new(),
+            fq_available,
+        }
+    }
+
+    pub fn install(
+        &mut self,
+        name: &IfName,
+        netns: Option<&Netns>,
+        plan: &PacketPlan,
+        trigger: Trigger,
+    ) -> Result<InterfaceHandle, RpcError> {
+        let label = match netns {
+            Some(ns) => format!("{} in netns {}", name.as_str(), ns.as_str()),
+            None => name.as_str().to_string(),
+        };
+        if plan.delays() && plan.filter.direction.ingress() {
+            return Err(RpcError::new(
+                ErrorCode::UnsupportedTarget,
+                format!(
+                    "{} cannot act on ingress: departure times (EDT) only hold on the way out, through sch_fq. Delay the peer's egress instead (e.g. the other end of the veth pair), with \"direction\": \"egress\"",
+                    plan.kind
+                ),
+            ));
+        }
+        let (ns_file, key) = resolve(name, netns)?;
+        let fq_available = self.fq_available;
+        let iface = match self.by_key.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                e.insert(Interface::load(ns_file, label, name.as_str(), key.ifindex)?)
+            }
+        };
+        let result = iface.install(plan, trigger, fq_available);
+        match result {
+            Ok((indices, slot)) => Ok(InterfaceHandle { key, indices, slot }),
+            Err(e) => {
+                if iface.rules.is_empty()
+                    && let Some(iface) = self.by_key.remove(&key)
+                {
+                    iface.teardown();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub fn uninstall(&mut self, handle: &InterfaceHandle) {
+        let Some(iface) = self.by_key.get_mut(&handle.key) else {
+            return;
+        };
+        iface
+            .maps
+            .remove(0, &mut iface.rules, &handle.indices, handle.slot);
+        iface.slots.free(handle.slot);
+        if iface.rules.is_empty()
+            && let Some(iface) = self.by_key.remove(&handle.key)
+        {
+            iface.teardown();
+        }
+    }
+
+    pub fn stats(&self, handle: &InterfaceHandle) -> FaultStats {
+        self.by_key
+            .get(&handle.key)
+            .map(|i| i.slots.stats(handle.slot))
+            .unwrap_or_default()
+    }
+
+    pub fn histogram(&self, handle: &InterfaceHandle) -> Option<DelayHistogram> {
+        self.by_key
+            .get(&handle.key)
+            .and_then(|i| i.maps.histogram(handle.slot))
+    }
+
+    /// Where a fault landed, for `get` and `list`.
+    pub fn describe(&self, handle: &InterfaceHandle) -> serde_json::Value {
+        let Some(i) = self.by_key.get(&handle.key) else {
+            return serde_json::Value::Null;
+        };
+        serde_json::json!({
+            "interface": i.name,
+            "ifindex": i.ifindex,
+            "label": i.label,
+            "xdp": match &i.xdp {
+                XdpState::Attached(_) => "attached".to_string(),
+                XdpState::NotTried => "not needed".to_string(),
+                XdpState::Unavailable(why) => format!("unavailable ({why}); ingress drops use TC"),
+            },
+            "tc": i.tc.iter().map(|t| t.as_ref().map(|t| if t.netlink { "clsact" } else { "tcx" })).collect::<Vec<_>>(),
+            "fq": match i.fq {
+                Fq::Unknown => "not needed",
+                Fq::Present => "present",
+                Fq::Installed => "installed by injectord",
+            },
+        })
+    }
+}
+
+/// Opens the namespace and finds the interface's index there.
+fn resolve(name: &IfName, netns: Option<&Netns>) -> Result<(Option<File>, InterfaceKey), RpcError> {
+    let (file, path) = match netns {
+        Some(ns) => {
+            let path = ns.path();
+            let file = File::open(&path).map_err(|e| {
+                RpcError::new(
+                    ErrorCode::TargetNotFound,
+                    format!(
+                        "network namespace {} not found ({}: {e})",
+                        ns.as_str(),
+                        path.display()
+                    ),
+                )
+            })?;
+            (Some(file), path)
+        }
+        None => (None, "/proc/self/ns/net".into()),
+    };
+    let meta = match &file {
+        Some(f) => f.metadata(),
+        None => std::fs::metadata(&path),
+    }
+    .map_err(|e| {
+        RpcError::new(
+            ErrorCode::TargetNotFound,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    let where_ = netns.map_or_else(
+        || "the daemon's network namespace".to_string(),
+        |ns| format!("network namespace {}", ns.as_str()),
+    );
+    let lookup = in_netns(file.as_ref(), || {
+        nix::net::if_::if_nametoindex(name.as_str()).map_err(|_| {
+            let names: Vec<String> = nix::net::if_::if_nameindex()
+                .map(|l| {
+                    l.iter()
+                        .map(|i| i.name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.join(", ")
+        })
+    });
+    let ifindex = match lookup {
+        Ok(Ok(i)) => i,
+        Ok(Err(names)) => {
+            return Err(RpcError::new(
+                ErrorCode::TargetNotFound,
+                format!(
+                    "no interface {:?} in {where_} (it has: {names})",
+                    name.as_str()
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(RpcError::new(
+                ErrorCode::TargetNotFound,
+                format!("entering {where_}: {e}"),
+            ));
+        }
+    };
+    let key = InterfaceKey {
+        netns_dev: meta.dev(),
+        netns_ino: meta.ino(),
+        ifindex,
+    };
+    Ok((file, key))
+}
+
+/// Runs `f` with the calling thread's network namespace set to `netns`
+/// (a fresh thread, so the daemon's own threads never change namespace).
+/// Netlink sockets, interface lookups, link creation by ifindex and child
+/// processes all act in the namespace of the thread that makes them.
+fn in_netns<R: Send>(netns: Option<&File>, f: impl FnOnce() -> R + Send) -> std::io::Result<R> {
+    let Some(ns) = netns else {
+        return Ok(f());
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("netns worker thread panicked")))
+    })
+}
+
+impl Interface {
+    fn load(
+        netns: Option<File>,
+        label: String,
+        name: &str,
+        ifindex: u32,
+    ) -> Result<Self, RpcError> {
+        let (mut ebpf, slots) = Datapath::load_instance()
+            .map_err(|e| RpcError::new(ErrorCode::Internal, format!("{e:#}")))?;
+        let maps = PacketMaps::take(&mut ebpf)
+            .map_err(|e| RpcError::new(ErrorCode::Internal, format!("{e:#}")))?;
+        tracing::debug!(interface = %label, ifindex, "loaded packet programs");
+        Ok(Self {
+            ebpf,
+            slots,
+            maps,
+            rules: TargetRules::default(),
+            netns,
+            label,
+            name: name.to_string(),
+            ifindex,
+            xdp: XdpState::NotTried,
+            tc: [None, None],
+            clsact_created: false,
+            fq: Fq::Unknown,
+        })
+    }
+
+    fn install(
+        &mut self,
+        plan: &PacketPlan,
+        trigger: Trigger,
+        fq_available: bool,
+    ) -> Result<(Vec<u32>, u32), RpcError> {
+        if plan.needs_fq {
+            self.ensure_fq(plan, fq_available)?;
+        }
+        let dir = plan.filter.direction;
+        let mut ingress = 0u8;
+        if dir.ingress() {
+            // Drops at XDP, before the stack allocates anything; the rest
+            // needs an skb.
+            ingress = if plan.rule.action == ACTION_DROP && self.ensure_xdp() {
+                1 << HOOK_XDP
+            } else {
+                self.ensure_tc(TcAttachType::Ingress)?;
+                1 << HOOK_TC_INGRESS
+            };
+        }
+        let egress = if dir.egress() {
+            self.ensure_tc(TcAttachType::Egress)?;
+            1 << HOOK_TC_EGRESS
+        } else {
+            0
+        };
+        let slot = self.slots.alloc()?;
+        let entries = plan.entries(ingress, egress, slot, trigger);
+        let nr_cpus = self.slots.nr_cpus();
+        match self.maps.add(0, &mut self.rules, entries, nr_cpus) {
+            Ok(indices) => Ok((indices, slot)),
+            Err(e) => {
+                self.slots.free(slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// Attaches the XDP program if not yet tried; false if XDP cannot be
+    /// used on this device.
+    fn ensure_xdp(&mut self) -> bool {
+        if let XdpState::NotTried = self.xdp {
+            self.xdp = match self.attach_xdp() {
+                Ok(id) => XdpState::Attached(id),
+                Err(why) => {
+                    tracing::info!(interface = %self.label, %why, "XDP unavailable; ingress drops use TC");
+                    XdpState::Unavailable(why)
+                }
+            };
+        }
+        matches!(self.xdp, XdpState::Attached(_))
+    }
+
+    fn attach_xdp(&mut self) -> Result<XdpLinkId, String> {
+        let ifindex = self.ifindex;
+        let netns = self.netns.as_ref();
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut("packet_xdp")
+            .and_then(|p| p.try_into().ok())
+            .ok_or("packet_xdp missing from the object")?;
+        prog.load()
+            .map_err(|e| format!("loading packet_xdp: {}", chain(&e)))?;
+        in_netns(netns, || {
+            // Native mode where the driver has it, generic otherwise. A link
+            // never replaces another program: the kernel answers EBUSY.
+            prog.attach(ifindex, XdpMode::Driver).or_else(|native| {
+                prog.attach(ifindex, XdpMode::Skb).map_err(|generic| {
+                    format!("native: {}; generic: {}", chain(&native), chain(&generic))
+                })
+            })
+        })
+        .map_err(|e| e.to_string())?
+    }
+
+    fn ensure_tc(&mut self, attach_type: TcAttachType) -> Result<(), RpcError> {
+        let i = usize::from(attach_type == TcAttachType::Egress);
+        if self.tc[i].is_some() {
+            return Ok(());
+        }
+        let name = if i == 0 {
+            "packet_tc_ingress"
+        } else {
+            "packet_tc_egress"
+        };
+        let ifindex = self.ifindex;
+        let dev = self.name.clone();
+        let netns = self.netns.as_ref();
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| RpcError::new(ErrorCode::Internal, format!("{name} missing")))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| {
+                RpcError::new(
+                    ErrorCode::UnsupportedKernel,
+                    format!("loading {name} (TC classifier): {}", chain(&e)),
+                )
+            })?;
+        }
+        let attached = in_netns(netns, || {
+            // tcx (Linux 6.6+): a link, first in the chain; our program
+            // answers "next" for packets it leaves alone.
+            let tcx = TcAttach::Tcx {
+                attach_type,
+                order: LinkOrder::first(),
+            };
+            match prog.attach(ifindex, tcx) {
+                Ok(id) => Ok((id, false, false)),
+                Err(tcx_err) => {
+                    // clsact + cls_bpf: a filter at a priority the kernel
+                    // picks in front of the existing ones.
+                    let created = match tc::qdisc_add_clsact(ifindex) {
+                        Ok(()) => true,
+                        Err(e) if chain(&e).contains("exists") => false,
+                        Err(e) => {
+                            return Err(format!("tcx: {}; clsact: {}", chain(&tcx_err), chain(&e)));
+                        }
+                    };
+                    let nl = TcAttach::Netlink {
+                        parent: attach_type.into(),
+                        options: NlOptions::default(),
+                    };
+                    match prog.attach(ifindex, nl) {
+                        Ok(id) => Ok((id, true, created)),
+                        Err(e) => {
+                            if created {
+                                let _ = tc_command(&["qdisc", "del", "dev", &dev, "clsact"]);
+                            }
+                            Err(format!(
+                                "tcx: {}; clsact filter: {}",
+                                chain(&tcx_err),
+                                chain(&e)
+                            ))
+                        }
+                    }
+                }
+            }
+        });
+        match attached {
+            Ok(Ok((id, netlink, created))) => {
+                self.clsact_created |= created;
+                self.tc[i] = Some(TcLink { id, netlink });
+                tracing::debug!(interface = %self.label, name, netlink, "attached TC program");
+                Ok(())
+            }
+            Ok(Err(msg)) => Err(RpcError::new(
+                ErrorCode::UnsupportedKernel,
+                format!("attaching {name} to {}: {msg}", self.label),
+            )),
+            Err(e) => Err(RpcError::new(
+                ErrorCode::Internal,
+                format!("entering the namespace of {}: {e}", self.label),
+            )),
+        }
+    }
+
+    /// Makes sure sch_fq is the device's root qdisc (EDT needs it).
+    fn ensure_fq(&mut self, plan: &PacketPlan, fq_available: bool) -> Result<(), RpcError> {
+        if self.fq != Fq::Unknown {
+            return Ok(());
+        }
+        if !fq_available {
+            return Err(RpcError::new(
+                ErrorCode::UnsupportedKernel,
+                format!(
+                    "{} needs the sch_fq qdisc (CONFIG_NET_SCH_FQ) to hold packets until their departure time, and this kernel has no sch_fq",
+                    plan.kind
+                ),
+            ));
+        }
+        let name = self.name.clone();
+        let root = in_netns(self.netns.as_ref(), || root_qdisc(&name))
+            .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| RpcError::new(ErrorCode::Internal, e))?;
+        if root.kind == "fq" {
+            self.fq = Fq::Present;
+            return Ok(());
+        }
+        if !plan.install_fq {
+            return Err(RpcError::new(
+                ErrorCode::UnsupportedTarget,
+                format!(
+                    "{} needs sch_fq as the root qdisc of {}, which has {} instead; set \"install_fq\": true to let injectord put fq there for the fault's lifetime, or run `tc qdisc replace dev {} root fq`",
+                    plan.kind, self.label, root.kind, self.name
+                ),
+            ));
+        }
+        if !root.is_default() {
+            return Err(RpcError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "{} has a configured root qdisc ({} handle {}); injectord will not replace someone else's qdisc. Add fq yourself, or remove that qdisc first",
+                    self.label, root.kind, root.handle
+                ),
+            ));
+        }
+        in_netns(self.netns.as_ref(), || {
+            tc_command(&["qdisc", "replace", "dev", &name, "root", "fq"])
+        })
+        .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| {
+            RpcError::new(
+                ErrorCode::Internal,
+                format!("installing fq on {}: {e}", self.label),
+            )
+        })?;
+        tracing::info!(interface = %self.label, previous = %root.kind, "installed sch_fq");
+        self.fq = Fq::Installed;
+        Ok(())
+    }
+
+    /// Detaches everything and puts back what was there before us.
+    fn teardown(mut self) {
+        let label = self.label.clone();
+        let name = self.name.clone();
+        let (tc, xdp) = (
+            std::mem::take(&mut self.tc),
+            std::mem::replace(&mut self.xdp, XdpState::NotTried),
+        );
+        let (fq, clsact_created) = (self.fq, self.clsact_created);
+        let netns = self.netns.take();
+        let ebpf = &mut self.ebpf;
+        let result = in_netns(netns.as_ref(), || {
+            for (link, name) in tc
+                .into_iter()
+                .zip(["packet_tc_ingress", "packet_tc_egress"])
+            {
+                let Some(link) = link else { continue };
+                if let Some(prog) = ebpf
+                    .program_mut(name)
+                    .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+                    && let Err(e) = prog.detach(link.id)
+                {
+                    tracing::error!(error = %chain(&e), name, "detaching TC program");
+                }
+            }
+            if let XdpState::Attached(id) = xdp
+                && let Some(prog) = ebpf
+                    .program_mut("packet_xdp")
+                    .and_then(|p| <&mut Xdp>::try_from(p).ok())
+                && let Err(e) = prog.detach(id)
+            {
+                tracing::error!(error = %chain(&e), "detaching XDP program");
+            }
+            if fq == Fq::Installed
+                && let Err(e) = tc_command(&["qdisc", "del", "dev", &name, "root"])
+            {
+                tracing::error!(error = %e, "removing the fq qdisc we installed");
+            }
+            if clsact_created && clsact_is_empty(&name) {
+                let _ = tc_command(&["qdisc", "del", "dev", &name, "clsact"]);
+            }
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, interface = %label, "entering the namespace to clean up");
+        }
+        tracing::debug!(interface = %label, "detached packet programs");
+        // Dropping the object closes its program and map fds.
+        drop(netns);
+    }
+}
+
+/// The root qdisc of a device, as `tc -j` reports it.
+struct RootQdisc {
+    kind: String,
+    handle: String,
+}
+
+impl RootQdisc {
+    /// Default qdiscs are created by the kernel with handle 0: (noqueue on
+    /// virtual devices, pfifo_fast/fq_codel/mq per `net.core.default_qdisc`).
+    fn is_default(&self) -> bool {
+        self.handle == "0:"
+    }
+}
+
+fn root_qdisc(dev: &str) -> Result<RootQdisc, String> {
+    let out = tc_command(&["-j", "qdisc", "show", "dev", dev, "root"])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("parsing `tc -j qdisc show`: {e}"))?;
+    let q = v.get(0).ok_or("no root qdisc reported")?;
+    Ok(RootQdisc {
+        kind: q["kind"].as_str().unwrap_or("?").to_string(),
+        handle: q["handle"].as_str().unwrap_or("?").to_string(),
+    })
+}
+
+fn clsact_is_empty(dev: &str) -> bool {
+    ["ingress", "egress"].iter().all(|dir| {
+        tc_command(&["-j", "filter", "show", "dev", dev, dir])
+            .ok()
+            .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
+            .is_some_and(|v| v.as_array().is_some_and(Vec::is_empty))
+    })
+}
+
+/// Runs tc(8) in the calling thread's network namespace.
+fn tc_command(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("tc")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running tc: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "tc {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

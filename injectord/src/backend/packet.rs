@@ -1,0 +1,437 @@
+//! Packet rules in the kernel: the per-target rule table, and the maps the
+//! packet programs read (rule masks per hook, rules, source and destination
+//! LPM tries, rate-limit state, delay histograms).
+//!
+//! Shared by the cgroup_skb backend (targets are cgroup ids, one object for
+//! all cgroups) and the interface backend (target 0 in a private object per
+//! interface).
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{
+        Array, HashMap, MapData, PerCpuHashMap, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use injector_common::{
+    ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DelayHistogram,
+    LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES, NR_HOOKS, OFFSET_RANDOM, PROTO_ANY, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, PacketRule, PacketRuleKey, PacketTarget, REGION_ANY, REGION_HEADERS,
+    REGION_PAYLOAD, RULE_FIX_CHECKSUM, RULE_JITTER_NORMAL, RULE_PROTO_ICMP_ANY, Trigger,
+};
+use ipnet::IpNet;
+
+use crate::{
+    datapath::internal,
+    error::{ErrorCode, RpcError},
+    spec::{Distribution, Fault, PacketFilter, PortRange, Protocol, Region},
+};
+
+/// Default for `bandwidth_limit.max_delay`.
+const DEFAULT_RATE_HORIZON_NS: u64 = 1_000_000_000;
+
+/// What one packet fault asks of the kernel, before hooks are chosen.
+#[derive(Clone, Debug)]
+pub struct PacketPlan {
+    pub kind: &'static str,
+    pub filter: PacketFilter,
+    /// The rule, without slot and trigger.
+    pub rule: PacketRule,
+    /// `partition`: the ingress side matches the mirrored filter.
+    pub mirrored: bool,
+    /// Needs sch_fq at the device root (delay, rate).
+    pub needs_fq: bool,
+    pub install_fq: bool,
+}
+
+impl PacketPlan {
+    /// The kernel rule for a packet fault; `None` for other faults.
+    pub fn of(fault: &Fault) -> Option<Self> {
+        let filter = fault.packet_filter()?;
+        let mut rule = PacketRule {
+            proto: match filter.protocol {
+                Protocol::Any => PROTO_ANY,
+                Protocol::Tcp => PROTO_TCP,
+                Protocol::Udp => PROTO_UDP,
+                Protocol::Icmp => PROTO_ICMP,
+            },
+            flags: if filter.protocol == Protocol::Icmp {
+                RULE_PROTO_ICMP_ANY
+            } else {
+                0
+            },
+            sport: range(filter.src_port),
+            dport: range(filter.dst_port),
+            offset: OFFSET_RANDOM,
+            ..PacketRule::default()
+        };
+        let (mut needs_fq, mut install_fq, mut mirrored) = (false, false, false);
+        match fault {
+            Fault::ConnectError { .. } => return None,
+            Fault::PacketDrop(_) => rule.action = ACTION_DROP,
+            Fault::Partition(_) => {
+                rule.action = ACTION_DROP;
+                mirrored = true;
+            }
+            Fault::PacketDuplicate(_) => rule.action = ACTION_DUPLICATE,
+            Fault::PacketCorrupt(c) => {
+                rule.action = ACTION_CORRUPT;
+                rule.region = match c.region {
+                    Region::Payload => REGION_PAYLOAD,
+                    Region::Headers => REGION_HEADERS,
+                    Region::Any => REGION_ANY,
+                };
+                rule.offset = c.offset.map_or(OFFSET_RANDOM, u32::from);
+                rule.xor_mask = c.mask.map_or(0, |m| m.get());
+                if c.fix_checksum {
+                    rule.flags |= RULE_FIX_CHECKSUM;
+                }
+            }
+            Fault::PacketDelay(d) => {
+                rule.action = ACTION_DELAY;
+                rule.delay_ns = d.delay.nanos();
+                rule.jitter_ns = d.jitter.map_or(0, |j| j.nanos());
+                if d.distribution == Distribution::Normal {
+                    rule.flags |= RULE_JITTER_NORMAL;
+                }
+                needs_fq = true;
+                install_fq = d.install_fq;
+            }
+            Fault::BandwidthLimit(b) => {
+                rule.action = ACTION_RATE;
+                rule.rate_bytes = (b.rate.bits_per_second() / 8).max(1);
+                rule.horizon_ns = b.max_delay.map_or(DEFAULT_RATE_HORIZON_NS, |d| d.nanos());
+                needs_fq = true;
+                install_fq = b.install_fq;
+            }
+        }
+        Some(Self {
+            kind: fault.kind(),
+            filter,
+            rule,
+            mirrored,
+            needs_fq,
+            install_fq,
+        })
+    }
+
+    pub fn delays(&self) -> bool {
+        matches!(self.rule.action, ACTION_DELAY | ACTION_RATE)
+    }
+
+    /// The rule entries to install: one per direction form. `ingress` and
+    /// `egress` map a direction to the hook bits of the target kind.
+    pub fn entries(&self, ingress: u8, egress: u8, slot: u32, trigger: Trigger) -> Vec<RuleEntry> {
+        let rule = PacketRule {
+            slot,
+            trigger,
+            ..self.rule
+        };
+        let f = &self.filter;
+        let plain = |hooks| RuleEntry {
+            hooks,
+            src: f.src.map(|c| c.net()),
+            dst: f.dst.map(|c| c.net()),
+            rule,
+        };
+        let mut out = Vec::new();
+        match (self.mirrored, f.direction.ingress(), f.direction.egress()) {
+            (true, true, true) => {
+                out.push(plain(egress));
+                out.push(RuleEntry {
+                    hooks: ingress,
+                    src: f.dst.map(|c| c.net()),
+                    dst: f.src.map(|c| c.net()),
+                    rule: PacketRule {
+                        sport: rule.dport,
+                        dport: rule.sport,
+                        ..rule
+                    },
+                });
+            }
+            (_, i, e) => out.push(plain(
+                if i { ingress } else { 0 } | if e { egress } else { 0 },
+            )),
+        }
+        out
+    }
+}
+
+fn range(r: Option<PortRange>) -> [u16; 2] {
+    r.map_or([0, u16::MAX], |r| [r.first, r.last])
+}
+
+/// One kernel rule: the hooks it runs at (bit per hook), its prefixes and
+/// the rule proper.
+#[derive(Clone, Debug)]
+pub struct RuleEntry {
+    pub hooks: u8,
+    pub src: Option<IpNet>,
+    pub dst: Option<IpNet>,
+    pub rule: PacketRule,
+}
+
+/// The rules of one target, by index (the bit in the kernel's masks).
+#[derive(Default)]
+pub struct TargetRules {
+    entries: BTreeMap<u32, RuleEntry>,
+    /// LPM keys currently in the kernel for this target.
+    src_keys: Vec<Key<LpmData>>,
+    dst_keys: Vec<Key<LpmData>>,
+}
+
+impl TargetRules {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Hooks some rule runs at.
+    pub fn hooks(&self) -> u8 {
+        self.entries.values().fold(0, |acc, e| acc | e.hooks)
+    }
+
+    fn free_indices(&self, n: usize) -> Option<Vec<u32>> {
+        let free: Vec<u32> = (0..MAX_PACKET_RULES)
+            .filter(|i| !self.entries.contains_key(i))
+            .take(n)
+            .collect();
+        (free.len() == n).then_some(free)
+    }
+}
+
+/// The packet maps of one loaded object.
+pub struct PacketMaps {
+    targets: HashMap<MapData, u64, PacketTarget>,
+    rules: HashMap<MapData, PacketRuleKey, PacketRule>,
+    src: LpmTrie<MapData, LpmData, u64>,
+    dst: LpmTrie<MapData, LpmData, u64>,
+    rate: Array<MapData, u64>,
+    hist: PerCpuHashMap<MapData, u32, DelayHistogram>,
+}
+
+impl PacketMaps {
+    pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name}"));
+        Ok(Self {
+            targets: HashMap::try_from(take("PACKET_TARGETS")?)?,
+            rules: HashMap::try_from(take("PACKET_RULES")?)?,
+            src: LpmTrie::try_from(take("PACKET_SRC")?)?,
+            dst: LpmTrie::try_from(take("PACKET_DST")?)?,
+            rate: Array::try_from(take("RATE_STATE")?)?,
+            hist: PerCpuHashMap::try_from(take("DELAY_HIST")?)?,
+        })
+    }
+
+    /// Publishes `entries` for `target`; returns their rule indices. Order
+    /// matters: rules and prefixes first, the masks that make programs look
+    /// at them last, so a packet never sees a half-installed fault.
+    pub fn add(
+        &mut self,
+        target: u64,
+        set: &mut TargetRules,
+        entries: Vec<RuleEntry>,
+        nr_cpus: usize,
+    ) -> Result<Vec<u32>, RpcError> {
+        let indices = set.free_indices(entries.len()).ok_or_else(|| {
+            RpcError::new(
+                ErrorCode::Capacity,
+                format!(
+                    "a target holds at most {MAX_PACKET_RULES} packet rules; remove some first"
+                ),
+            )
+        })?;
+        let slot = entries[0].rule.slot;
+        if entries.iter().any(|e| e.rule.action == ACTION_RATE) {
+            self.rate.set(slot, &0, 0).map_err(internal)?;
+        }
+        if entries
+            .iter()
+            .any(|e| matches!(e.rule.action, ACTION_DELAY | ACTION_RATE))
+        {
+            let zero = PerCpuValues::try_from(vec![DelayHistogram::default(); nr_cpus])
+                .map_err(internal)?;
+            self.hist.insert(&slot, zero, 0).map_err(internal)?;
+        }
+        for (index, entry) in indices.iter().zip(entries) {
+            self.rules
+                .insert(&rule_key(target, *index), &entry.rule, 0)
+                .map_err(internal)?;
+            set.entries.insert(*index, entry);
+        }
+        let result = self
+            .sync_prefixes(target, set)
+            .and_then(|()| self.sync_masks(target, set));
+        if let Err(e) = result {
+            self.remove(target, set, &indices, slot);
+            return Err(e);
+        }
+        Ok(indices)
+    }
+
+    /// Withdraws rules: masks first (programs stop looking at once), then
+    /// the rules and prefixes.
+    pub fn remove(&mut self, target: u64, set: &mut TargetRules, indices: &[u32], slot: u32) {
+        for index in indices {
+            set.entries.remove(index);
+        }
+        if let Err(e) = self.sync_masks(target, set) {
+            tracing::error!(error = %e.message, target, "updating packet rule masks");
+        }
+        for index in indices {
+            let _ = self.rules.remove(&rule_key(target, *index));
+        }
+        if let Err(e) = self.sync_prefixes(target, set) {
+            tracing::error!(error = %e.message, target, "updating packet prefixes");
+        }
+        let _ = self.hist.remove(&slot);
+    }
+
+    fn sync_masks(&mut self, target: u64, set: &TargetRules) -> Result<(), RpcError> {
+        if set.entries.is_empty() {
+            let _ = self.targets.remove(&target);
+            return Ok(());
+        }
+        let mut masks = PacketTarget::default();
+        for (index, entry) in &set.entries {
+            for (hook, mask) in masks.masks.iter_mut().enumerate().take(NR_HOOKS) {
+                if entry.hooks & (1 << hook) != 0 {
+                    *mask |= 1 << index;
+                }
+            }
+        }
+        self.targets.insert(&target, &masks, 0).map_err(internal)
+    }
+
+    fn sync_prefixes(&mut self, target: u64, set: &mut TargetRules) -> Result<(), RpcError> {
+        let src = prefix_values(target, set.entries.iter().map(|(i, e)| (*i, e.src)));
+        let dst = prefix_values(target, set.entries.iter().map(|(i, e)| (*i, e.dst)));
+        set.src_keys = sync_trie(&mut self.src, &set.src_keys, src)?;
+        set.dst_keys = sync_trie(&mut self.dst, &set.dst_keys, dst)?;
+        Ok(())
+    }
+
+    /// Sums a delay histogram over CPUs.
+    pub fn histogram(&self, slot: u32) -> Option<DelayHistogram> {
+        let per_cpu = self.hist.get(&slot, 0).ok()?;
+        Some(
+            per_cpu
+                .iter()
+                .fold(DelayHistogram::default(), |mut acc, h| {
+                    for (a, b) in acc.buckets.iter_mut().zip(h.buckets) {
+                        *a += b;
+                    }
+                    acc.sum_ns += h.sum_ns;
+                    acc
+                }),
+        )
+    }
+}
+
+fn rule_key(target: u64, index: u32) -> PacketRuleKey {
+    PacketRuleKey {
+        target,
+        index,
+        _pad: 0,
+    }
+}
+
+/// For each distinct prefix among the rules (no prefix: the target's
+/// catch-all), the mask of rules whose prefix covers it. A longest-prefix
+/// match then yields exactly the rules whose prefix contains the address.
+fn prefix_values(
+    target: u64,
+    rules: impl Iterator<Item = (u32, Option<IpNet>)> + Clone,
+) -> Vec<(Key<LpmData>, u64)> {
+    let mut prefixes: Vec<Option<IpNet>> = rules.clone().map(|(_, p)| p).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    prefixes
+        .into_iter()
+        .map(|p| {
+            let mask = rules
+                .clone()
+                .filter(|(_, q)| match (q, p) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(q), Some(p)) => q.contains(&p),
+                })
+                .fold(0u64, |m, (i, _)| m | 1 << i);
+            (lpm_key(target, p), mask)
+        })
+        .collect()
+}
+
+fn sync_trie(
+    trie: &mut LpmTrie<MapData, LpmData, u64>,
+    old: &[Key<LpmData>],
+    new: Vec<(Key<LpmData>, u64)>,
+) -> Result<Vec<Key<LpmData>>, RpcError> {
+    for (key, mask) in &new {
+        trie.insert(key, mask, 0).map_err(internal)?;
+    }
+    for key in old {
+        if !new.iter().any(|(k, _)| same_key(k, key)) {
+            let _ = trie.remove(key);
+        }
+    }
+    Ok(new.into_iter().map(|(k, _)| k).collect())
+}
+
+fn same_key(a: &Key<LpmData>, b: &Key<LpmData>) -> bool {
+    a.prefix_len() == b.prefix_len() && a.data() == b.data()
+}
+
+/// The LPM key of a prefix of `target` (IPv4 as `::ffff:a.b.c.d/96+len`).
+fn lpm_key(target: u64, prefix: Option<IpNet>) -> Key<LpmData> {
+    let mut data = LpmData {
+        target: target.to_be_bytes(),
+        addr: [0; 4],
+    };
+    let bits = match prefix {
+        None => 0,
+        Some(net) => {
+            let (octets, bits) = match net.network() {
+                IpAddr::V4(a) => (
+                    a.to_ipv6_mapped().octets(),
+                    96 + u32::from(net.prefix_len()),
+                ),
+                IpAddr::V6(a) => (a.octets(), u32::from(net.prefix_len())),
+            };
+            let (chunks, _) = octets.as_chunks::<4>();
+            for (word, chunk) in data.addr.iter_mut().zip(chunks) {
+                *word = u32::from_ne_bytes(*chunk);
+            }
+            bits
+        }
+    };
+    Key::new(LPM_TARGET_BITS + bits, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_match_values_cover_shorter_prefixes() {
+        let net = |s: &str| Some(s.parse::<IpNet>().unwrap());
+        let rules = vec![
+            (0, net("10.0.0.0/8")),
+            (1, net("10.1.0.0/16")),
+            (2, None),
+            (3, net("fd00::/64")),
+        ];
+        let values = prefix_values(7, rules.into_iter());
+        let mask_of = |p: Option<IpNet>| {
+            let k = lpm_key(7, p);
+            values.iter().find(|(key, _)| same_key(key, &k)).unwrap().1
+        };
+        assert_eq!(mask_of(None), 0b0100);
+        assert_eq!(mask_of(net("10.0.0.0/8")), 0b0101);
+        assert_eq!(mask_of(net("10.1.0.0/16")), 0b0111);
+        assert_eq!(mask_of(net("fd00::/64")), 0b1100);
+        assert_eq!(lpm_key(7, net("10.0.0.0/8")).prefix_len(), 64 + 96 + 8);
+    }
+}
