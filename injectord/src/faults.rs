@@ -12,12 +12,13 @@ use crate::{
     backend::{
         cgroup_skb::CgroupPacketHandle,
         connect::{ConnectBackend, ConnectFault},
-        interface::{InterfaceHandle, Interfaces},
+        interface::{InterfaceHandle, InterfaceOptions, Interfaces},
         packet::PacketPlan,
     },
     datapath::Datapath,
     errno::Errno,
     error::{ErrorCode, RpcError},
+    reaper::Reaper,
     spec::{Fault, FaultSpec, Name, TargetSpec},
     sys,
     target::{self, Cgroup, Cgroups},
@@ -81,11 +82,16 @@ pub enum Selector {
 }
 
 impl Faults {
-    /// `fq_available`: whether the kernel has sch_fq (delay and rate).
-    pub fn new(datapath: Datapath, cgroups: Cgroups, fq_available: bool) -> Self {
+    /// `reaper`: undoes netlink state if the daemon is killed.
+    pub fn new(
+        datapath: Datapath,
+        cgroups: Cgroups,
+        interface_options: InterfaceOptions,
+        reaper: Option<Reaper>,
+    ) -> Self {
         Self {
             datapath,
-            interfaces: Interfaces::new(fq_available),
+            interfaces: Interfaces::new(interface_options, reaper),
             cgroups,
             by_id: BTreeMap::new(),
             by_name: HashMap::new(),

@@ -14,6 +14,7 @@ pub mod errno;
 pub mod error;
 pub mod faults;
 pub mod metrics;
+pub mod reaper;
 pub mod rpc;
 pub mod server;
 pub mod spec;

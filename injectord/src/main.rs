@@ -13,10 +13,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use injectord::{
+    backend::interface::InterfaceOptions,
     capabilities,
     datapath::Datapath,
     faults::Faults,
-    metrics,
+    metrics, reaper,
     rpc::{self, State},
     server,
     target::Cgroups,
@@ -39,9 +40,19 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// How TC programs attach: tcx links where the kernel has them (auto),
+    /// or always clsact filters, as on kernels before 6.6.
+    #[arg(long, value_enum, default_value_t = TcAttachMode::Auto)]
+    tc_attach: TcAttachMode,
     /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG also works.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TcAttachMode {
+    Auto,
+    Clsact,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -51,6 +62,9 @@ enum LogFormat {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(reaper::REAPER_ARG) {
+        reaper::run();
+    }
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("invalid --log filter {:?}", args.log))?;
@@ -87,6 +101,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
+    // Spawned before any netlink state exists, so that it can undo that
+    // state if this process is SIGKILLed.
+    let reaper = match reaper::Reaper::spawn() {
+        Ok(r) => {
+            tracing::debug!(pid = r.pid(), "reaper started");
+            Some(r)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start the reaper: after a SIGKILL, clsact filters and fq qdiscs would stay");
+            None
+        }
+    };
     let fq_available = capabilities
         .backends
         .iter()
@@ -101,7 +127,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the metrics endpoint {}", args.metrics_addr))?;
         let state = Arc::new(State {
-            faults: Mutex::new(Faults::new(datapath, cgroups, fq_available)),
+            faults: Mutex::new(Faults::new(
+                datapath,
+                cgroups,
+                InterfaceOptions {
+                    fq_available,
+                    force_clsact: args.tc_attach == TcAttachMode::Clsact,
+                },
+                reaper,
+            )),
             capabilities,
             started,
             socket: args.socket.display().to_string(),

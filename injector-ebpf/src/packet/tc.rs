@@ -9,7 +9,7 @@ use aya_ebpf::{
         BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     helpers::generated::{
-        bpf_clone_redirect, bpf_csum_level, bpf_l3_csum_replace, bpf_l4_csum_replace,
+        bpf_clone_redirect, bpf_csum_level, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
         bpf_skb_load_bytes, bpf_skb_pull_data, bpf_skb_store_bytes,
     },
     macros::classifier,
@@ -189,9 +189,26 @@ fn run_tc(ctx: &TcContext, hook: usize, ingress: bool) -> i32 {
     let mut pkt = TcPacket { skb, ingress };
     // A per-interface object: its maps hold this interface's rules only.
     match run(hook, 0, &flow, &mut pkt) {
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Drop if ingress => TC_ACT_SHOT as i32,
+        Verdict::Drop => silent_drop(),
         Verdict::Pass => TC_ACT_UNSPEC,
     }
+}
+
+/// Drops a packet on its way out without telling the sender.
+///
+/// TC_ACT_SHOT at egress makes dev_queue_xmit() return NET_XMIT_DROP, which
+/// UDP reports as ENOBUFS and TCP as local congestion: senders retry at
+/// once, and a loss rate turns into a send-error rate (ping, for one,
+/// resends until it gets through). A lost packet on a real link is silent,
+/// as with netem. A redirect to ifindex 0, which never exists, is freed by
+/// skb_do_redirect() after the caller was told NET_XMIT_SUCCESS; it works
+/// the same with tcx (which ignores TC_ACT_STOLEN) and with cls_bpf.
+#[inline(always)]
+fn silent_drop() -> i32 {
+    // SAFETY: plain helper; ifindex 0 with no flags always yields
+    // TC_ACT_REDIRECT.
+    unsafe { bpf_redirect(0, 0) as i32 }
 }
 
 #[classifier]

@@ -18,15 +18,14 @@ use std::{
     collections::{HashMap, hash_map::Entry},
     fs::File,
     os::{fd::AsFd as _, unix::fs::MetadataExt as _},
-    process::Command,
 };
 
 use aya::{
     Ebpf,
     programs::{
         LinkOrder, SchedClassifier, TcAttach, TcAttachType, Xdp, XdpMode,
-        tc::SchedClassifierLinkId,
-        tc::{self, NlOptions},
+        links::Link as _,
+        tc::{self, NlOptions, SchedClassifierLink},
         xdp::XdpLinkId,
     },
 };
@@ -38,6 +37,7 @@ use super::packet::{PacketMaps, PacketPlan, TargetRules};
 use crate::{
     datapath::{Datapath, Slots},
     error::{ErrorCode, RpcError, chain},
+    reaper::{self, Reaper, Undo},
     spec::{IfName, Netns},
 };
 
@@ -58,11 +58,21 @@ pub struct InterfaceHandle {
     slot: u32,
 }
 
-#[derive(Default)]
+/// How the interface backend may attach.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InterfaceOptions {
+    /// Whether this kernel has sch_fq at all (from the capabilities probe).
+    pub fq_available: bool,
+    /// Use clsact filters even where tcx links exist (what kernels before
+    /// 6.6 get; lets the host test that path too).
+    pub force_clsact: bool,
+}
+
 pub struct Interfaces {
     by_key: HashMap<InterfaceKey, Interface>,
-    /// Whether this kernel has sch_fq at all (from the capabilities probe).
-    fq_available: bool,
+    options: InterfaceOptions,
+    /// Undoes netlink state (clsact filters, fq) if the daemon is killed.
+    reaper: Option<Reaper>,
 }
 
 enum XdpState {
@@ -74,9 +84,11 @@ enum XdpState {
 }
 
 struct TcLink {
-    id: SchedClassifierLinkId,
+    link: SchedClassifierLink,
     /// A clsact filter (not a tcx link): detach it in its namespace.
     netlink: bool,
+    /// The reaper's record for a clsact filter.
+    undo: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,16 +105,20 @@ struct Interface {
     slots: Slots,
     maps: PacketMaps,
     rules: TargetRules,
-    /// The namespace, or `None` for the daemon's own.
+    /// The namespace, or `None` for the daemon's own, and its path.
     netns: Option<File>,
+    netns_path: Option<String>,
     label: String,
     name: String,
     ifindex: u32,
     xdp: XdpState,
     /// Ingress, egress.
     tc: [Option<TcLink>; 2],
-    clsact_created: bool,
+    /// The reaper's record for a clsact qdisc we added.
+    clsact_created: Option<u64>,
     fq: Fq,
+    /// The reaper's record for an fq we installed.
+    fq_undo: Option<u64>,
 }
 
 impl InterfaceHandle {
@@ -112,10 +128,11 @@ impl InterfaceHandle {
 }
 
 impl Interfaces {
-    pub fn new(fq_available: bool) -> Self {
+    pub fn new(options: InterfaceOptions, reaper: Option<Reaper>) -> Self {
         Self {
             by_key: HashMap::new(),
-            fq_available,
+            options,
+            reaper,
         }
     }
 
@@ -140,21 +157,25 @@ impl Interfaces {
             ));
         }
         let (ns_file, key) = resolve(name, netns)?;
-        let fq_available = self.fq_available;
+        let options = self.options;
         let iface = match self.by_key.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                e.insert(Interface::load(ns_file, label, name.as_str(), key.ifindex)?)
-            }
+            Entry::Vacant(e) => e.insert(Interface::load(
+                ns_file,
+                netns.map(|ns| ns.path().display().to_string()),
+                label,
+                name.as_str(),
+                key.ifindex,
+            )?),
         };
-        let result = iface.install(plan, trigger, fq_available);
+        let result = iface.install(plan, trigger, options, self.reaper.as_mut());
         match result {
             Ok((indices, slot)) => Ok(InterfaceHandle { key, indices, slot }),
             Err(e) => {
                 if iface.rules.is_empty()
                     && let Some(iface) = self.by_key.remove(&key)
                 {
-                    iface.teardown();
+                    iface.teardown(self.reaper.as_mut());
                 }
                 Err(e)
             }
@@ -172,7 +193,7 @@ impl Interfaces {
         if iface.rules.is_empty()
             && let Some(iface) = self.by_key.remove(&handle.key)
         {
-            iface.teardown();
+            iface.teardown(self.reaper.as_mut());
         }
     }
 
@@ -306,6 +327,7 @@ fn in_netns<R: Send>(netns: Option<&File>, f: impl FnOnce() -> R + Send) -> std:
 impl Interface {
     fn load(
         netns: Option<File>,
+        netns_path: Option<String>,
         label: String,
         name: &str,
         ifindex: u32,
@@ -321,13 +343,15 @@ impl Interface {
             maps,
             rules: TargetRules::default(),
             netns,
+            netns_path,
             label,
             name: name.to_string(),
             ifindex,
             xdp: XdpState::NotTried,
             tc: [None, None],
-            clsact_created: false,
+            clsact_created: None,
             fq: Fq::Unknown,
+            fq_undo: None,
         })
     }
 
@@ -335,10 +359,11 @@ impl Interface {
         &mut self,
         plan: &PacketPlan,
         trigger: Trigger,
-        fq_available: bool,
+        options: InterfaceOptions,
+        mut reaper: Option<&mut Reaper>,
     ) -> Result<(Vec<u32>, u32), RpcError> {
         if plan.needs_fq {
-            self.ensure_fq(plan, fq_available)?;
+            self.ensure_fq(plan, options.fq_available, reaper.as_deref_mut())?;
         }
         let dir = plan.filter.direction;
         let mut ingress = 0u8;
@@ -348,12 +373,12 @@ impl Interface {
             ingress = if plan.rule.action == ACTION_DROP && self.ensure_xdp() {
                 1 << HOOK_XDP
             } else {
-                self.ensure_tc(TcAttachType::Ingress)?;
+                self.ensure_tc(TcAttachType::Ingress, options, reaper.as_deref_mut())?;
                 1 << HOOK_TC_INGRESS
             };
         }
         let egress = if dir.egress() {
-            self.ensure_tc(TcAttachType::Egress)?;
+            self.ensure_tc(TcAttachType::Egress, options, reaper.as_deref_mut())?;
             1 << HOOK_TC_EGRESS
         } else {
             0
@@ -407,7 +432,12 @@ impl Interface {
         .map_err(|e| e.to_string())?
     }
 
-    fn ensure_tc(&mut self, attach_type: TcAttachType) -> Result<(), RpcError> {
+    fn ensure_tc(
+        &mut self,
+        attach_type: TcAttachType,
+        options: InterfaceOptions,
+        mut reaper: Option<&mut Reaper>,
+    ) -> Result<(), RpcError> {
         let i = usize::from(attach_type == TcAttachType::Egress);
         if self.tc[i].is_some() {
             return Ok(());
@@ -433,6 +463,14 @@ impl Interface {
                 )
             })?;
         }
+        // Registered before the qdisc exists, so a crash in between is
+        // covered; withdrawn if the qdisc was there already.
+        let clsact_undo = reaper.as_deref_mut().map(|r| {
+            r.add(
+                self.netns_path.as_deref(),
+                Undo::Clsact { dev: dev.clone() },
+            )
+        });
         let attached = in_netns(netns, || {
             // tcx (Linux 6.6+): a link, first in the chain; our program
             // answers "next" for packets it leaves alone.
@@ -440,7 +478,12 @@ impl Interface {
                 attach_type,
                 order: LinkOrder::first(),
             };
-            match prog.attach(ifindex, tcx) {
+            let tcx = if options.force_clsact {
+                Err("tcx not used (--tc-attach clsact)".to_string())
+            } else {
+                prog.attach(ifindex, tcx).map_err(|e| chain(&e))
+            };
+            match tcx {
                 Ok(id) => Ok((id, false, false)),
                 Err(tcx_err) => {
                     // clsact + cls_bpf: a filter at a priority the kernel
@@ -449,7 +492,7 @@ impl Interface {
                         Ok(()) => true,
                         Err(e) if chain(&e).contains("exists") => false,
                         Err(e) => {
-                            return Err(format!("tcx: {}; clsact: {}", chain(&tcx_err), chain(&e)));
+                            return Err(format!("tcx: {}; clsact: {}", tcx_err, chain(&e)));
                         }
                     };
                     let nl = TcAttach::Netlink {
@@ -460,38 +503,66 @@ impl Interface {
                         Ok(id) => Ok((id, true, created)),
                         Err(e) => {
                             if created {
-                                let _ = tc_command(&["qdisc", "del", "dev", &dev, "clsact"]);
+                                let _ = reaper::tc(&["qdisc", "del", "dev", &dev, "clsact"]);
                             }
-                            Err(format!(
-                                "tcx: {}; clsact filter: {}",
-                                chain(&tcx_err),
-                                chain(&e)
-                            ))
+                            Err(format!("tcx: {}; clsact filter: {}", tcx_err, chain(&e)))
                         }
                     }
                 }
             }
         });
-        match attached {
-            Ok(Ok((id, netlink, created))) => {
-                self.clsact_created |= created;
-                self.tc[i] = Some(TcLink { id, netlink });
-                tracing::debug!(interface = %self.label, name, netlink, "attached TC program");
-                Ok(())
+        let attached = attached
+            .map_err(|e| format!("entering the namespace: {e}"))
+            .and_then(|r| r)
+            .and_then(|(id, netlink, created)| {
+                prog.take_link(id)
+                    .map(|link| (link, netlink, created))
+                    .map_err(|e| chain(&e))
+            });
+        let (link, netlink, created) = match attached {
+            Ok(a) => a,
+            Err(msg) => {
+                if let (Some(r), Some(token)) = (reaper, clsact_undo) {
+                    r.done(token);
+                }
+                return Err(RpcError::new(
+                    ErrorCode::UnsupportedKernel,
+                    format!("attaching {name} to {}: {msg}", self.label),
+                ));
             }
-            Ok(Err(msg)) => Err(RpcError::new(
-                ErrorCode::UnsupportedKernel,
-                format!("attaching {name} to {}: {msg}", self.label),
-            )),
-            Err(e) => Err(RpcError::new(
-                ErrorCode::Internal,
-                format!("entering the namespace of {}: {e}", self.label),
-            )),
+        };
+        if created && self.clsact_created.is_none() {
+            self.clsact_created = clsact_undo;
+        } else if let (Some(r), Some(token)) = (reaper.as_deref_mut(), clsact_undo) {
+            r.done(token);
         }
+        let undo = match (netlink, reaper, link.priority()) {
+            (true, Some(r), Ok(priority)) => Some(r.add(
+                self.netns_path.as_deref(),
+                Undo::Filter {
+                    dev: dev.clone(),
+                    ingress: i == 0,
+                    priority,
+                },
+            )),
+            _ => None,
+        };
+        self.tc[i] = Some(TcLink {
+            link,
+            netlink,
+            undo,
+        });
+        tracing::debug!(interface = %self.label, name, netlink, "attached TC program");
+        Ok(())
     }
 
     /// Makes sure sch_fq is the device's root qdisc (EDT needs it).
-    fn ensure_fq(&mut self, plan: &PacketPlan, fq_available: bool) -> Result<(), RpcError> {
+    fn ensure_fq(
+        &mut self,
+        plan: &PacketPlan,
+        fq_available: bool,
+        reaper: Option<&mut Reaper>,
+    ) -> Result<(), RpcError> {
         if self.fq != Fq::Unknown {
             return Ok(());
         }
@@ -530,44 +601,47 @@ impl Interface {
                 ),
             ));
         }
-        in_netns(self.netns.as_ref(), || {
-            tc_command(&["qdisc", "replace", "dev", &name, "root", "fq"])
+        let mut reaper = reaper;
+        let undo = reaper
+            .as_deref_mut()
+            .map(|r| r.add(self.netns_path.as_deref(), Undo::Fq { dev: name.clone() }));
+        let installed = in_netns(self.netns.as_ref(), || {
+            reaper::tc(&["qdisc", "replace", "dev", &name, "root", "fq"])
         })
-        .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?
-        .map_err(|e| {
-            RpcError::new(
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        if let Err(e) = installed {
+            if let (Some(r), Some(token)) = (reaper, undo) {
+                r.done(token);
+            }
+            return Err(RpcError::new(
                 ErrorCode::Internal,
                 format!("installing fq on {}: {e}", self.label),
-            )
-        })?;
+            ));
+        }
+        self.fq_undo = undo;
         tracing::info!(interface = %self.label, previous = %root.kind, "installed sch_fq");
         self.fq = Fq::Installed;
         Ok(())
     }
 
     /// Detaches everything and puts back what was there before us.
-    fn teardown(mut self) {
+    fn teardown(mut self, reaper: Option<&mut Reaper>) {
         let label = self.label.clone();
         let name = self.name.clone();
         let (tc, xdp) = (
             std::mem::take(&mut self.tc),
             std::mem::replace(&mut self.xdp, XdpState::NotTried),
         );
-        let (fq, clsact_created) = (self.fq, self.clsact_created);
+        let (fq, fq_undo, clsact) = (self.fq, self.fq_undo, self.clsact_created.take());
         let netns = self.netns.take();
         let ebpf = &mut self.ebpf;
         let result = in_netns(netns.as_ref(), || {
-            for (link, name) in tc
-                .into_iter()
-                .zip(["packet_tc_ingress", "packet_tc_egress"])
-            {
-                let Some(link) = link else { continue };
-                if let Some(prog) = ebpf
-                    .program_mut(name)
-                    .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-                    && let Err(e) = prog.detach(link.id)
-                {
-                    tracing::error!(error = %chain(&e), name, "detaching TC program");
+            let mut done = Vec::new();
+            for link in tc.into_iter().flatten() {
+                match link.link.detach() {
+                    Ok(()) => done.extend(link.undo),
+                    Err(e) => tracing::error!(error = %chain(&e), "detaching TC program"),
                 }
             }
             if let XdpState::Attached(id) = xdp
@@ -578,21 +652,32 @@ impl Interface {
             {
                 tracing::error!(error = %chain(&e), "detaching XDP program");
             }
-            if fq == Fq::Installed
-                && let Err(e) = tc_command(&["qdisc", "del", "dev", &name, "root"])
-            {
-                tracing::error!(error = %e, "removing the fq qdisc we installed");
+            if fq == Fq::Installed {
+                match (Undo::Fq { dev: name.clone() }).run() {
+                    Ok(()) => done.extend(fq_undo),
+                    Err(e) => tracing::error!(error = %e, "removing the fq qdisc we installed"),
+                }
             }
-            if clsact_created && clsact_is_empty(&name) {
-                let _ = tc_command(&["qdisc", "del", "dev", &name, "clsact"]);
+            if let Some(token) = clsact {
+                match (Undo::Clsact { dev: name.clone() }).run() {
+                    Ok(()) => done.push(token),
+                    Err(e) => tracing::error!(error = %e, "removing the clsact qdisc we added"),
+                }
             }
+            done
         });
-        if let Err(e) = result {
-            tracing::error!(error = %e, interface = %label, "entering the namespace to clean up");
+        match (result, reaper) {
+            (Ok(done), Some(r)) => {
+                for token in done {
+                    r.done(token);
+                }
+            }
+            (Ok(_), None) => {}
+            (Err(e), _) => {
+                tracing::error!(error = %e, interface = %label, "entering the namespace to clean up");
+            }
         }
         tracing::debug!(interface = %label, "detached packet programs");
-        // Dropping the object closes its program and map fds.
-        drop(netns);
     }
 }
 
@@ -611,7 +696,7 @@ impl RootQdisc {
 }
 
 fn root_qdisc(dev: &str) -> Result<RootQdisc, String> {
-    let out = tc_command(&["-j", "qdisc", "show", "dev", dev, "root"])?;
+    let out = reaper::tc(&["-j", "qdisc", "show", "dev", dev, "root"])?;
     let v: serde_json::Value =
         serde_json::from_str(&out).map_err(|e| format!("parsing `tc -j qdisc show`: {e}"))?;
     let q = v.get(0).ok_or("no root qdisc reported")?;
@@ -619,30 +704,4 @@ fn root_qdisc(dev: &str) -> Result<RootQdisc, String> {
         kind: q["kind"].as_str().unwrap_or("?").to_string(),
         handle: q["handle"].as_str().unwrap_or("?").to_string(),
     })
-}
-
-fn clsact_is_empty(dev: &str) -> bool {
-    ["ingress", "egress"].iter().all(|dir| {
-        tc_command(&["-j", "filter", "show", "dev", dev, dir])
-            .ok()
-            .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
-            .is_some_and(|v| v.as_array().is_some_and(Vec::is_empty))
-    })
-}
-
-/// Runs tc(8) in the calling thread's network namespace.
-fn tc_command(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("tc")
-        .args(args)
-        .output()
-        .map_err(|e| format!("running tc: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "tc {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }

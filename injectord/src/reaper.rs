@@ -1,0 +1,221 @@
+//! The reaper: a child process that puts back the kernel state a SIGKILLed
+//! daemon cannot.
+//!
+//! bpf_links (cgroup programs, XDP, tcx) die with the daemon's file
+//! descriptors. Netlink state does not: a clsact qdisc with our cls_bpf
+//! filter (kernels without tcx) or an sch_fq we installed would stay, and
+//! the filter would keep injecting. So before creating such state the
+//! daemon tells the reaper how to undo it, over a pipe; when the pipe closes
+//! with undo records still pending (the daemon died without cleaning up),
+//! the reaper undoes them, newest first, and exits. A clean shutdown leaves
+//! nothing pending, and the reaper just exits.
+//!
+//! Protocol, one JSON object per line: `{"add": id, "netns": path|null,
+//! "undo": Undo}` and `{"done": id}`.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufRead as _, BufReader, Write as _},
+    os::fd::AsFd as _,
+    process::{Child, ChildStdin, Command, Stdio},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// The first argument that makes the injectord binary run as the reaper.
+pub const REAPER_ARG: &str = "__injectord_reaper";
+
+/// How to undo one piece of netlink state (run with tc(8) in its namespace).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Undo {
+    /// Our cls_bpf filter: its own priority on the clsact parent.
+    Filter {
+        dev: String,
+        ingress: bool,
+        priority: u16,
+    },
+    /// The clsact qdisc we added, if no filter is left on it.
+    Clsact { dev: String },
+    /// The fq root qdisc we installed (the kernel restores the default).
+    Fq { dev: String },
+}
+
+impl Undo {
+    /// Runs the undo in the calling thread's network namespace.
+    pub fn run(&self) -> Result<(), String> {
+        match self {
+            Self::Filter {
+                dev,
+                ingress,
+                priority,
+            } => tc(&[
+                "filter",
+                "del",
+                "dev",
+                dev,
+                if *ingress { "ingress" } else { "egress" },
+                "pref",
+                &priority.to_string(),
+            ])
+            .map(drop),
+            Self::Clsact { dev } => {
+                if clsact_is_empty(dev) {
+                    tc(&["qdisc", "del", "dev", dev, "clsact"]).map(drop)
+                } else {
+                    Ok(())
+                }
+            }
+            Self::Fq { dev } => {
+                let root = tc(&["-j", "qdisc", "show", "dev", dev, "root"])?;
+                if root.contains("\"kind\":\"fq\"") {
+                    tc(&["qdisc", "del", "dev", dev, "root"]).map(drop)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// Whether no filter (of anyone) is left on the device's clsact qdisc.
+pub fn clsact_is_empty(dev: &str) -> bool {
+    ["ingress", "egress"].iter().all(|dir| {
+        tc(&["-j", "filter", "show", "dev", dev, dir])
+            .ok()
+            .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
+            .is_some_and(|v| v.as_array().is_some_and(Vec::is_empty))
+    })
+}
+
+/// Runs tc(8) in the calling thread's network namespace.
+pub fn tc(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("tc")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running tc: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "tc {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Message {
+    Add {
+        add: u64,
+        netns: Option<String>,
+        undo: Undo,
+    },
+    Done {
+        done: u64,
+    },
+}
+
+/// The daemon's end of the pipe.
+pub struct Reaper {
+    child: Child,
+    stdin: ChildStdin,
+    next: u64,
+}
+
+impl Reaper {
+    pub fn spawn() -> std::io::Result<Self> {
+        let mut child = Command::new("/proc/self/exe")
+            .arg(REAPER_ARG)
+            .stdin(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        Ok(Self {
+            child,
+            stdin,
+            next: 1,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Records how to undo state about to be created; returns the token
+    /// to pass to [`Reaper::done`] once the daemon undid it itself.
+    pub fn add(&mut self, netns: Option<&str>, undo: Undo) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.send(&Message::Add {
+            add: id,
+            netns: netns.map(str::to_string),
+            undo,
+        });
+        id
+    }
+
+    pub fn done(&mut self, id: u64) {
+        self.send(&Message::Done { done: id });
+    }
+
+    fn send(&mut self, m: &Message) {
+        let mut line = serde_json::to_string(m).expect("plain data serializes");
+        line.push('\n');
+        if let Err(e) = self.stdin.write_all(line.as_bytes()) {
+            tracing::error!(error = %e, "the reaper is gone: SIGKILL would leave netlink state behind");
+        }
+    }
+}
+
+/// The reaper process: reads records until the pipe closes, then undoes
+/// what is still pending.
+pub fn run() -> ! {
+    // Signals sent to the daemon's process group (Ctrl-C, a service
+    // manager's SIGTERM) must not stop us before the daemon's own cleanup;
+    // we exit when the pipe closes.
+    // SAFETY: setting signal dispositions to "ignore" is async-signal safe
+    // and done before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let own = File::open("/proc/self/ns/net").ok();
+    let mut pending: BTreeMap<u64, (Option<File>, Undo)> = BTreeMap::new();
+    for line in BufReader::new(std::io::stdin().lock()).lines() {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<Message>(&line) {
+            Ok(Message::Add { add, netns, undo }) => {
+                // Opened now, while the namespace surely exists; holding it
+                // keeps it alive until we are done with it.
+                let ns = netns.and_then(|p| File::open(p).ok());
+                pending.insert(add, (ns, undo));
+            }
+            Ok(Message::Done { done }) => {
+                pending.remove(&done);
+            }
+            Err(e) => eprintln!("injectord reaper: bad record {line:?}: {e}"),
+        }
+    }
+    for (_, (ns, undo)) in pending.into_iter().rev() {
+        if let Some(ns) = &ns
+            && let Err(e) = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        {
+            eprintln!("injectord reaper: entering a namespace for {undo:?}: {e}");
+            continue;
+        }
+        match undo.run() {
+            Ok(()) => eprintln!("injectord reaper: undid {undo:?}"),
+            Err(e) => eprintln!("injectord reaper: {undo:?}: {e}"),
+        }
+        if ns.is_some()
+            && let Some(own) = &own
+        {
+            let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+        }
+    }
+    std::process::exit(0)
+}
