@@ -378,7 +378,7 @@ impl Interface {
             };
         }
         let egress = if dir.egress() {
-            self.ensure_tc(TcAttachType::Egress, options, reaper.as_deref_mut())?;
+            self.ensure_tc(TcAttachType::Egress, options, reaper)?;
             1 << HOOK_TC_EGRESS
         } else {
             0
