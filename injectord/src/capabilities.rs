@@ -63,9 +63,13 @@ fn helper(t: ProgramType, h: bpf_func_id, what: &str) -> Result<String, String> 
     }
 }
 
-/// Probes everything. `connect_load` is the outcome of loading the real
-/// connect programs (which use `bpf_set_retval`).
-pub fn probe(ebpf: &mut Ebpf, connect_load: Result<(), String>) -> Capabilities {
+/// Probes everything. `connect_load` and `cgroup_skb_load` are the outcomes
+/// of loading the real connect and cgroup_skb packet programs.
+pub fn probe(
+    ebpf: &mut Ebpf,
+    connect_load: Result<(), String>,
+    cgroup_skb_load: Result<(), String>,
+) -> Capabilities {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -80,6 +84,12 @@ pub fn probe(ebpf: &mut Ebpf, connect_load: Result<(), String>) -> Capabilities 
             connect_load
                 .map(|()| "cgroup programs return a chosen errno".into())
                 .map_err(|e| format!("cgroup programs cannot set an errno: {e}")),
+        ),
+        cap(
+            "cgroup_skb",
+            cgroup_skb_load
+                .map(|()| "packet drops and partitions per cgroup".into())
+                .map_err(|e| format!("cgroup_skb packet programs do not load: {e}")),
         ),
         cap("bpf_lsm", probe_lsm(ebpf)),
         cap("kprobe", probe_kprobe(ebpf)),

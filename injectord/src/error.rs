@@ -123,10 +123,13 @@ impl RpcError {
         let inner = err.into_inner().to_string();
         let code = if inner.starts_with("unknown field") {
             ErrorCode::UnknownField
-        } else if inner.starts_with("unknown variant") && path.starts_with("fault") {
+        } else if inner.starts_with("unknown variant") && inner.contains("`connect_error`") {
+            // The fault's `type` (serde reports errors inside an internally
+            // tagged enum at the enum's own path, so look at what it expected).
             ErrorCode::UnknownFaultType
         } else if inner.starts_with("unknown variant") {
-            ErrorCode::UnknownField
+            // A value outside an enumeration ("protocol": "sctp").
+            ErrorCode::InvalidValue
         } else if inner.starts_with("unknown errno") {
             ErrorCode::UnknownErrno
         } else if inner.starts_with("invalid value") || inner.contains("out of range") {

@@ -91,7 +91,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let cgroups = Cgroups::discover()?;
     let mut datapath = Datapath::load()?;
     let connect_load = datapath.connect.as_ref().map(|_| ()).map_err(Clone::clone);
-    let capabilities = capabilities::probe(&mut datapath.ebpf, connect_load);
+    let cgroup_skb_load = datapath
+        .cgroup_packets
+        .as_ref()
+        .map(|_| ())
+        .map_err(Clone::clone);
+    let capabilities = capabilities::probe(&mut datapath.ebpf, connect_load, cgroup_skb_load);
     for c in &capabilities.backends {
         tracing::info!(
             backend = c.name,

@@ -7,7 +7,7 @@ use std::{fmt::Write as _, sync::Arc};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
-    metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, info::Info},
     registry::Registry,
 };
 use tokio::{
@@ -15,7 +15,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::rpc::{Shared, lock};
+use crate::{
+    faults::FaultCounters,
+    rpc::{Shared, lock},
+};
 
 #[derive(Debug)]
 struct FaultCollector {
@@ -39,27 +42,102 @@ impl Collector for FaultCollector {
             (
                 "injectord_fault_evaluations",
                 "Events that matched a fault's target and filter",
-                (|c: &crate::faults::FaultCounters| c.evaluations) as fn(&_) -> u64,
+                (|c: &FaultCounters| c.evaluations) as fn(&_) -> u64,
             ),
             (
                 "injectord_fault_activations",
                 "Faults delivered",
-                |c: &crate::faults::FaultCounters| c.activations,
+                |c: &FaultCounters| c.activations,
             ),
         ] {
-            let mut family = encoder.encode_descriptor(
-                metric,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
             for c in &counters {
                 let labels = [("fault", c.name.as_str()), ("type", c.kind)];
                 ConstCounter::new(pick(c)).encode(family.encode_family(&labels)?)?;
             }
         }
-        Ok(())
+        encode_packets(&mut encoder, &counters)?;
+        encode_delay(&mut encoder, &counters)
     }
+}
+
+/// What a packet fault's activations are, by fault type.
+fn packet_outcome(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "packet_drop" | "partition" => "dropped",
+        "packet_corrupt" => "corrupted",
+        "packet_duplicate" => "duplicated",
+        "packet_delay" | "bandwidth_limit" => "delayed",
+        _ => return None,
+    })
+}
+
+/// `injectord_packets_total{fault, type, outcome}`: packets evaluated, and
+/// dropped, corrupted, duplicated or delayed, per packet fault.
+fn encode_packets(
+    encoder: &mut DescriptorEncoder,
+    counters: &[FaultCounters],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "injectord_packets",
+        "Packets a packet fault evaluated (outcome=evaluated) and acted on",
+        None,
+        MetricType::Counter,
+    )?;
+    for c in counters {
+        let Some(outcome) = packet_outcome(c.kind) else {
+            continue;
+        };
+        let mut rows = vec![("evaluated", c.evaluations), (outcome, c.activations)];
+        if c.kind == "bandwidth_limit" {
+            // Paced packets that would have waited past max_delay.
+            rows.push(("dropped", c.overflows));
+        }
+        for (outcome, n) in rows {
+            let labels = [
+                ("fault", c.name.as_str()),
+                ("type", c.kind),
+                ("outcome", outcome),
+            ];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `injectord_injected_delay_seconds{fault, type}`: the delay each delayed
+/// packet was given (log2 buckets kept per CPU in the kernel).
+fn encode_delay(
+    encoder: &mut DescriptorEncoder,
+    counters: &[FaultCounters],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "injectord_injected_delay_seconds",
+        "Delay injected into each delayed packet",
+        None,
+        MetricType::Histogram,
+    )?;
+    for c in counters {
+        let Some(h) = &c.delay else { continue };
+        // Kernel bucket k holds [2^k, 2^(k+1)) microseconds.
+        let buckets: Vec<(f64, u64)> = h
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(k, n)| ((1u64 << (k + 1)) as f64 * 1e-6, *n))
+            .collect();
+        let count = h.buckets.iter().sum();
+        let labels = [("fault", c.name.as_str()), ("type", c.kind)];
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<Vec<(String, String)>>(
+                h.sum_ns as f64 * 1e-9,
+                count,
+                &buckets,
+                None,
+            )?;
+    }
+    Ok(())
 }
 
 pub fn registry(state: Shared) -> Registry {

@@ -19,6 +19,8 @@ use anyhow::{Context as _, bail};
 pub use injectord::client::{Client, ErrorResponse};
 use serde_json::{Value, json};
 
+pub mod net;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test process and call.
@@ -53,6 +55,7 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub metrics_addr: String,
     dir: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl Daemon {
@@ -60,7 +63,16 @@ impl Daemon {
         Self::try_start().expect("starting injectord")
     }
 
+    /// Starts the daemon with extra command-line arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        Self::try_start_with(args).expect("starting injectord")
+    }
+
     pub fn try_start() -> anyhow::Result<Self> {
+        Self::try_start_with(&[])
+    }
+
+    pub fn try_start_with(args: &[&str]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique("injectord-test"));
         fs::create_dir_all(&dir)?;
         let socket = dir.join("injectord.sock");
@@ -69,6 +81,7 @@ impl Daemon {
             socket,
             metrics_addr: String::new(),
             dir,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         let child = daemon.spawn()?;
         daemon.child = Some(child);
@@ -93,6 +106,7 @@ impl Daemon {
                 "--log",
                 "info,injectord=debug",
             ])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

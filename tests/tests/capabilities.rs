@@ -4,9 +4,10 @@
 use injectord_tests::*;
 use serde_json::{Value, json};
 
-const BACKENDS: [&str; 12] = [
+const BACKENDS: [&str; 13] = [
     "cgroup_sock_addr",
     "bpf_set_retval",
+    "cgroup_skb",
     "bpf_lsm",
     "kprobe",
     "bpf_override_return",

@@ -1,0 +1,395 @@
+//! Network namespaces, veth pairs and bridges for the packet-fault tests,
+//! and the traffic tools run inside them (ping, a UDP counter, iperf3,
+//! an HTTP server and curl).
+
+use std::{
+    fs::File,
+    os::fd::AsFd as _,
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use serde_json::Value;
+
+use crate::{TestCgroup, helper, unique};
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        sh_ok("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n <ns> args...`, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        sh_ok("ip", &full);
+    }
+
+    /// Runs a program in the namespace and waits for it.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.name))
+    }
+
+    /// Runs a program in the namespace; panics unless it succeeds; stdout.
+    pub fn run_ok(&self, program: &str, args: &[&str]) -> String {
+        let out = self.run(program, args);
+        assert!(
+            out.status.success(),
+            "{program} {args:?} in {}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {program} in {}: {e}", self.name))
+    }
+
+    /// The namespace's file, for `setns`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// /proc/net/snmp counters of this namespace: ("Udp", "InCsumErrors").
+    pub fn snmp(&self, proto: &str, field: &str) -> u64 {
+        let text = self.run_ok("cat", &["/proc/net/snmp"]);
+        let mut lines = text.lines().filter(|l| l.starts_with(&format!("{proto}:")));
+        let (Some(head), Some(vals)) = (lines.next(), lines.next()) else {
+            panic!("no {proto} in /proc/net/snmp");
+        };
+        let i = head
+            .split_whitespace()
+            .position(|h| h == field)
+            .unwrap_or_else(|| panic!("no {proto} {field}"));
+        vals.split_whitespace()
+            .nth(i)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Everything attached to `dev` that a fault injector could leave
+    /// behind: qdiscs, clsact filters, XDP, tcx programs.
+    pub fn attachments(&self, dev: &str) -> Attachments {
+        let tc = |args: &[&str]| self.run_ok("tc", args).trim().to_string();
+        let link = self.run_ok("ip", &["-d", "link", "show", "dev", dev]);
+        let ns = File::open(self.path()).expect("netns file");
+        let dev_name = std::ffi::CString::new(dev).expect("no NUL in device names");
+        let tcx = std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                [TcAttachType::Ingress, TcAttachType::Egress]
+                    .iter()
+                    .map(|t| {
+                        SchedClassifier::query_tcx(&dev_name, *t)
+                            .map(|(_, progs)| {
+                                progs
+                                    .iter()
+                                    .map(|p| p.name_as_str().unwrap_or("?").to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .unwrap_or_else(|e| format!("query failed: {e}"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .join()
+            .expect("tcx query thread")
+        });
+        Attachments {
+            qdiscs: tc(&["qdisc", "show", "dev", dev]),
+            ingress_filters: tc(&["filter", "show", "dev", dev, "ingress"]),
+            egress_filters: tc(&["filter", "show", "dev", dev, "egress"]),
+            xdp: link
+                .lines()
+                .filter(|l| l.contains("xdp") || l.contains("prog/"))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" "),
+            tcx,
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes still inside would keep it alive; kill them first.
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: plain kill(2).
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// What sits on a device, as text, for before/after comparisons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachments {
+    pub qdiscs: String,
+    pub ingress_filters: String,
+    pub egress_filters: String,
+    pub xdp: String,
+    /// Program names at tcx ingress and egress.
+    pub tcx: Vec<String>,
+}
+
+impl Attachments {
+    /// Whether any of our programs is attached.
+    pub fn has_ours(&self) -> bool {
+        let ours = |s: &str| s.contains("packet_");
+        ours(&self.ingress_filters)
+            || ours(&self.egress_filters)
+            || self.tcx.iter().any(|t| ours(t))
+            || !self.xdp.is_empty()
+    }
+}
+
+/// Two namespaces joined by a veth pair, both ends named `eth0`, with
+/// 10.99.0.1/24 + fd99::1/64 on `a` and .2 / ::2 on `b`.
+pub struct Link {
+    pub a: Netns,
+    pub b: Netns,
+}
+
+pub const A_IP: &str = "10.99.0.1";
+pub const B_IP: &str = "10.99.0.2";
+pub const A_IP6: &str = "fd99::1";
+pub const B_IP6: &str = "fd99::2";
+
+impl Link {
+    pub fn new(prefix: &str) -> Self {
+        let a = Netns::new(&format!("{prefix}-a"));
+        let b = Netns::new(&format!("{prefix}-b"));
+        a.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name,
+        ]);
+        for (ns, ip, ip6) in [(&a, A_IP, A_IP6), (&b, B_IP, B_IP6)] {
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+        }
+        let link = Self { a, b };
+        // Wait for the link (and neighbour discovery) to work.
+        link.a.run_ok("ping", &["-c", "1", "-W", "2", B_IP]);
+        link
+    }
+}
+
+/// A bridge in namespace `hub` (address 10.98.0.1/24) with one veth port
+/// per "container" namespace (10.98.0.2, .3, ...), like a container
+/// runtime's default network.
+pub struct Bridge {
+    pub hub: Netns,
+    pub containers: Vec<Netns>,
+}
+
+pub const HUB_IP: &str = "10.98.0.1";
+
+impl Bridge {
+    pub fn new(prefix: &str, containers: usize) -> Self {
+        let hub = Netns::new(&format!("{prefix}-hub"));
+        hub.ip(&["link", "add", "br0", "type", "bridge"]);
+        hub.ip(&["addr", "add", &format!("{HUB_IP}/24"), "dev", "br0"]);
+        hub.ip(&["link", "set", "br0", "up"]);
+        let mut list = Vec::new();
+        for i in 0..containers {
+            let c = Netns::new(&format!("{prefix}-c{i}"));
+            let port = format!("port{i}");
+            hub.ip(&[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &c.name,
+            ]);
+            hub.ip(&["link", "set", &port, "master", "br0", "up"]);
+            c.ip(&[
+                "addr",
+                "add",
+                &format!("10.98.0.{}/24", i + 2),
+                "dev",
+                "eth0",
+            ]);
+            c.ip(&["link", "set", "eth0", "up"]);
+            c.run_ok("ping", &["-c", "1", "-W", "2", HUB_IP]);
+            list.push(c);
+        }
+        Self {
+            hub,
+            containers: list,
+        }
+    }
+}
+
+/// Result of the UDP counting receiver.
+#[derive(Debug, Clone, Default)]
+pub struct UdpReport {
+    pub received: u64,
+    /// Datagrams whose payload differs from what the sender put in.
+    pub changed: u64,
+    /// Datagrams whose sequence number was seen before.
+    pub duplicates: u64,
+    /// Received per source address.
+    pub by_source: Vec<(String, u64)>,
+}
+
+/// Starts the UDP receiver in `ns` on `port`; it stops after `idle` without
+/// traffic. Call [`finish_udp`] to collect its report.
+pub fn udp_receiver(ns: &Netns, port: u16, idle: Duration) -> Child {
+    let mut child = ns.spawn(
+        "python3",
+        &[
+            helper("udp.py").to_str().expect("utf-8"),
+            "recv",
+            &port.to_string(),
+            &format!("{}", idle.as_secs_f64()),
+        ],
+    );
+    crate::wait_line(&mut child, "ready").expect("udp receiver ready");
+    child
+}
+
+pub fn finish_udp(child: Child) -> UdpReport {
+    let out = child.wait_with_output().expect("udp receiver");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "udp.py output {:?} / {:?}: {e}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    UdpReport {
+        received: v["received"].as_u64().unwrap_or(0),
+        changed: v["changed"].as_u64().unwrap_or(0),
+        duplicates: v["duplicates"].as_u64().unwrap_or(0),
+        by_source: v["by_source"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Sends `count` numbered datagrams to host:port from `ns`, paced at `pps`.
+pub fn udp_send(ns: &Netns, host: &str, port: u16, count: u64, pps: u64) {
+    ns.run_ok(
+        "python3",
+        &[
+            helper("udp.py").to_str().expect("utf-8"),
+            "send",
+            host,
+            &port.to_string(),
+            &count.to_string(),
+            &pps.to_string(),
+        ],
+    );
+}
+
+/// The same sender, run inside a cgroup (and the namespace).
+pub fn udp_send_in(cg: &TestCgroup, ns: &Netns, host: &str, port: u16, count: u64, pps: u64) {
+    let out = cg.run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns.name,
+            "python3",
+            helper("udp.py").to_str().expect("utf-8"),
+            "send",
+            host,
+            &port.to_string(),
+            &count.to_string(),
+            &pps.to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "udp send in {}: {}",
+        cg.rel,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Ping statistics: (transmitted, received, average RTT in ms, mdev in ms).
+pub fn ping(ns: &Netns, host: &str, count: u32, interval: &str) -> (u64, u64, f64, f64) {
+    let out = ns.run(
+        "ping",
+        &[
+            "-q",
+            "-n",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "1",
+            host,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tx = 0;
+    let mut rx = 0;
+    let (mut avg, mut mdev) = (0.0, 0.0);
+    for line in text.lines() {
+        if line.contains("packets transmitted") {
+            let nums: Vec<u64> = line
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|t| t.parse().ok())
+                .collect();
+            tx = nums.first().copied().unwrap_or(0);
+            rx = nums.get(1).copied().unwrap_or(0);
+        }
+        if let Some(stats) = line.split("= ").nth(1)
+            && line.starts_with("rtt")
+        {
+            let v: Vec<f64> = stats
+                .split(['/', ' '])
+                .filter_map(|t| t.parse().ok())
+                .collect();
+            avg = v.get(1).copied().unwrap_or(0.0);
+            mdev = v.get(3).copied().unwrap_or(0.0);
+        }
+    }
+    (tx, rx, avg, mdev)
+}
+
+fn sh_ok(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,284 @@
+//! Packet faults never outlive their reason to exist: remove, TTL, SIGTERM
+//! and SIGKILL all restore clean traffic and leave no program, filter or
+//! qdisc of ours, and what another tool attached before us is still there.
+
+use std::time::{Duration, Instant};
+
+use injectord_tests::{net::*, *};
+use serde_json::json;
+
+/// Another tool's state on a.eth0: a clsact filter (a classic BPF program
+/// that matches nothing, at priority 5, in both directions).
+fn other_tool(link: &Link) {
+    link.a
+        .run_ok("tc", &["qdisc", "add", "dev", "eth0", "clsact"]);
+    for dir in ["ingress", "egress"] {
+        link.a.run_ok(
+            "tc",
+            &[
+                "filter",
+                "add",
+                "dev",
+                "eth0",
+                dir,
+                "prio",
+                "5",
+                "bpf",
+                "bytecode",
+                "1,6 0 0 0,",
+            ],
+        );
+    }
+}
+
+fn faults(link: &Link) -> [serde_json::Value; 3] {
+    [
+        json!({"name": "loss", "target": {"interface": "eth0", "netns": link.a.name},
+               "fault": {"type": "packet_drop", "direction": "both", "protocol": "icmp"}}),
+        json!({"name": "dup", "target": {"interface": "eth0", "netns": link.a.name},
+               "fault": {"type": "packet_duplicate", "direction": "ingress", "protocol": "udp"}}),
+        json!({"name": "xdp", "target": {"interface": "eth0", "netns": link.b.name},
+               "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "icmp"},
+               "trigger": {"probability": 0.5}}),
+    ]
+}
+
+/// Waits (up to 5 s) until both ends look as they did before the faults.
+fn assert_restored(link: &Link, before: &(Attachments, Attachments), how: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = (link.a.attachments("eth0"), link.b.attachments("eth0"));
+        if now == *before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{how}: devices not restored\nbefore: {before:#?}\nnow: {now:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        ping(&link.a, B_IP, 5, "0.1").1,
+        5,
+        "{how}: traffic must be clean"
+    );
+}
+
+fn check_all_ways_out(daemon_args: &[&str]) {
+    let link = Link::new("life");
+    other_tool(&link);
+    let before = (link.a.attachments("eth0"), link.b.attachments("eth0"));
+    assert!(!before.0.has_ours() && !before.1.has_ours());
+
+    let faulted = |d: &Daemon| {
+        for f in faults(&link) {
+            d.inject(f);
+        }
+        let a = link.a.attachments("eth0");
+        assert!(a.has_ours(), "{a:?}");
+        assert_eq!(ping(&link.a, B_IP, 3, "0.1").1, 0, "faults must bite");
+        // The other tool's filters are still in place while we run.
+        assert!(a.egress_filters.contains("pref 5"), "{a:?}");
+    };
+
+    // remove
+    let d = Daemon::start_with(daemon_args);
+    faulted(&d);
+    for name in ["loss", "dup", "xdp"] {
+        d.call("remove", json!({"name": name})).unwrap();
+    }
+    assert_restored(&link, &before, "remove");
+
+    // TTL
+    for mut f in faults(&link) {
+        f["duration"] = json!("700ms");
+        d.inject(f);
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    assert_restored(&link, &before, "TTL");
+    drop(d);
+
+    // SIGTERM
+    let mut d = Daemon::start_with(daemon_args);
+    faulted(&d);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait().success());
+    assert_restored(&link, &before, "SIGTERM");
+
+    // SIGKILL: links die with the process; netlink state (clsact filters)
+    // is undone by the reaper.
+    let mut d = Daemon::start_with(daemon_args);
+    faulted(&d);
+    d.signal(libc::SIGKILL);
+    d.wait();
+    assert_restored(&link, &before, "SIGKILL");
+}
+
+#[test]
+fn every_way_out_restores_the_devices_tcx_or_default() {
+    check_all_ways_out(&[]);
+}
+
+#[test]
+fn every_way_out_restores_the_devices_with_clsact_filters() {
+    check_all_ways_out(&["--tc-attach", "clsact"]);
+}
+
+#[test]
+fn installed_fq_is_removed_even_after_sigkill() {
+    let d = Daemon::start();
+    let caps = d.call("capabilities", json!(null)).unwrap();
+    let fq = caps["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "sch_fq" && c["available"] == true);
+    let link = Link::new("fq");
+    let spec = json!({"name": "slow", "target": {"interface": "eth0", "netns": link.a.name},
+                      "fault": {"type": "packet_delay", "delay": "5ms"}});
+    if !fq {
+        assert_eq!(d.error_code("inject", spec), "unsupported_kernel");
+        return;
+    }
+    // Without install_fq the error says how to get fq.
+    let err = d.client().call("inject", spec.clone()).unwrap_err();
+    let err = err.downcast_ref::<ErrorResponse>().unwrap();
+    assert_eq!(err.code, "unsupported_target");
+    assert!(err.message.contains("install_fq"), "{}", err.message);
+    // Someone else's configured root qdisc is never replaced.
+    link.b.run_ok(
+        "tc",
+        &[
+            "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "tbf", "rate", "1gbit", "burst",
+            "64k", "latency", "50ms",
+        ],
+    );
+    let mut theirs = spec.clone();
+    theirs["target"]["netns"] = json!(link.b.name);
+    theirs["fault"]["install_fq"] = json!(true);
+    assert_eq!(d.error_code("inject", theirs), "conflict");
+    assert!(link.b.attachments("eth0").qdiscs.contains("tbf"));
+
+    let before = link.a.attachments("eth0");
+    let mut mine = spec;
+    mine["fault"]["install_fq"] = json!(true);
+    let mut d = d;
+    d.inject(mine);
+    assert!(link.a.attachments("eth0").qdiscs.contains("qdisc fq"));
+    d.signal(libc::SIGKILL);
+    d.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while link.a.attachments("eth0") != before {
+        assert!(
+            Instant::now() < deadline,
+            "fq left behind: {:?}",
+            link.a.attachments("eth0")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_packet_specs_get_specific_errors_and_others_keep_working() {
+    let d = Daemon::start();
+    let link = Link::new("bad");
+    d.inject(
+        json!({"name": "keep", "target": {"interface": "eth0", "netns": link.a.name},
+                    "fault": {"type": "packet_drop", "protocol": "icmp"}}),
+    );
+    let t = json!({"interface": "eth0", "netns": link.a.name});
+    let cg = TestCgroup::new("bad");
+    let cases = [
+        (
+            json!({"interface": "nope0", "netns": link.a.name}),
+            json!({"type": "packet_drop"}),
+            "target_not_found",
+        ),
+        (
+            json!({"interface": "eth0", "netns": "no-such-netns"}),
+            json!({"type": "packet_drop"}),
+            "target_not_found",
+        ),
+        (
+            json!({"interface": "eth0/x"}),
+            json!({"type": "packet_drop"}),
+            "invalid_value",
+        ),
+        (
+            json!({"interface": "eth0", "cgroup": "x"}),
+            json!({"type": "packet_drop"}),
+            "invalid_value",
+        ),
+        (
+            t.clone(),
+            json!({"type": "packet_drop", "dst": "10.0.0.0/33"}),
+            "invalid_value",
+        ),
+        (
+            t.clone(),
+            json!({"type": "packet_drop", "dst_port": "90-80"}),
+            "invalid_value",
+        ),
+        (
+            t.clone(),
+            json!({"type": "packet_drop", "protocol": "sctp"}),
+            "invalid_value",
+        ),
+        (
+            t.clone(),
+            json!({"type": "packet_drop", "direction": "sideways"}),
+            "invalid_value",
+        ),
+        (
+            t.clone(),
+            json!({"type": "packet_drop", "dport": 80}),
+            "unknown_field",
+        ),
+        (
+            t.clone(),
+            json!({"type": "packet_delay", "delay": "11s"}),
+            "invalid_value",
+        ),
+        (
+            t.clone(),
+            json!({"type": "packet_delay", "delay": "5ms", "direction": "ingress"}),
+            "unsupported_target",
+        ),
+        (
+            t.clone(),
+            json!({"type": "bandwidth_limit", "rate": "3 furlongs"}),
+            "invalid_value",
+        ),
+        (
+            t.clone(),
+            json!({"type": "packet_corrupt", "mask": 0}),
+            "invalid_value",
+        ),
+        (
+            t.clone(),
+            json!({"type": "connect_error", "errno": "EPERM"}),
+            "unsupported_target",
+        ),
+        (
+            json!({"cgroup": cg.rel}),
+            json!({"type": "packet_corrupt"}),
+            "unsupported_target",
+        ),
+    ];
+    for (target, fault, code) in cases {
+        let spec = json!({"target": target, "fault": fault});
+        assert_eq!(d.error_code("inject", spec.clone()), code, "{spec}");
+    }
+    assert_eq!(
+        ping(&link.a, B_IP, 2, "0.1").1,
+        0,
+        "the active fault keeps working"
+    );
+    assert_eq!(
+        d.call("list", json!(null)).unwrap()["faults"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
