@@ -117,6 +117,7 @@ fn ingress_drop_at_xdp_hits_ipv6_icmp_only() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = server.kill();
+    let _ = server.wait();
     assert!(ok, "curl over the faulted link must work");
 }
 
@@ -257,6 +258,7 @@ fn rate_limit_holds_or_is_refused_without_sch_fq() {
     std::thread::sleep(Duration::from_millis(300));
     let out = link.a.run_ok("iperf3", &["-c", B_IP, "-t", "4", "-J"]);
     let _ = server.kill();
+    let _ = server.wait();
     let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
