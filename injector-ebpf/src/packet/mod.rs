@@ -198,11 +198,7 @@ fn apply<P: Packet>(rule: &PacketRule, flow: &Flow, pkt: &mut P) -> Verdict {
                 }
             }
         }
-        ACTION_RATE => {
-            if trigger::evaluate(rule.slot, &rule.trigger) {
-                return pace(rule, pkt);
-            }
-        }
+        ACTION_RATE if trigger::evaluate(rule.slot, &rule.trigger) => return pace(rule, pkt),
         _ => {}
     }
     Verdict::Pass
@@ -284,7 +280,7 @@ fn jittered(rule: &PacketRule) -> u64 {
         };
         // dev / (2^32 / sqrt 3) * j, in steps that stay within 64 bits for
         // j up to 2^40 ns (18 minutes).
-        ((dev >> 16) * 1732 / 1000 * (j >> 8) >> 8, negative)
+        (((dev >> 16) * 1732 / 1000 * (j >> 8)) >> 8, negative)
     } else {
         // Uniform in [-j, j].
         let r = u64::from(random()) % (2 * j + 1);
@@ -329,7 +325,7 @@ fn record_delay(slot: u32, ns: u64) {
 /// no count-trailing-zeros instruction).
 #[inline(always)]
 fn lowest_bit(mask: u64) -> u32 {
-    let b = mask & mask.wrapping_neg();
+    let b = mask.isolate_lowest_one();
     let mut n = 0;
     if b & 0xffff_ffff_0000_0000 != 0 {
         n += 32;

@@ -189,7 +189,7 @@ fn run_tc(ctx: &TcContext, hook: usize, ingress: bool) -> i32 {
     let mut pkt = TcPacket { skb, ingress };
     // A per-interface object: its maps hold this interface's rules only.
     match run(hook, 0, &flow, &mut pkt) {
-        Verdict::Drop if ingress => TC_ACT_SHOT as i32,
+        Verdict::Drop if ingress => TC_ACT_SHOT,
         Verdict::Drop => silent_drop(),
         Verdict::Pass => TC_ACT_UNSPEC,
     }
