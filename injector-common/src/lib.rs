@@ -165,6 +165,11 @@ pub const NR_HOOKS: usize = 8;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketTarget {
     pub masks: [u64; NR_HOOKS],
+    /// Rules whose source (destination) prefix the LPM trie should check
+    /// first: set by the daemon only when a target has enough prefixed
+    /// rules that pruning candidates beats checking each rule's prefix.
+    pub src_filtered: u64,
+    pub dst_filtered: u64,
 }
 
 /// Key of the packet rule map: (target, rule index 0..64).
@@ -254,6 +259,11 @@ pub struct PacketRule {
     /// Rate limit: packets that would leave later than this are dropped.
     pub horizon_ns: u64,
     pub trigger: Trigger,
+    /// Source and destination prefixes, IPv4 as `::ffff:a.b.c.d/96+len`
+    /// (family [`FAMILY_INET6`]), checked on every candidate; the LPM tries
+    /// only prune candidates first when a target has many prefixed rules.
+    pub src: Prefix,
+    pub dst: Prefix,
 }
 
 impl PacketRule {

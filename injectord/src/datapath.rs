@@ -17,7 +17,8 @@ use crate::{
 };
 
 /// The eBPF object built by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/injector"));
+/// (Public for the packet benchmark example, which loads its own copy.)
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/injector"));
 
 pub struct Datapath {
     pub ebpf: Ebpf,

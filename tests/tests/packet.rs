@@ -353,3 +353,41 @@ fn cgroup_target_hits_only_that_container_on_a_shared_bridge() {
         4_000 - from("10.98.0.2")
     );
 }
+
+#[test]
+fn many_prefixed_faults_on_one_interface_match_only_their_prefix() {
+    // More than four prefixed rules: the LPM tries prune candidates first.
+    let d = Daemon::start();
+    let link = Link::new("lpm");
+    for (i, dst) in [
+        "10.1.0.0/16",
+        "10.2.0.0/16",
+        "10.99.0.0/30",
+        "fd00::/8",
+        "192.0.2.0/24",
+        "10.99.0.2",
+    ]
+    .iter()
+    .enumerate()
+    {
+        d.inject(json!({
+            "name": format!("lpm{i}"),
+            "target": {"interface": "eth0", "netns": link.a.name},
+            "fault": {"type": "packet_drop", "protocol": "udp", "dst": dst, "dst_port": 7500 + i},
+        }));
+    }
+    // Port 7505 with dst 10.99.0.2: rule lpm5 (a /32) matches; port 7502
+    // matches lpm2 (10.99.0.0/30 covers .2); port 7500 (10.1.0.0/16) not.
+    let rx: Vec<_> = [7500u16, 7502, 7505]
+        .iter()
+        .map(|p| udp_receiver(&link.b, *p, IDLE))
+        .collect();
+    for p in [7500u16, 7502, 7505] {
+        udp_send(&link.a, B_IP, p, 200, 20_000);
+    }
+    let got: Vec<u64> = rx.into_iter().map(|r| finish_udp(r).received).collect();
+    assert_eq!(got, vec![200, 0, 0]);
+    assert_eq!(packets(&d, "lpm2", "packet_drop", "dropped"), 200);
+    assert_eq!(packets(&d, "lpm5", "packet_drop", "dropped"), 200);
+    assert_eq!(packets(&d, "lpm0", "packet_drop", "evaluated"), 0);
+}

@@ -18,10 +18,10 @@ use serde_json::{Value, json};
 use crate::build_daemon;
 
 /// A cgroup2 directory made for the benchmark, removed on drop.
-struct Cg(PathBuf);
+pub struct Cg(PathBuf);
 
 impl Cg {
-    fn new(mount: &Path, rel: &str) -> anyhow::Result<Self> {
+    pub fn new(mount: &Path, rel: &str) -> anyhow::Result<Self> {
         let p = mount.join(rel);
         fs::create_dir_all(&p).with_context(|| format!("mkdir {}", p.display()))?;
         Ok(Self(p))
@@ -34,7 +34,7 @@ impl Drop for Cg {
     }
 }
 
-fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
     fs::read_to_string("/proc/self/mounts")?
         .lines()
         .find_map(|l| {
@@ -44,14 +44,14 @@ fn cgroup2_mount() -> anyhow::Result<PathBuf> {
         .context("no cgroup2 mount")
 }
 
-struct Daemon {
+pub struct Daemon {
     child: Child,
     socket: PathBuf,
     conn: Option<(BufReader<UnixStream>, UnixStream)>,
 }
 
 impl Daemon {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+    pub fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
         let socket = dir.join("bench.sock");
         let child = Command::new(bin)
             .arg("--socket")
@@ -75,7 +75,7 @@ impl Daemon {
         })
     }
 
-    fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+    pub fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
         let (r, w) = self.conn.as_mut().context("not connected")?;
         let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
         writeln!(w, "{req}")?;
@@ -147,8 +147,17 @@ fn closed_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-pub fn run(iterations: u32, injects: u32) -> anyhow::Result<()> {
+pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
     let bin = build_daemon()?;
+    if only != "connect" {
+        let dir = std::env::temp_dir().join(format!("injectord-bench-net-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        crate::bench_net::run(&bin, &dir)?;
+        let _ = fs::remove_dir_all(&dir);
+        if only == "packet" {
+            return Ok(());
+        }
+    }
     let mount = cgroup2_mount()?;
     let base = format!("injectord-bench-{}", std::process::id());
     let _base = Cg::new(&mount, &base)?;
@@ -346,7 +355,12 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
                 std::thread::yield_now();
             }
         }
-        _ => bail!("usage: bench-worker connect PORT N | watch PORT"),
+        [cmd, ifname, src, dst, seconds] if cmd == "blast" => {
+            let pps = blast(ifname, &parse_mac(src)?, &parse_mac(dst)?, seconds.parse()?)?;
+            println!("{pps}");
+            Ok(())
+        }
+        _ => bail!("usage: bench-worker connect PORT N | watch PORT | blast IF SRC DST SECONDS"),
     }
 }
 
@@ -355,4 +369,83 @@ fn percentiles(v: &mut [u64]) -> (f64, f64) {
     v.sort_unstable();
     let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0;
     (at(0.5), at(0.99))
+}
+
+fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()?;
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("bad MAC address {s}"))
+}
+
+/// Sends 64-byte UDP frames (10.97.0.1:1234 -> 10.97.0.2:9) out of
+/// `ifname` through an AF_PACKET socket, 64 per sendmmsg(), for `seconds`;
+/// returns frames per second.
+fn blast(ifname: &str, src: &[u8; 6], dst: &[u8; 6], seconds: f64) -> anyhow::Result<f64> {
+    let mut frame = [0u8; 64];
+    frame[0..6].copy_from_slice(dst);
+    frame[6..12].copy_from_slice(src);
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = [
+        0x45, 0, 0, 50, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 97, 0, 1, 10, 97, 0, 2,
+    ];
+    frame[14..34].copy_from_slice(&ip);
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = !(sum as u16);
+    frame[24..26].copy_from_slice(&csum.to_be_bytes());
+    frame[34..36].copy_from_slice(&1234u16.to_be_bytes());
+    frame[36..38].copy_from_slice(&9u16.to_be_bytes());
+    frame[38..40].copy_from_slice(&30u16.to_be_bytes());
+
+    let name = std::ffi::CString::new(ifname)?;
+    // SAFETY: plain syscalls on a socket we own, with valid pointers.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        if ifindex == 0 {
+            bail!("no interface {ifname}");
+        }
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            bail!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(dst);
+        let mut iov = libc::iovec {
+            iov_base: frame.as_mut_ptr().cast(),
+            iov_len: frame.len(),
+        };
+        let mut msgs: Vec<libc::mmsghdr> = (0..64)
+            .map(|_| {
+                let mut m: libc::mmsghdr = std::mem::zeroed();
+                m.msg_hdr.msg_name = (&raw mut addr).cast();
+                m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
+                m.msg_hdr.msg_iov = &raw mut iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            let n = libc::sendmmsg(fd, msgs.as_mut_ptr(), 64, 0);
+            if n > 0 {
+                sent += n as u64;
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        libc::close(fd);
+        Ok(sent as f64 / elapsed)
+    }
 }

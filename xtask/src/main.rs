@@ -2,6 +2,7 @@
 //! toolchains and bpf-linker first), e.g. `./x run`, `./x test`, `./x bench`.
 
 mod bench;
+mod bench_net;
 mod deps;
 mod matrix;
 mod suite;
@@ -42,7 +43,8 @@ enum Task {
     },
     /// rustfmt and clippy (-D warnings) on every crate, eBPF included.
     Lint,
-    /// Benchmarks: connect() overhead, control-plane latency, memory.
+    /// Benchmarks: connect() overhead, control-plane latency, memory;
+    /// packet program cost, drop throughput, untargeted-flow latency.
     Bench {
         /// connect() calls per measurement.
         #[arg(long, default_value_t = 200_000)]
@@ -50,6 +52,9 @@ enum Task {
         /// inject operations for the control-plane latency.
         #[arg(long, default_value_t = 1000)]
         injects: u32,
+        /// Which half: connect, packet or all.
+        #[arg(long, default_value = "all")]
+        only: String,
     },
     /// Internal: the process `bench` runs inside a cgroup.
     #[command(hide = true)]
@@ -67,7 +72,8 @@ fn main() -> anyhow::Result<()> {
         Task::Bench {
             iterations,
             injects,
-        } => bench::run(iterations, injects),
+            only,
+        } => bench::run(iterations, injects, &only),
         Task::BenchWorker { args } => bench::worker_main(&args),
     }
 }

@@ -5,23 +5,26 @@
 //! Per packet, after parsing: one hash lookup for the target's rule masks at
 //! this hook, two LPM-trie lookups (source and destination prefix) whose
 //! values are masks of the rules covering the address, and then one rule
-//! lookup per candidate rule left in the intersection. A packet that no rule
-//! aims at stops after the first lookup or the tries.
+//! lookup per candidate rule left in the intersection (in a bpf_loop). A
+//! packet that no rule aims at stops after the first lookup or the tries.
 
 mod cgroup;
 mod parse;
 mod tc;
 mod xdp;
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_loop},
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
 };
 use injector_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DELAY_BUCKETS,
-    DelayHistogram, LPM_FULL_BITS, LpmData, MAX_FAULTS, MAX_PACKET_RULES, OFFSET_RANDOM,
-    PacketRule, PacketRuleKey, PacketTarget, REGION_ANY, REGION_HEADERS, RULE_JITTER_NORMAL,
+    DelayHistogram, FAMILY_INET6, LPM_FULL_BITS, LpmData, MAX_FAULTS, MAX_PACKET_RULES,
+    OFFSET_RANDOM, PacketRule, PacketRuleKey, PacketTarget, REGION_ANY, REGION_HEADERS,
+    RULE_JITTER_NORMAL,
 };
 pub use parse::Flow;
 
@@ -109,33 +112,89 @@ pub fn run<P: Packet>(hook: usize, target: u64, flow: &Flow, pkt: &mut P) -> Ver
         return Verdict::Pass;
     };
     // SAFETY: NO_PREALLOC map value, valid for this RCU read section.
-    let mut mask = unsafe { (*masks).masks[hook & 7] };
+    let (mut mask, src_filtered, dst_filtered) = unsafe {
+        (
+            (*masks).masks[hook & 7],
+            (*masks).src_filtered,
+            (*masks).dst_filtered,
+        )
+    };
     if mask == 0 {
         return Verdict::Pass;
     }
+    // Each candidate's own prefixes are checked in `step`; the tries (which
+    // hold every rule's prefixes, a rule without one at the target's
+    // catch-all entry) prune candidates first only for targets with many
+    // prefixed rules (the daemon sets the *_filtered masks then). A trie
+    // shared by many targets costs O(log targets) per lookup.
     let target_be = target.to_be_bytes();
-    mask &= lpm_mask(&PACKET_SRC, &target_be, &flow.src);
-    if mask == 0 {
-        return Verdict::Pass;
-    }
-    mask &= lpm_mask(&PACKET_DST, &target_be, &flow.dst);
-
-    for _ in 0..MAX_PACKET_RULES {
+    if mask & src_filtered != 0 {
+        mask &= lpm_mask(&PACKET_SRC, &target_be, &flow.src);
         if mask == 0 {
-            break;
-        }
-        let index = lowest_bit(mask);
-        mask &= mask - 1;
-        if step(target, index, flow, pkt) == Verdict::Drop {
-            return Verdict::Drop;
+            return Verdict::Pass;
         }
     }
-    Verdict::Pass
+    if mask & dst_filtered != 0 {
+        mask &= lpm_mask(&PACKET_DST, &target_be, &flow.dst);
+    }
+
+    // bpf_loop (Linux 5.17+) rather than a bounded loop: the verifier checks
+    // the callback once, where a 64-round loop around the rule evaluation
+    // exceeds its million-instruction budget on 6.1.
+    let mut state = LoopState {
+        mask,
+        target,
+        flow,
+        pkt,
+        drop: false,
+    };
+    // SAFETY: the callback matches bpf_loop's contract (index, context
+    // pointer; 0 continues, 1 stops) and the context outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_PACKET_RULES,
+            rule_step::<P> as *mut c_void,
+            (&raw mut state).cast(),
+            0,
+        )
+    };
+    if state.drop {
+        Verdict::Drop
+    } else {
+        Verdict::Pass
+    }
 }
 
-/// One candidate rule. A BPF-to-BPF call rather than inlined: the loop
-/// may be unrolled, and 64 inlined copies would overflow the 512-byte stack.
-#[inline(never)]
+/// What the bpf_loop callback works on, on the caller's stack.
+struct LoopState<'a, P> {
+    /// Candidate rules not yet evaluated.
+    mask: u64,
+    target: u64,
+    flow: &'a Flow,
+    pkt: &'a mut P,
+    drop: bool,
+}
+
+/// Evaluates the lowest candidate rule left; stops when none is left or a
+/// rule dropped the packet.
+extern "C" fn rule_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the LoopState that `run` passed to bpf_loop, alive
+    // and not otherwise borrowed for the duration of the loop.
+    let state = unsafe { &mut *ctx.cast::<LoopState<'_, P>>() };
+    if state.mask == 0 {
+        return 1;
+    }
+    let index = lowest_bit(state.mask);
+    state.mask &= state.mask - 1;
+    if step(state.target, index, state.flow, state.pkt) == Verdict::Drop {
+        state.drop = true;
+        return 1;
+    }
+    0
+}
+
+/// One candidate rule.
+#[inline(always)]
 fn step<P: Packet>(target: u64, index: u32, flow: &Flow, pkt: &mut P) -> Verdict {
     let key = PacketRuleKey {
         target,
@@ -148,7 +207,10 @@ fn step<P: Packet>(target: u64, index: u32, flow: &Flow, pkt: &mut P) -> Verdict
     // SAFETY: as for `masks`: a replaced rule stays intact until the end of
     // this RCU read section.
     let rule = unsafe { &*rule };
-    if !rule.accepts(flow.proto, flow.sport, flow.dport) {
+    if !rule.accepts(flow.proto, flow.sport, flow.dport)
+        || !rule.src.contains(FAMILY_INET6, &flow.src)
+        || !rule.dst.contains(FAMILY_INET6, &flow.dst)
+    {
         return Verdict::Pass;
     }
     apply(rule, flow, pkt)

@@ -18,9 +18,10 @@ use aya::{
 };
 use injector_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DelayHistogram,
-    LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES, NR_HOOKS, OFFSET_RANDOM, PROTO_ANY, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, PacketRule, PacketRuleKey, PacketTarget, REGION_ANY, REGION_HEADERS,
-    REGION_PAYLOAD, RULE_FIX_CHECKSUM, RULE_JITTER_NORMAL, RULE_PROTO_ICMP_ANY, Trigger,
+    FAMILY_INET6, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES, NR_HOOKS, OFFSET_RANDOM, PROTO_ANY,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketRule, PacketRuleKey, PacketTarget, Prefix, REGION_ANY,
+    REGION_HEADERS, REGION_PAYLOAD, RULE_FIX_CHECKSUM, RULE_JITTER_NORMAL, RULE_PROTO_ICMP_ANY,
+    Trigger,
 };
 use ipnet::IpNet;
 
@@ -255,7 +256,9 @@ impl PacketMaps {
                 .map_err(internal)?;
             self.hist.insert(&slot, zero, 0).map_err(internal)?;
         }
-        for (index, entry) in indices.iter().zip(entries) {
+        for (index, mut entry) in indices.iter().zip(entries) {
+            entry.rule.src = prefix_of(entry.src);
+            entry.rule.dst = prefix_of(entry.dst);
             self.rules
                 .insert(&rule_key(target, *index), &entry.rule, 0)
                 .map_err(internal)?;
@@ -302,6 +305,25 @@ impl PacketMaps {
                 }
             }
         }
+        // Up to this many prefixed rules, checking each candidate's prefix
+        // is cheaper than an LPM lookup (and does not depend on how many
+        // other targets share the trie).
+        const PRUNE_ABOVE: usize = 4;
+        let prefixed = |pick: fn(&RuleEntry) -> bool| -> u64 {
+            let bits: Vec<u32> = set
+                .entries
+                .iter()
+                .filter(|(_, e)| pick(e))
+                .map(|(i, _)| *i)
+                .collect();
+            if bits.len() > PRUNE_ABOVE {
+                bits.iter().fold(0, |m, i| m | 1 << i)
+            } else {
+                0
+            }
+        };
+        masks.src_filtered = prefixed(|e| e.src.is_some());
+        masks.dst_filtered = prefixed(|e| e.dst.is_some());
         self.targets.insert(&target, &masks, 0).map_err(internal)
     }
 
@@ -384,6 +406,20 @@ fn same_key(a: &Key<LpmData>, b: &Key<LpmData>) -> bool {
     a.prefix_len() == b.prefix_len() && a.data() == b.data()
 }
 
+/// A rule's prefix, IPv4 mapped into IPv6 as the programs see addresses.
+fn prefix_of(net: Option<IpNet>) -> Prefix {
+    let Some(net) = net else {
+        return Prefix::ANY;
+    };
+    let key = lpm_key(0, Some(net));
+    Prefix {
+        family: FAMILY_INET6,
+        prefix_len: (key.prefix_len() - LPM_TARGET_BITS) as u8,
+        _pad: [0; 2],
+        addr: key.data().addr,
+    }
+}
+
 /// The LPM key of a prefix of `target` (IPv4 as `::ffff:a.b.c.d/96+len`).
 fn lpm_key(target: u64, prefix: Option<IpNet>) -> Key<LpmData> {
     let mut data = LpmData {
@@ -433,5 +469,19 @@ mod tests {
         assert_eq!(mask_of(net("10.1.0.0/16")), 0b0111);
         assert_eq!(mask_of(net("fd00::/64")), 0b1100);
         assert_eq!(lpm_key(7, net("10.0.0.0/8")).prefix_len(), 64 + 96 + 8);
+    }
+
+    #[test]
+    fn rule_prefixes_map_ipv4_into_ipv6() {
+        let p = prefix_of(Some("10.1.0.0/16".parse().unwrap()));
+        let mapped = |a: [u8; 4]| {
+            let o = std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets();
+            let (c, _) = o.as_chunks::<4>();
+            [0, 1, 2, 3].map(|i| u32::from_ne_bytes(c[i]))
+        };
+        assert_eq!(p.prefix_len, 96 + 16);
+        assert!(p.contains(FAMILY_INET6, &mapped([10, 1, 200, 3])));
+        assert!(!p.contains(FAMILY_INET6, &mapped([10, 2, 0, 1])));
+        assert!(prefix_of(None).contains(FAMILY_INET6, &mapped([1, 2, 3, 4])));
     }
 }
