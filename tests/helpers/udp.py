@@ -3,7 +3,8 @@
 
 send HOST PORT COUNT PPS   sends COUNT datagrams of 200 bytes: an 8-byte
                            sequence number, then a fixed pattern.
-recv PORT IDLE_SECONDS     prints "ready", counts datagrams until IDLE
+recv PORT IDLE_SECONDS     prints "ready", waits up to a minute for the
+                           first datagram, counts datagrams until IDLE
                            seconds pass without one, then prints JSON:
                            received, changed (payload differs from the
                            pattern), duplicates (sequence seen before),
@@ -35,9 +36,11 @@ def send(host, port, count, pps):
 def recv(port, idle):
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+    # SO_RCVBUFFORCE (root) goes past net.core.rmem_max: a slow receiver
+    # (a VM under emulation) must not lose datagrams in its own buffer.
+    s.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)
     s.bind(("::", port))
-    s.settimeout(idle)
+    s.settimeout(60)
     print("ready", flush=True)
     received = changed = duplicates = 0
     seen = set()
@@ -48,6 +51,7 @@ def recv(port, idle):
         except socket.timeout:
             break
         received += 1
+        s.settimeout(idle)
         src = addr[0].removeprefix("::ffff:")
         by_source[src] = by_source.get(src, 0) + 1
         if len(data) != 8 + len(PATTERN) or data[8:] != PATTERN:
