@@ -395,7 +395,8 @@ packet_fault!(
     /// Paces matching packets to `rate` (egress; needs sch_fq).
     BandwidthLimit {
         rate: Rate,
-        /// Packets that would wait longer than this are dropped (default 1s).
+        /// Packets that would wait longer than this are dropped (default
+        /// 200ms).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_delay: Option<Latency>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -268,6 +268,27 @@ fn rate_limit_holds_or_is_refused_without_sch_fq() {
         "TCP throughput {:.1} Mbit/s, limit 20",
         bps / 1e6
     );
+    // UDP offered at twice the rate: the excess is dropped, what arrives
+    // holds the limit.
+    let mut server = link.b.spawn("iperf3", &["-s", "-1", "-J"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = link
+        .a
+        .run_ok("iperf3", &["-c", B_IP, "-u", "-b", "40M", "-t", "4", "-J"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    let sum = &v["end"]["sum"];
+    let sent_bps = sum["bits_per_second"].as_f64().unwrap();
+    let lost = sum["lost_percent"].as_f64().unwrap();
+    let got_bps = sent_bps * (1.0 - lost / 100.0);
+    assert!(
+        (18e6..=22e6).contains(&got_bps),
+        "UDP offered {:.1} Mbit/s, received {:.1} Mbit/s, limit 20",
+        sent_bps / 1e6,
+        got_bps / 1e6
+    );
+    assert!(packets(&d, "thin", "bandwidth_limit", "dropped") > 0);
 }
 
 #[test]

@@ -606,7 +606,20 @@ impl Interface {
             .as_deref_mut()
             .map(|r| r.add(self.netns_path.as_deref(), Undo::Fq { dev: name.clone() }));
         let installed = in_netns(self.netns.as_ref(), || {
-            reaper::tc(&["qdisc", "replace", "dev", &name, "root", "fq"])
+            // Room for a rate limit's queue: fq's default of 100 packets per
+            // flow would drop what the limiter already scheduled.
+            reaper::tc(&[
+                "qdisc",
+                "replace",
+                "dev",
+                &name,
+                "root",
+                "fq",
+                "limit",
+                "100000",
+                "flow_limit",
+                "10000",
+            ])
         })
         .map_err(|e| e.to_string())
         .and_then(|r| r);

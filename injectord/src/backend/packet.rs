@@ -31,8 +31,9 @@ use crate::{
     spec::{Distribution, Fault, PacketFilter, PortRange, Protocol, Region},
 };
 
-/// Default for `bandwidth_limit.max_delay`.
-const DEFAULT_RATE_HORIZON_NS: u64 = 1_000_000_000;
+/// Default for `bandwidth_limit.max_delay`: a queue of 200 ms, like a
+/// shaper's (tbf's `latency`), rather than an unbounded backlog.
+const DEFAULT_RATE_HORIZON_NS: u64 = 200_000_000;
 
 /// What one packet fault asks of the kernel, before hooks are chosen.
 #[derive(Clone, Debug)]
