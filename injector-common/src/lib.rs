@@ -170,6 +170,35 @@ pub struct PacketTarget {
     /// rules that pruning candidates beats checking each rule's prefix.
     pub src_filtered: u64,
     pub dst_filtered: u64,
+    /// Rules by protocol class ([`proto_class`]): a packet's candidates are
+    /// cut to the rules for its protocol before any rule is looked up.
+    pub proto_masks: [u64; 4],
+    /// Rules with a single destination port that the port index holds (set
+    /// when a target has many): candidates among them are cut to those for
+    /// the packet's port by one lookup in `PACKET_PORTS`.
+    pub port_indexed: u64,
+}
+
+/// Key of the destination-port index: the value is the mask of the
+/// target's indexed rules for that port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub target: u64,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Protocol classes of [`PacketTarget::proto_masks`]: other, TCP, UDP,
+/// ICMP (v4 or v6).
+#[inline(always)]
+pub fn proto_class(proto: u8) -> usize {
+    match proto {
+        PROTO_TCP => 1,
+        PROTO_UDP => 2,
+        PROTO_ICMP | PROTO_ICMPV6 => 3,
+        _ => 0,
+    }
 }
 
 /// Key of the packet rule map: (target, rule index 0..64).
@@ -350,6 +379,8 @@ mod pod {
     unsafe impl aya::Pod for super::PacketTarget {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PacketRuleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LpmData {}
     // SAFETY: as above.

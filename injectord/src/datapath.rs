@@ -70,6 +70,7 @@ impl Datapath {
             .map_max_entries("PACKET_RULES", per_target)
             .map_max_entries("PACKET_SRC", per_target * 2 + 1)
             .map_max_entries("PACKET_DST", per_target * 2 + 1)
+            .map_max_entries("PACKET_PORTS", per_target)
             .map_max_entries("CONNECT_RULES", 1)
             .load(OBJECT)
             .context("loading the eBPF object for an interface")?;

@@ -3,8 +3,8 @@
 
 send HOST PORT COUNT PPS   sends COUNT datagrams of 200 bytes: an 8-byte
                            sequence number, then a fixed pattern.
-recv PORT IDLE_SECONDS     prints "ready", waits up to a minute for the
-                           first datagram, counts datagrams until IDLE
+recv PORT IDLE [FIRST]     prints "ready", waits up to FIRST seconds (60)
+                           for the first datagram, counts datagrams until IDLE
                            seconds pass without one, then prints JSON:
                            received, changed (payload differs from the
                            pattern), duplicates (sequence seen before),
@@ -33,14 +33,14 @@ def send(host, port, count, pps):
                 time.sleep(delay)
 
 
-def recv(port, idle):
+def recv(port, idle, first):
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     # SO_RCVBUFFORCE (root) goes past net.core.rmem_max: a slow receiver
     # (a VM under emulation) must not lose datagrams in its own buffer.
     s.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)
     s.bind(("::", port))
-    s.settimeout(60)
+    s.settimeout(first)
     print("ready", flush=True)
     received = changed = duplicates = 0
     seen = set()
@@ -68,4 +68,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "send":
         send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:
-        recv(int(sys.argv[2]), float(sys.argv[3]))
+        recv(int(sys.argv[2]), float(sys.argv[3]),
+             float(sys.argv[4]) if len(sys.argv) > 4 else 60.0)

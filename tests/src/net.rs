@@ -262,6 +262,12 @@ pub struct UdpReport {
 /// Starts the UDP receiver in `ns` on `port`; it stops after `idle` without
 /// traffic. Call [`finish_udp`] to collect its report.
 pub fn udp_receiver(ns: &Netns, port: u16, idle: Duration) -> Child {
+    udp_receiver_within(ns, port, idle, Duration::from_secs(60))
+}
+
+/// A receiver that gives up after `first` without any datagram: for ports
+/// whose traffic is expected to be dropped entirely.
+pub fn udp_receiver_within(ns: &Netns, port: u16, idle: Duration, first: Duration) -> Child {
     let mut child = ns.spawn(
         "python3",
         &[
@@ -269,6 +275,7 @@ pub fn udp_receiver(ns: &Netns, port: u16, idle: Duration) -> Child {
             "recv",
             &port.to_string(),
             &format!("{}", idle.as_secs_f64()),
+            &format!("{}", first.as_secs_f64()),
         ],
     );
     crate::wait_line(&mut child, "ready").expect("udp receiver ready");

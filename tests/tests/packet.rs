@@ -401,7 +401,7 @@ fn many_prefixed_faults_on_one_interface_match_only_their_prefix() {
     // matches lpm2 (10.99.0.0/30 covers .2); port 7500 (10.1.0.0/16) not.
     let rx: Vec<_> = [7500u16, 7502, 7505]
         .iter()
-        .map(|p| udp_receiver(&link.b, *p, IDLE))
+        .map(|p| udp_receiver_within(&link.b, *p, IDLE, Duration::from_secs(15)))
         .collect();
     for p in [7500u16, 7502, 7505] {
         udp_send(&link.a, B_IP, p, 200, 20_000);
@@ -411,4 +411,42 @@ fn many_prefixed_faults_on_one_interface_match_only_their_prefix() {
     assert_eq!(packets(&d, "lpm2", "packet_drop", "dropped"), 200);
     assert_eq!(packets(&d, "lpm5", "packet_drop", "dropped"), 200);
     assert_eq!(packets(&d, "lpm0", "packet_drop", "evaluated"), 0);
+}
+
+#[test]
+fn many_port_faults_on_one_interface_hit_only_their_port() {
+    // More than four single-port rules: the port index picks candidates.
+    let d = Daemon::start();
+    let link = Link::new("ports");
+    for i in 0..10u16 {
+        d.inject(json!({
+            "name": format!("port{i}"),
+            "target": {"interface": "eth0", "netns": link.a.name},
+            "fault": {"type": "packet_drop", "protocol": "udp", "dst_port": 7600 + i},
+        }));
+    }
+    d.inject(json!({
+        "name": "range",
+        "target": {"interface": "eth0", "netns": link.a.name},
+        "fault": {"type": "packet_duplicate", "protocol": "udp", "dst_port": "7603-7620"},
+    }));
+    let rx: Vec<_> = [7603u16, 7615, 7650]
+        .iter()
+        .map(|p| udp_receiver_within(&link.b, *p, IDLE, Duration::from_secs(15)))
+        .collect();
+    for p in [7603u16, 7615, 7650] {
+        udp_send(&link.a, B_IP, p, 100, 20_000);
+    }
+    let got: Vec<(u64, u64)> = rx
+        .into_iter()
+        .map(|r| {
+            let r = finish_udp(r);
+            (r.received, r.duplicates)
+        })
+        .collect();
+    // 7603: dropped by port3 (drops end the walk before the duplicate);
+    // 7615: only the range duplicates it; 7650: untouched.
+    assert_eq!(got, vec![(0, 0), (200, 100), (100, 0)]);
+    assert_eq!(packets(&d, "port3", "packet_drop", "dropped"), 100);
+    assert_eq!(packets(&d, "port4", "packet_drop", "evaluated"), 0);
 }

@@ -360,7 +360,36 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
             println!("{pps}");
             Ok(())
         }
-        _ => bail!("usage: bench-worker connect PORT N | watch PORT | blast IF SRC DST SECONDS"),
+        [cmd, port] if cmd == "echo" => {
+            let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port.parse::<u16>()?))?;
+            let mut buf = [0u8; 2048];
+            loop {
+                let (n, from) = sock.recv_from(&mut buf)?;
+                sock.send_to(&buf[..n], from)?;
+            }
+        }
+        [cmd, host, port, n] if cmd == "rtt" => {
+            let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            sock.connect((host.as_str(), port.parse::<u16>()?))?;
+            sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let n: usize = n.parse()?;
+            let mut buf = [0u8; 64];
+            let mut samples = Vec::with_capacity(n);
+            for i in 0..n + 1000 {
+                let t = Instant::now();
+                sock.send(&buf)?;
+                sock.recv(&mut buf)?;
+                if i >= 1000 {
+                    samples.push(t.elapsed().as_nanos() as u64);
+                }
+            }
+            let (p50, p99) = percentiles(&mut samples);
+            println!("{p50} {p99}");
+            Ok(())
+        }
+        _ => bail!(
+            "usage: bench-worker connect PORT N | watch PORT | blast IF SRC DST SECONDS | echo PORT | rtt HOST PORT N"
+        ),
     }
 }
 

@@ -23,8 +23,8 @@ use aya_ebpf::{
 use injector_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DELAY_BUCKETS,
     DelayHistogram, FAMILY_INET6, LPM_FULL_BITS, LpmData, MAX_FAULTS, MAX_PACKET_RULES,
-    OFFSET_RANDOM, PacketRule, PacketRuleKey, PacketTarget, REGION_ANY, REGION_HEADERS,
-    RULE_JITTER_NORMAL,
+    OFFSET_RANDOM, PacketRule, PacketRuleKey, PacketTarget, PortKey, REGION_ANY, REGION_HEADERS,
+    RULE_JITTER_NORMAL, proto_class,
 };
 pub use parse::Flow;
 
@@ -42,6 +42,10 @@ static PACKET_TARGETS: HashMap<u64, PacketTarget> =
 #[map]
 static PACKET_RULES: HashMap<PacketRuleKey, PacketRule> =
     HashMap::with_max_entries(MAX_FAULTS, NO_PREALLOC);
+
+/// Destination-port index; see [`PortKey`].
+#[map]
+static PACKET_PORTS: HashMap<PortKey, u64> = HashMap::with_max_entries(MAX_FAULTS, NO_PREALLOC);
 
 /// Source and destination prefixes; see [`LpmData`].
 #[map]
@@ -112,13 +116,26 @@ pub fn run<P: Packet>(hook: usize, target: u64, flow: &Flow, pkt: &mut P) -> Ver
         return Verdict::Pass;
     };
     // SAFETY: NO_PREALLOC map value, valid for this RCU read section.
-    let (mut mask, src_filtered, dst_filtered) = unsafe {
+    let (mut mask, src_filtered, dst_filtered, port_indexed) = unsafe {
         (
-            (*masks).masks[hook & 7],
+            (*masks).masks[hook & 7] & (*masks).proto_masks[proto_class(flow.proto) & 3],
             (*masks).src_filtered,
             (*masks).dst_filtered,
+            (*masks).port_indexed,
         )
     };
+    if mask & port_indexed != 0 {
+        let key = PortKey {
+            target,
+            port: flow.dport,
+            _pad: [0; 6],
+        };
+        let for_port = PACKET_PORTS
+            .get_ptr(&key)
+            // SAFETY: NO_PREALLOC map value, valid for this RCU read section.
+            .map_or(0, |m| unsafe { *m });
+        mask = (mask & !port_indexed) | (mask & for_port);
+    }
     if mask == 0 {
         return Verdict::Pass;
     }

@@ -19,9 +19,9 @@ use aya::{
 use injector_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DelayHistogram,
     FAMILY_INET6, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES, NR_HOOKS, OFFSET_RANDOM, PROTO_ANY,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketRule, PacketRuleKey, PacketTarget, Prefix, REGION_ANY,
-    REGION_HEADERS, REGION_PAYLOAD, RULE_FIX_CHECKSUM, RULE_JITTER_NORMAL, RULE_PROTO_ICMP_ANY,
-    Trigger,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketRule, PacketRuleKey, PacketTarget, PortKey, Prefix,
+    REGION_ANY, REGION_HEADERS, REGION_PAYLOAD, RULE_FIX_CHECKSUM, RULE_JITTER_NORMAL,
+    RULE_PROTO_ICMP_ANY, Trigger, proto_class,
 };
 use ipnet::IpNet;
 
@@ -183,6 +183,8 @@ pub struct TargetRules {
     /// LPM keys currently in the kernel for this target.
     src_keys: Vec<Key<LpmData>>,
     dst_keys: Vec<Key<LpmData>>,
+    /// Ports currently in the port index for this target.
+    port_keys: Vec<u16>,
 }
 
 impl TargetRules {
@@ -210,6 +212,7 @@ pub struct PacketMaps {
     rules: HashMap<MapData, PacketRuleKey, PacketRule>,
     src: LpmTrie<MapData, LpmData, u64>,
     dst: LpmTrie<MapData, LpmData, u64>,
+    ports: HashMap<MapData, PortKey, u64>,
     rate: Array<MapData, u64>,
     hist: PerCpuHashMap<MapData, u32, DelayHistogram>,
 }
@@ -222,6 +225,7 @@ impl PacketMaps {
             rules: HashMap::try_from(take("PACKET_RULES")?)?,
             src: LpmTrie::try_from(take("PACKET_SRC")?)?,
             dst: LpmTrie::try_from(take("PACKET_DST")?)?,
+            ports: HashMap::try_from(take("PACKET_PORTS")?)?,
             rate: Array::try_from(take("RATE_STATE")?)?,
             hist: PerCpuHashMap::try_from(take("DELAY_HIST")?)?,
         })
@@ -305,6 +309,13 @@ impl PacketMaps {
                     *mask |= 1 << index;
                 }
             }
+            // `icmp` rules carry PROTO_ICMP and match ICMPv6 too: both are
+            // one class.
+            for (class, mask) in masks.proto_masks.iter_mut().enumerate() {
+                if entry.rule.proto == PROTO_ANY || class == proto_class(entry.rule.proto) {
+                    *mask |= 1 << index;
+                }
+            }
         }
         // Up to this many prefixed rules, checking each candidate's prefix
         // is cheaper than an LPM lookup (and does not depend on how many
@@ -325,6 +336,7 @@ impl PacketMaps {
         };
         masks.src_filtered = prefixed(|e| e.src.is_some());
         masks.dst_filtered = prefixed(|e| e.dst.is_some());
+        masks.port_indexed = prefixed(|e| e.rule.dport[0] == e.rule.dport[1]);
         self.targets.insert(&target, &masks, 0).map_err(internal)
     }
 
@@ -333,6 +345,24 @@ impl PacketMaps {
         let dst = prefix_values(target, set.entries.iter().map(|(i, e)| (*i, e.dst)));
         set.src_keys = sync_trie(&mut self.src, &set.src_keys, src)?;
         set.dst_keys = sync_trie(&mut self.dst, &set.dst_keys, dst)?;
+        // The port index: for each single destination port, its rules.
+        let mut ports: BTreeMap<u16, u64> = BTreeMap::new();
+        for (index, e) in &set.entries {
+            if e.rule.dport[0] == e.rule.dport[1] {
+                *ports.entry(e.rule.dport[0]).or_default() |= 1 << index;
+            }
+        }
+        for (port, mask) in &ports {
+            self.ports
+                .insert(&port_key(target, *port), mask, 0)
+                .map_err(internal)?;
+        }
+        for port in &set.port_keys {
+            if !ports.contains_key(port) {
+                let _ = self.ports.remove(&port_key(target, *port));
+            }
+        }
+        set.port_keys = ports.into_keys().collect();
         Ok(())
     }
 
@@ -350,6 +380,14 @@ impl PacketMaps {
                     acc
                 }),
         )
+    }
+}
+
+fn port_key(target: u64, port: u16) -> PortKey {
+    PortKey {
+        target,
+        port,
+        _pad: [0; 6],
     }
 }
 
