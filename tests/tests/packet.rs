@@ -268,8 +268,7 @@ fn rate_limit_holds_or_is_refused_without_sch_fq() {
         "TCP throughput {:.1} Mbit/s, limit 20",
         bps / 1e6
     );
-    // UDP offered at twice the rate: the excess is dropped, what arrives
-    // holds the limit.
+    // UDP offered at twice the rate: what arrives holds the limit.
     let mut server = link.b.spawn("iperf3", &["-s", "-1", "-J"]);
     std::thread::sleep(Duration::from_millis(300));
     let out = link
@@ -288,7 +287,10 @@ fn rate_limit_holds_or_is_refused_without_sch_fq() {
         sent_bps / 1e6,
         got_bps / 1e6
     );
-    assert!(packets(&d, "thin", "bandwidth_limit", "dropped") > 0);
+    // A local sender is held back by its socket buffer (paced packets stay
+    // charged to it in fq), so the excess mostly never leaves iperf3; what
+    // the limiter did shows as delayed packets.
+    assert!(packets(&d, "thin", "bandwidth_limit", "delayed") > 0);
 }
 
 #[test]

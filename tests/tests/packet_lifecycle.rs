@@ -282,3 +282,50 @@ fn bad_packet_specs_get_specific_errors_and_others_keep_working() {
         1
     );
 }
+
+#[test]
+fn another_xdp_program_is_left_alone_and_ingress_drops_use_tc() {
+    // "Another tool": this test process attaches an XDP program (the
+    // do-nothing probe from injectord's object) to b.eth0 and holds it.
+    let link = Link::new("xdp-other");
+    let ns = std::fs::File::open(link.b.path()).unwrap();
+    let mut ebpf = aya::Ebpf::load(injectord::datapath::OBJECT).unwrap();
+    let prog: &mut aya::programs::Xdp = ebpf.program_mut("probe_xdp").unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsFd as _;
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            prog.attach(c"eth0", aya::programs::XdpMode::Skb).unwrap();
+        })
+        .join()
+        .unwrap();
+    });
+    let before = link.b.attachments("eth0");
+    assert!(before.xdp.contains("probe_xdp"), "{before:?}");
+
+    let d = Daemon::start();
+    let id = d.inject(json!({"name": "in", "target": {"interface": "eth0", "netns": link.b.name},
+                             "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "icmp"}}));
+    let view = d.call("get", json!({"id": id})).unwrap();
+    assert!(
+        view["interface"]["xdp"]
+            .as_str()
+            .unwrap()
+            .starts_with("unavailable"),
+        "{view}"
+    );
+    assert_eq!(
+        ping(&link.a, B_IP, 3, "0.1").1,
+        0,
+        "the drop works through TC"
+    );
+    assert!(link.b.attachments("eth0").xdp.contains("probe_xdp"));
+    d.call("remove", json!({"id": id})).unwrap();
+    assert_eq!(
+        link.b.attachments("eth0"),
+        before,
+        "the other program stays, ours is gone"
+    );
+    assert_eq!(ping(&link.a, B_IP, 3, "0.1").1, 3);
+}
