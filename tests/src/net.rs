@@ -121,10 +121,21 @@ impl Netns {
             qdiscs: tc(&["qdisc", "show", "dev", dev]),
             ingress_filters: tc(&["filter", "show", "dev", dev, "ingress"]),
             egress_filters: tc(&["filter", "show", "dev", dev, "egress"]),
+            // Only the XDP mode word and the attached program, not the
+            // link's state (attaching XDP to a veth bounces its carrier).
             xdp: link
-                .lines()
-                .filter(|l| l.contains("xdp") || l.contains("prog/"))
-                .map(str::trim)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(5)
+                .filter_map(|w| match w {
+                    ["prog/xdp", "id", _, "name", name] => Some(format!("prog/xdp {name}")),
+                    _ => None,
+                })
+                .chain(
+                    link.split_whitespace()
+                        .filter(|w| w.starts_with("xdp"))
+                        .map(str::to_string),
+                )
                 .collect::<Vec<_>>()
                 .join(" "),
             tcx,

@@ -5,16 +5,17 @@
 //! targeted cgroup, once however many faults aim at it, and detached when the
 //! last of them goes. Tasks outside every target never run them.
 
-use std::{collections::HashMap as StdHashMap, fs::File, net::IpAddr, os::fd::AsFd as _};
+use std::net::IpAddr;
 
 use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
-    programs::{CgroupAttachMode, CgroupSockAddr, cgroup_sock_addr::CgroupSockAddrLinkId},
+    programs::CgroupSockAddr,
 };
 use injector_common::{ConnectKey, ConnectRule, FAMILY_INET, FAMILY_INET6, Prefix, Trigger};
 
+use super::cgroup_links::CgroupLinks;
 use crate::{
     error::{ErrorCode, RpcError},
     spec::Cidr,
@@ -22,25 +23,15 @@ use crate::{
 };
 
 /// Programs and their kernel attach types (for the cgroup storage key).
-const PROGRAMS: [(&str, u32); 2] = [
+static PROGRAMS: [(&str, u32); 2] = [
     // BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT
     ("connect4", 10),
     ("connect6", 11),
 ];
 
-/// Attach flags. bpf_link cgroup attachments always coexist with other
-/// programs (multi semantics), and the kernel rejects any flag on them
-/// (`BPF_F_ALLOW_MULTI` gives EINVAL): "Single" means no flags.
-const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
-
-struct Attachment {
-    links: Vec<CgroupSockAddrLinkId>,
-    users: usize,
-}
-
 pub struct ConnectBackend {
     rules: HashMap<MapData, ConnectKey, ConnectRule>,
-    attachments: StdHashMap<u64, Attachment>,
+    links: CgroupLinks<CgroupSockAddr>,
 }
 
 /// What a connect fault asks for, ready for the kernel.
@@ -75,7 +66,7 @@ impl ConnectBackend {
         let rules = HashMap::try_from(ebpf.take_map("CONNECT_RULES").context("CONNECT_RULES")?)?;
         Ok(Self {
             rules,
-            attachments: StdHashMap::new(),
+            links: CgroupLinks::new(&PROGRAMS),
         })
     }
 
@@ -97,7 +88,7 @@ impl ConnectBackend {
         trigger: Trigger,
     ) -> Result<(), RpcError> {
         let key = Self::key(cgroup, fault);
-        self.acquire(ebpf, storage, cgroup, cgroup_dir)?;
+        self.links.acquire(ebpf, storage, cgroup, cgroup_dir)?;
         let rule = ConnectRule {
             slot,
             errno: fault.errno,
@@ -106,7 +97,7 @@ impl ConnectBackend {
             trigger,
         };
         if let Err(e) = self.rules.insert(&key, &rule, 0) {
-            self.release(ebpf, cgroup.id);
+            self.links.release(ebpf, cgroup.id);
             return Err(RpcError::new(
                 ErrorCode::Internal,
                 format!("inserting the connect rule: {e}"),
@@ -121,79 +112,8 @@ impl ConnectBackend {
         if let Err(e) = self.rules.remove(key) {
             tracing::error!(error = %e, ?key, "removing connect rule");
         }
-        self.release(ebpf, key.cgroup_id);
+        self.links.release(ebpf, key.cgroup_id);
     }
-
-    fn acquire(
-        &mut self,
-        ebpf: &mut Ebpf,
-        storage: &MapData,
-        cgroup: &Cgroup,
-        cgroup_dir: &std::path::Path,
-    ) -> Result<(), RpcError> {
-        if let Some(a) = self.attachments.get_mut(&cgroup.id) {
-            a.users += 1;
-            return Ok(());
-        }
-        let dir = File::open(cgroup_dir).map_err(|e| {
-            RpcError::new(
-                ErrorCode::TargetNotFound,
-                format!("opening cgroup {}: {e}", cgroup_dir.display()),
-            )
-        })?;
-        let mut links = Vec::new();
-        for (name, attach_type) in PROGRAMS {
-            let result = program(ebpf, name)
-                .attach(dir.as_fd(), LINK_MODE)
-                .map_err(|e| {
-                    format!(
-                        "attaching {name} to {}: {}",
-                        cgroup.path,
-                        crate::error::chain(&e)
-                    )
-                })
-                .and_then(|link| {
-                    links.push(link);
-                    super::publish_attachment(storage, cgroup.id, attach_type)
-                        .map_err(|e| format!("publishing the target of {name}: {e}"))
-                });
-            if let Err(msg) = result {
-                for (link, (name, _)) in links.into_iter().zip(PROGRAMS) {
-                    let _ = program(ebpf, name).detach(link);
-                }
-                return Err(super::attach_error(msg));
-            }
-        }
-        self.attachments
-            .insert(cgroup.id, Attachment { links, users: 1 });
-        tracing::debug!(cgroup = %cgroup.path, "attached connect programs");
-        Ok(())
-    }
-
-    fn release(&mut self, ebpf: &mut Ebpf, cgroup_id: u64) {
-        let Some(a) = self.attachments.get_mut(&cgroup_id) else {
-            return;
-        };
-        a.users -= 1;
-        if a.users > 0 {
-            return;
-        }
-        if let Some(a) = self.attachments.remove(&cgroup_id) {
-            for (link, (name, _)) in a.links.into_iter().zip(PROGRAMS) {
-                if let Err(e) = program(ebpf, name).detach(link) {
-                    tracing::error!(error = %e, name, "detaching");
-                }
-            }
-        }
-    }
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut CgroupSockAddr {
-    // Both programs were loaded (and type-checked) in `load`, which is the
-    // only way to construct a ConnectBackend.
-    ebpf.program_mut(name)
-        .and_then(|p| <&mut CgroupSockAddr>::try_from(p).ok())
-        .expect("connect programs are loaded")
 }
 
 fn prefix_of(cidr: Cidr) -> Prefix {

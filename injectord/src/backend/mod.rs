@@ -1,6 +1,7 @@
 //! Backends: one per hook family. Each owns its programs' attachments and
 //! the map entries of the faults it installed.
 
+pub mod cgroup_links;
 pub mod cgroup_skb;
 pub mod connect;
 pub mod interface;
