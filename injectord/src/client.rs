@@ -4,10 +4,16 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     path::Path,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
+
+/// How long a call may take before the client gives up. Every method
+/// answers in milliseconds; a daemon that does not answer in this time is
+/// stuck, and saying so beats blocking forever.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Client {
     reader: BufReader<UnixStream>,
@@ -33,6 +39,8 @@ impl Client {
                 socket.display()
             )
         })?;
+        stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+        stream.set_write_timeout(Some(CALL_TIMEOUT))?;
         Ok(Self {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
@@ -45,7 +53,17 @@ impl Client {
         self.writer.write_all(line.as_bytes())?;
         self.writer.write_all(b"\n")?;
         let mut resp = String::new();
-        if self.reader.read_line(&mut resp)? == 0 {
+        let n = self.reader.read_line(&mut resp).map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                anyhow::anyhow!("injectord did not answer within {CALL_TIMEOUT:?}")
+            } else {
+                e.into()
+            }
+        })?;
+        if n == 0 {
             bail!("injectord closed the connection");
         }
         Ok(serde_json::from_str(&resp)?)

@@ -209,10 +209,65 @@ impl Daemon {
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
+    /// Waits for the daemon to exit (after a signal). A daemon that takes
+    /// longer than [`EXIT_LIMIT`] is stuck: the test fails with where its
+    /// threads are blocked and its log, instead of hanging the suite.
     pub fn wait(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("daemon already waited for");
-        child.wait().expect("waiting for injectord")
+        match wait_with_limit(&mut child, EXIT_LIMIT) {
+            Ok(status) => status,
+            Err(stuck) => panic!("injectord did not exit: {stuck}\n{}", self.logs()),
+        }
     }
+}
+
+/// How long a signalled daemon may take to exit.
+pub const EXIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// Waits up to `limit` for `child`; past it, returns where the child's
+/// threads are blocked (kernel stacks) and kills it.
+pub fn wait_with_limit(child: &mut Child, limit: Duration) -> Result<ExitStatus, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => break,
+            Err(e) => return Err(format!("waiting for pid {}: {e}", child.id())),
+        }
+    }
+    let stacks = thread_stacks(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!(
+        "pid {} still running after {limit:?}; its threads:\n{stacks}",
+        child.id()
+    ))
+}
+
+/// Name, state, wait channel and kernel stack of each thread of `pid`.
+pub fn thread_stacks(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or_default()
+            .to_string();
+        out.push_str(&format!(
+            "{} {} {state} wchan={}\n{}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    out
 }
 
 impl Drop for Daemon {
@@ -220,7 +275,14 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
+            if let Err(stuck) = wait_with_limit(&mut child, EXIT_LIMIT) {
+                // Panicking in drop would abort; say it loudly instead (a
+                // test that cares calls `wait` and fails).
+                eprintln!(
+                    "injectord did not exit on SIGTERM: {stuck}\n{}",
+                    self.logs()
+                );
+            }
         }
         let _ = fs::remove_dir_all(&self.dir);
     }

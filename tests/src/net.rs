@@ -35,13 +35,23 @@ impl Netns {
         sh_ok("ip", &full);
     }
 
-    /// Runs a program in the namespace and waits for it.
+    /// Runs a program in the namespace and waits for it (at most
+    /// [`RUN_LIMIT`]: a stuck tool fails the test instead of hanging it).
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
+        let out = Command::new("timeout")
+            .args(["--kill-after=5", &RUN_LIMIT.as_secs().to_string()])
+            .args(["ip", "netns", "exec", &self.name, program])
             .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.name))
+            .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.name));
+        assert!(
+            !matches!(out.status.code(), Some(124 | 137)),
+            "{program} {args:?} in {} still running after {RUN_LIMIT:?}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     }
 
     /// Runs a program in the namespace; panics unless it succeeds; stdout.
@@ -191,6 +201,9 @@ pub struct Link {
     pub a: Netns,
     pub b: Netns,
 }
+
+/// Upper bound for one tool run inside a namespace (iperf3 runs take 10 s).
+pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub const A_IP: &str = "10.99.0.1";
 pub const B_IP: &str = "10.99.0.2";

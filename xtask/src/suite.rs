@@ -7,6 +7,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -30,11 +31,12 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
     let _ = fs::remove_dir_all(&matrix_dir);
     fs::create_dir_all(&matrix_dir)?;
 
-    let mut results: Vec<(String, Tally, bool)> = Vec::new();
+    let mut results: Vec<(String, Tally, bool, Duration)> = Vec::new();
     let host_label = format!("host-{}", kernel_release());
     eprintln!("\n[x] ===== {host_label}: running the suite on the host kernel =====");
+    let start = Instant::now();
     let (tally, ok) = run_here(&host_label, &daemon, &tests, &matrix_dir)?;
-    results.push((host_label, tally, ok));
+    results.push((host_label, tally, ok, start.elapsed()));
 
     if !host_only {
         let cache = crate::cache();
@@ -48,19 +50,21 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
                 "\n[x] ===== {}: running the suite inside {} under QEMU =====",
                 kernel.label, kernel.release
             );
+            let start = Instant::now();
             let (tally, ok) = run_in_vm(&tools, &kernel, &daemon, &tests, &matrix_dir)?;
-            results.push((kernel.label.clone(), tally, ok));
+            results.push((kernel.label.clone(), tally, ok, start.elapsed()));
         }
     }
 
     print_matrix(&matrix_dir)?;
-    println!("\nkernel               passed  failed");
+    println!("\nkernel               passed  failed    time");
     let mut total = Tally::default();
-    for (label, t, ok) in &results {
+    for (label, t, ok, took) in &results {
         println!(
-            "{label:<20} {:>6}  {:>6}{}",
+            "{label:<20} {:>6}  {:>6}  {:>5}s{}",
             t.passed,
             t.failed,
+            took.as_secs(),
             if *ok { "" } else { "  (a test binary failed)" }
         );
         total.passed += t.passed;
@@ -73,6 +77,10 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Upper bound for one test binary; the slowest takes about a minute under
+/// QEMU without KVM.
+const BINARY_LIMIT: Duration = Duration::from_secs(300);
 
 fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -114,6 +122,9 @@ fn build_tests() -> anyhow::Result<Vec<PathBuf>> {
     if exes.is_empty() {
         bail!("no test binaries were built");
     }
+    // One order on every kernel and every run, so that a failure that
+    // depends on what ran before reproduces.
+    exes.sort_by_key(|e| e.file_name().map(|n| n.to_os_string()));
     Ok(exes)
 }
 
@@ -138,7 +149,11 @@ fn run_here(
     let mut tally = Tally::default();
     let mut ok = true;
     for exe in tests {
-        let mut child = Command::new(exe)
+        // `timeout` bounds each binary: a hang fails the suite instead of
+        // eating the CI budget.
+        let mut child = Command::new("timeout")
+            .args(["--kill-after=10", &BINARY_LIMIT.as_secs().to_string()])
+            .arg(exe)
             .envs(test_env(label, daemon, matrix_dir))
             .current_dir(root())
             .stdout(Stdio::piped())
@@ -168,17 +183,34 @@ fn run_in_vm(
     let log = matrix_dir.join(format!("{}.log", kernel.label));
     let _ = fs::remove_file(&log);
     // The guest runs a script file: no second layer of shell quoting. Each
-    // binary has a time limit so a hang cannot eat the CI budget.
-    let mut script = String::from("set -o pipefail\nfail=0\n");
+    // binary has a time limit so a hang cannot eat the CI budget, and writes
+    // to a file rather than a pipe, so that a process it leaves behind
+    // cannot hold the pipe open. A binary that times out is followed by
+    // where every remaining process is blocked.
+    let mut script = format!(
+        "fail=0\n\
+         part='{part}'\n\
+         stuck() {{ echo \"[x] $1 timed out after {limit}s; processes left:\"; \
+           for p in /proc/[0-9]*; do c=$(tr '\\0' ' ' < $p/cmdline 2>/dev/null); \
+             case \"$c\" in ''|*bash*) continue;; esac; \
+             echo \"-- ${{p#/proc/}} $(grep State: $p/status) wchan=$(cat $p/wchan) $c\"; \
+             cat $p/stack 2>/dev/null | head -12; done; }}\n",
+        part = matrix_dir.join(format!("{}.part", kernel.label)).display(),
+        limit = BINARY_LIMIT.as_secs(),
+    );
     for (k, v) in test_env(&kernel.label, daemon, matrix_dir) {
         script.push_str(&format!("export {k}='{v}'\n"));
     }
     script.push_str(&format!("cd '{}'\n", root().display()));
     for exe in tests {
         script.push_str(&format!(
-            "timeout 900 '{}' 2>&1 | tee -a '{}' || fail=1\n",
-            exe.display(),
-            log.display()
+            "timeout --kill-after=10 {limit} '{exe}' > \"$part\" 2>&1; rc=$?\n\
+             [ $rc = 124 ] || [ $rc = 137 ] && stuck '{exe}' >> \"$part\" 2>&1\n\
+             [ $rc = 0 ] || fail=1\n\
+             tee -a '{log}' < \"$part\"\n",
+            limit = BINARY_LIMIT.as_secs(),
+            exe = exe.display(),
+            log = log.display()
         ));
     }
     script.push_str("exit $fail\n");
