@@ -145,15 +145,19 @@ fn socket_is_private() {
 fn kernel_stops_firing_at_expiry_even_if_the_daemon_is_stalled() {
     let d = Daemon::start();
     let cg = TestCgroup::new("stalled");
+    // Long enough that a slow VM starts the probing client well within it.
+    let ttl = Duration::from_secs(4);
+    let injected = Instant::now();
     d.inject(json!({
         "target": {"cgroup": cg.rel},
         "fault": {"type": "connect_error", "errno": "ECONNREFUSED"},
-        "duration": "1s",
+        "duration": "4s",
     }));
-    assert!(refused(&cg));
     // Freeze the daemon so its TTL timer cannot run.
     d.signal(libc::SIGSTOP);
-    sleep(Duration::from_millis(1300));
+    assert!(refused(&cg), "the fault must fire before its expiry");
+    assert!(injected.elapsed() < ttl, "probe too slow to prove anything");
+    sleep((injected + ttl + Duration::from_millis(300)).saturating_duration_since(Instant::now()));
     let after = cg.connects("udp", "127.0.0.1", 9, 1);
     d.signal(libc::SIGCONT);
     assert_eq!(after.ok, 1, "the kernel fired past the expiry: {after:?}");
