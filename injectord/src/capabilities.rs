@@ -171,7 +171,7 @@ fn probe_kprobe(ebpf: &mut Ebpf) -> Result<String, String> {
         Ok("kprobe programs load; the kprobe perf PMU is present".into())
     } else {
         Err("kprobe programs load, but there is no kprobe perf PMU \
-             (/sys/bus/event_source/devices/kprobe; needs CONFIG_KPROBE_EVENTS)"
+             (/sys/bus/event_source/devices/kprobe; needs CONFIG_KPROBES and CONFIG_KPROBE_EVENTS)"
             .into())
     }
 }
