@@ -83,9 +83,29 @@ fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The packet generator: raw frames from a.eth0 to b, `seconds` long, in
-/// this binary's `bench-worker blast` mode; returns frames per second sent.
-fn blast(pair: &Pair, seconds: f64) -> anyhow::Result<f64> {
+/// How the generator hands frames to a.eth0 (and so how b receives them).
+#[derive(Clone, Copy)]
+enum Generator {
+    /// An AF_PACKET socket: b receives finished skbs, as from a local
+    /// sender or a container next door.
+    Skb,
+    /// XDP live frames redirected into a.eth0: b receives bare frames, as
+    /// from a NIC, and builds an skb only for what reaches its stack.
+    XdpFrames,
+}
+
+impl Generator {
+    fn worker_mode(self) -> &'static str {
+        match self {
+            Self::Skb => "blast",
+            Self::XdpFrames => "xdpgen",
+        }
+    }
+}
+
+/// The packet generator: frames from a.eth0 to b, `seconds` long, in this
+/// binary's `bench-worker` modes; returns frames per second sent.
+fn blast(pair: &Pair, generator: Generator, seconds: f64) -> anyhow::Result<f64> {
     let me = std::env::current_exe()?;
     let me = me.to_str().context("utf-8 path")?;
     let (src, dst) = (pair.mac(&pair.a)?, pair.mac(&pair.b)?);
@@ -94,7 +114,7 @@ fn blast(pair: &Pair, seconds: f64) -> anyhow::Result<f64> {
         &[
             me,
             "bench-worker",
-            "blast",
+            generator.worker_mode(),
             "eth0",
             &src,
             &dst,
@@ -109,13 +129,14 @@ fn blast(pair: &Pair, seconds: f64) -> anyhow::Result<f64> {
 /// count. Returns (handled/s, offered/s).
 fn drop_rate(
     pair: &Pair,
+    generator: Generator,
     seconds: f64,
     mut counter: impl FnMut() -> anyhow::Result<u64>,
 ) -> anyhow::Result<(f64, f64)> {
     let mut runs = Vec::new();
     for _ in 0..3 {
         let before = counter()?;
-        let offered = blast(pair, seconds)?;
+        let offered = blast(pair, generator, seconds)?;
         // Let the receiving NAPI thread drain its ring.
         std::thread::sleep(Duration::from_millis(200));
         let handled = (counter()? - before) as f64 / seconds;
@@ -162,6 +183,13 @@ fn program_cost() -> anyhow::Result<()> {
 }
 
 fn drop_throughput(bin: &Path, dir: &Path) -> anyhow::Result<()> {
+    for generator in [Generator::Skb, Generator::XdpFrames] {
+        drop_throughput_with(bin, dir, generator)?;
+    }
+    Ok(())
+}
+
+fn drop_throughput_with(bin: &Path, dir: &Path, generator: Generator) -> anyhow::Result<()> {
     eprintln!("[bench] 100% drop throughput on a veth pair");
     let seconds = 3.0;
     // b's eth0 processes its packets in a NAPI kernel thread (veth with GRO
@@ -188,7 +216,7 @@ fn drop_throughput(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         };
         rows.push((
             "no dropper: received, up the stack to a closed UDP port",
-            drop_rate(&pair, seconds, rx)?,
+            drop_rate(&pair, generator, seconds, rx)?,
         ));
     }
     {
@@ -242,7 +270,7 @@ fn drop_throughput(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         };
         rows.push((
             "iptables raw PREROUTING -m statistic --probability 1 -j DROP",
-            drop_rate(&pair, seconds, count)?,
+            drop_rate(&pair, generator, seconds, count)?,
         ));
     }
     {
@@ -261,7 +289,7 @@ fn drop_throughput(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         };
         rows.push((
             "nftables raw prerouting numgen random mod 100 <= 99 drop",
-            drop_rate(&pair, seconds, count)?,
+            drop_rate(&pair, generator, seconds, count)?,
         ));
     }
     {
@@ -281,12 +309,16 @@ fn drop_throughput(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         };
         rows.push((
             "injectord packet_drop ingress (XDP)",
-            drop_rate(&pair, seconds, count)?,
+            drop_rate(&pair, generator, seconds, count)?,
         ));
     }
     let ipt = rows[1].1.0;
+    let how = match generator {
+        Generator::Skb => "a raw-socket generator (b receives skbs)",
+        Generator::XdpFrames => "an XDP live-frames generator (b receives frames, as from a NIC)",
+    };
     println!(
-        "\n100% drop of 64-byte UDP frames from a raw-socket generator, a.eth0 -> b.eth0; b handles its packets in a NAPI thread (median of 3 x {seconds} s)"
+        "\n100% drop of 64-byte UDP frames from {how}, a.eth0 -> b.eth0; b handles its packets in a NAPI thread (median of 3 x {seconds} s)"
     );
     println!(
         "{:<62} {:>12} {:>12} {:>12}",
