@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::{
     backend::{
+        cgroup_netns,
         cgroup_skb::CgroupPacketHandle,
         connect::{ConnectBackend, ConnectFault},
         interface::{InterfaceHandle, InterfaceOptions, Interfaces},
@@ -297,13 +298,15 @@ impl Faults {
         trigger: Trigger,
     ) -> Result<(Installed, u32), RpcError> {
         if plan.rule.action != ACTION_DROP {
-            return Err(RpcError::new(
-                ErrorCode::UnsupportedTarget,
-                format!(
-                    "{} cannot target a cgroup: cgroup_skb programs can drop a cgroup's packets but not rewrite, copy or hold them. Aim it at the interface the traffic crosses: {{\"interface\": \"eth0\", \"netns\": \"<name or /proc/PID/ns/net>\"}}",
-                    plan.kind
-                ),
-            ));
+            // cgroup_skb can only drop: a container's rewrite, copy or delay
+            // goes on the device of its own network namespace.
+            let dev = cgroup_netns::device_of(&self.cgroup_dir(cgroup), &cgroup.path, plan.kind)?;
+            tracing::debug!(cgroup = %cgroup.path, netns = dev.netns.as_str(), device = dev.name.as_str(), "cgroup target acts on its namespace's device");
+            let handle = self
+                .interfaces
+                .install(&dev.name, Some(&dev.netns), plan, trigger)?;
+            let slot = handle.slot();
+            return Ok((Installed::Interface(handle), slot));
         }
         // A partition also makes connect() towards the far side fail at once.
         let connect = match fault {

@@ -168,9 +168,10 @@ impl IfName {
     }
 }
 
-impl<'de> Deserialize<'de> for IfName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+impl TryFrom<String> for IfName {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
         let ok = (1..=15).contains(&s.len())
             && s != "."
             && s != ".."
@@ -180,10 +181,16 @@ impl<'de> Deserialize<'de> for IfName {
         if ok {
             Ok(Self(s))
         } else {
-            Err(de::Error::custom(format_args!(
+            Err(format!(
                 "invalid value: interface name {s:?} must be 1 to 15 characters without '/', ':' or spaces"
-            )))
+            ))
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for IfName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::try_from(String::deserialize(d)?).map_err(de::Error::custom)
     }
 }
 
@@ -204,6 +211,11 @@ impl Netns {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The namespace process `pid` lives in.
+    pub fn of_pid(pid: u32) -> Self {
+        Self(format!("/proc/{pid}/ns/net"))
     }
 }
 

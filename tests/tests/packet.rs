@@ -452,3 +452,127 @@ fn many_port_faults_on_one_interface_hit_only_their_port() {
     assert_eq!(packets(&d, "port3", "packet_drop", "dropped"), 100);
     assert_eq!(packets(&d, "port4", "packet_drop", "evaluated"), 0);
 }
+
+/// Waits until process `pid` lives in network namespace `ns`.
+fn wait_in_netns(pid: u32, ns: &Netns) {
+    use std::os::unix::fs::MetadataExt as _;
+    let want = std::fs::metadata(ns.path()).unwrap().ino();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .map(|m| m.ino())
+        .ok()
+        != Some(want)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} never entered {}",
+            ns.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn container_cgroup_takes_rewrites_and_delay_on_its_own_device() {
+    let d = Daemon::start();
+    let br = Bridge::new("ctr", 2);
+    let parent = TestCgroup::new("ctrs");
+    let (pod_a, pod_b, host_svc) = (parent.child("a"), parent.child("b"), parent.child("svc"));
+    // Pod a's long-lived process lives in its own namespace, as a
+    // container's does; the service lives in the daemon's.
+    let c0 = &br.containers[0];
+    let mut keeper = pod_a.spawn("ip", &["netns", "exec", &c0.name, "sleep", "600"]);
+    wait_in_netns(keeper.id(), c0);
+    let mut svc = host_svc.spawn("sleep", &["600"]);
+    let before = (c0.attachments("eth0"), br.containers[1].attachments("eth0"));
+
+    d.inject(json!({
+        "name": "pod-a-dup",
+        "target": {"cgroup": pod_a.rel},
+        "fault": {"type": "packet_duplicate", "direction": "egress", "protocol": "udp"},
+    }));
+    assert!(c0.attachments("eth0").has_ours(), "on pod a's own device");
+    assert_eq!(br.containers[1].attachments("eth0"), before.1);
+    let got = d.call("get", json!({"name": "pod-a-dup"})).unwrap();
+    assert!(
+        got["cgroup"]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with(&pod_a.rel)),
+        "{got}"
+    );
+    assert_eq!(got["interface"]["interface"], "eth0", "{got}");
+    assert!(
+        got["interface"]["label"]
+            .as_str()
+            .is_some_and(|l| l.contains(&format!("/proc/{}/ns/net", keeper.id()))),
+        "{got}"
+    );
+
+    let rx = udp_receiver(&br.hub, 7500, IDLE);
+    udp_send_in(&pod_a, c0, HUB_IP, 7500, 1_000, 10_000);
+    udp_send_in(&pod_b, &br.containers[1], HUB_IP, 7500, 1_000, 10_000);
+    let r = finish_udp(rx);
+    let from = |ip: &str| {
+        r.by_source
+            .iter()
+            .find(|(s, _)| s == ip)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(
+        from("10.98.0.2"),
+        2_000,
+        "every datagram of pod a twice: {r:?}"
+    );
+    assert_eq!(
+        from("10.98.0.3"),
+        1_000,
+        "the neighbour is untouched: {r:?}"
+    );
+    assert_eq!(
+        packets(&d, "pod-a-dup", "packet_duplicate", "duplicated"),
+        1_000
+    );
+
+    let delay = json!({
+        "name": "pod-a-slow",
+        "target": {"cgroup": pod_a.rel},
+        "fault": {"type": "packet_delay", "delay": "50ms", "protocol": "icmp", "install_fq": true},
+    });
+    if has(&d, "sch_fq") {
+        d.inject(delay);
+        let (_, rx, slow, _) = ping(c0, HUB_IP, 10, "0.1");
+        let (_, _, fast, _) = ping(&br.containers[1], HUB_IP, 10, "0.1");
+        assert_eq!(rx, 10);
+        assert!((45.0..90.0).contains(&slow), "pod a's RTT {slow} ms");
+        assert!(fast < 20.0, "pod b's RTT {fast} ms");
+        d.call("remove", json!({"name": "pod-a-slow"})).unwrap();
+    } else {
+        assert_eq!(d.error_code("inject", delay), "unsupported_kernel");
+    }
+    d.call("remove", json!({"name": "pod-a-dup"})).unwrap();
+    assert_eq!(
+        (c0.attachments("eth0"), br.containers[1].attachments("eth0")),
+        before,
+        "removal restores pod a's device"
+    );
+
+    // A cgroup in the daemon's own namespace has no device of its own.
+    let err = d
+        .client()
+        .call(
+            "inject",
+            json!({"target": {"cgroup": host_svc.rel}, "fault": {"type": "packet_corrupt"}}),
+        )
+        .unwrap_err();
+    let err = err.downcast_ref::<ErrorResponse>().unwrap();
+    assert_eq!(err.code, "unsupported_target");
+    assert!(
+        err.message.contains("daemon's network namespace"),
+        "{}",
+        err.message
+    );
+    for child in [&mut keeper, &mut svc] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

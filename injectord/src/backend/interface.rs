@@ -309,7 +309,10 @@ fn resolve(name: &IfName, netns: Option<&Netns>) -> Result<(Option<File>, Interf
 /// (a fresh thread, so the daemon's own threads never change namespace).
 /// Netlink sockets, interface lookups, link creation by ifindex and child
 /// processes all act in the namespace of the thread that makes them.
-fn in_netns<R: Send>(netns: Option<&File>, f: impl FnOnce() -> R + Send) -> std::io::Result<R> {
+pub(crate) fn in_netns<R: Send>(
+    netns: Option<&File>,
+    f: impl FnOnce() -> R + Send,
+) -> std::io::Result<R> {
     let Some(ns) = netns else {
         return Ok(f());
     };

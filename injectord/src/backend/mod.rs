@@ -2,6 +2,7 @@
 //! the map entries of the faults it installed.
 
 pub mod cgroup_links;
+pub mod cgroup_netns;
 pub mod cgroup_skb;
 pub mod connect;
 pub mod interface;
