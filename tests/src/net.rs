@@ -283,6 +283,16 @@ pub struct UdpReport {
     pub by_source: Vec<(String, u64)>,
 }
 
+impl UdpReport {
+    /// Datagrams received from `ip` (duplicates included).
+    pub fn from_source(&self, ip: &str) -> u64 {
+        self.by_source
+            .iter()
+            .find(|(s, _)| s == ip)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
 /// Starts the UDP receiver in `ns` on `port`; it stops after `idle` without
 /// traffic. Call [`finish_udp`] to collect its report.
 pub fn udp_receiver(ns: &Netns, port: u16, idle: Duration) -> Child {

@@ -359,12 +359,7 @@ fn cgroup_target_hits_only_that_container_on_a_shared_bridge() {
     udp_send_in(&pod_a, &br.containers[0], HUB_IP, 7400, 4_000, 20_000);
     udp_send_in(&pod_b, &br.containers[1], HUB_IP, 7400, 4_000, 20_000);
     let r = finish_udp(rx);
-    let from = |ip: &str| {
-        r.by_source
-            .iter()
-            .find(|(s, _)| s == ip)
-            .map_or(0, |(_, n)| *n)
-    };
+    let from = |ip: &str| r.from_source(ip);
     assert_eq!(
         from("10.98.0.3"),
         4_000,
@@ -512,12 +507,7 @@ fn container_cgroup_takes_rewrites_and_delay_on_its_own_device() {
     udp_send_in(&pod_a, c0, HUB_IP, 7500, 1_000, 10_000);
     udp_send_in(&pod_b, &br.containers[1], HUB_IP, 7500, 1_000, 10_000);
     let r = finish_udp(rx);
-    let from = |ip: &str| {
-        r.by_source
-            .iter()
-            .find(|(s, _)| s == ip)
-            .map_or(0, |(_, n)| *n)
-    };
+    let from = |ip: &str| r.from_source(ip);
     assert_eq!(
         from("10.98.0.2"),
         2_000,
