@@ -5,6 +5,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod bench;
 mod connect;
 mod maps;
 mod packet;

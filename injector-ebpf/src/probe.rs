@@ -1,7 +1,8 @@
-//! Do-nothing programs the daemon loads and attaches once at start-up to
-//! learn, by trying, which hook families this kernel really offers (a
-//! program type can exist yet be unusable, e.g. BPF LSM under lockdown).
-//! Each is detached right after the attempt.
+//! Do-nothing programs the daemon loads once at start-up to learn, by
+//! trying, which hook families this kernel really offers (a program type
+//! can exist yet be unusable, e.g. BPF LSM under lockdown). XDP and TC are
+//! also attached, in a throwaway namespace, and detached at once; the
+//! others are not, because arming them patches kernel text.
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},

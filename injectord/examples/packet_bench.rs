@@ -3,14 +3,20 @@
 //! programs from the same object, with 0, 1, 1,000 and 10,000 faults
 //! installed for other targets in the same maps. Run by `./x bench`.
 //!
-//! Usage: packet_bench [REPEAT]
+//! It is also the drop benchmark's NIC-like traffic generator: `xdpgen`
+//! runs a program that returns XDP_TX under BPF_PROG_TEST_RUN in
+//! live-frames mode, with IF as the ingress device, so the frames leave
+//! through IF as a driver hands them over (on a veth, the peer receives
+//! frames, not skbs), and prints frames sent per second.
+//!
+//! Usage: packet_bench [REPEAT] | packet_bench xdpgen IF SRC_MAC DST_MAC SECONDS
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use aya::{
     EbpfLoader,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
 use injector_common::{HOOK_TC_EGRESS, HOOK_XDP, Trigger};
 use injectord::{
@@ -20,24 +26,79 @@ use injectord::{
 };
 use serde_json::json;
 
-/// Ethernet + IPv4 + UDP, 10.0.0.1:1234 -> 10.0.0.2:9, 64 bytes.
-fn frame() -> Vec<u8> {
+/// Ethernet + IPv4 + UDP, 10.97.0.1:1234 -> 10.97.0.2:9 (the bench's veth
+/// pair), 64 bytes, with a valid IPv4 header checksum.
+fn frame(src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
     let mut f = vec![0u8; 64];
-    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip = &mut f[14..34];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&50u16.to_be_bytes());
     ip[8] = 64;
     ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
-    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    ip[12..16].copy_from_slice(&[10, 97, 0, 1]);
+    ip[16..20].copy_from_slice(&[10, 97, 0, 2]);
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     let udp = &mut f[34..42];
     udp[0..2].copy_from_slice(&1234u16.to_be_bytes());
     udp[2..4].copy_from_slice(&9u16.to_be_bytes());
     udp[4..6].copy_from_slice(&30u16.to_be_bytes());
     f
+}
+
+fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()?;
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("bad MAC address {s}"))
+}
+
+/// Sends frames out of `ifname` as XDP frames for `seconds`, 2^20 per
+/// BPF_PROG_TEST_RUN; returns frames per second.
+fn xdp_generate(ifname: &str, src: [u8; 6], dst: [u8; 6], seconds: f64) -> anyhow::Result<f64> {
+    const BATCH: u32 = 1 << 20;
+    let ifindex =
+        nix::net::if_::if_nametoindex(ifname).with_context(|| format!("no interface {ifname}"))?;
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .context("loading the object")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut("bench_xdp_tx")
+        .context("bench_xdp_tx")?
+        .try_into()?;
+    prog.load()?;
+    let data = frame(src, dst);
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex. XDP_TX goes out of the ingress.
+    let ctx: Vec<u8> = [0, data.len() as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        prog.test_run(TestRunOptions {
+            data_in: Some(&data),
+            ctx_in: Some(&ctx),
+            repeat: BATCH,
+            attrs: TestRunAttrs::new().xdp_live_frames(0),
+            ..TestRunOptions::default()
+        })
+        .context("live-frames test run (needs Linux 5.18)")?;
+        sent += u64::from(BATCH);
+    }
+    Ok(sent as f64 / start.elapsed().as_secs_f64())
 }
 
 fn plan(fault: serde_json::Value) -> anyhow::Result<PacketPlan> {
@@ -47,8 +108,16 @@ fn plan(fault: serde_json::Value) -> anyhow::Result<PacketPlan> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let repeat: u32 = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [cmd, ifname, src, dst, seconds] = args.as_slice()
+        && cmd == "xdpgen"
+    {
+        let pps = xdp_generate(ifname, parse_mac(src)?, parse_mac(dst)?, seconds.parse()?)?;
+        println!("{pps}");
+        return Ok(());
+    }
+    let repeat: u32 = args
+        .first()
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(2_000_000);
@@ -67,7 +136,7 @@ fn main() -> anyhow::Result<()> {
         let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
         p.load()?;
     }
-    let data = frame();
+    let data = frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
     let run = |name: &'static str| -> anyhow::Result<f64> {
         let mut samples = Vec::new();
         for _ in 0..5 {

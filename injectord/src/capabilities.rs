@@ -128,8 +128,9 @@ pub fn probe(
 }
 
 fn probe_lsm(ebpf: &mut Ebpf) -> Result<String, String> {
-    // securityfs may not be mounted; then the load attempt below decides.
-    if let Ok(lsms) = std::fs::read_to_string("/sys/kernel/security/lsm")
+    // securityfs may not be mounted; then an attach attempt below decides.
+    let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
+    if let Some(lsms) = &lsms
         && !lsms.split(',').any(|l| l.trim() == "bpf")
     {
         return Err(format!(
@@ -144,7 +145,7 @@ fn probe_lsm(ebpf: &mut Ebpf) -> Result<String, String> {
     // Attaching patches kernel text (a trampoline on the hook), which a
     // probe at every start-up should not do; the active LSM list already
     // says whether it would work. Only without securityfs is it tried.
-    let result = if std::fs::metadata("/sys/kernel/security/lsm").is_ok() {
+    let result = if lsms.is_some() {
         Ok("BPF LSM programs load; \"bpf\" is an active LSM".into())
     } else {
         prog.attach()

@@ -290,6 +290,28 @@ impl Faults {
         )
     }
 
+    /// cgroup_skb can only drop: a container's rewrite, copy or delay goes
+    /// on the device of its own network namespace.
+    fn install_on_cgroup_device(
+        &mut self,
+        plan: &PacketPlan,
+        cgroup: &Cgroup,
+        trigger: Trigger,
+    ) -> Result<(Installed, u32), RpcError> {
+        let dev = cgroup_netns::device_of(&self.cgroup_dir(cgroup), &cgroup.path, plan.kind)?;
+        tracing::debug!(
+            cgroup = %cgroup.path,
+            netns = dev.netns.as_str(),
+            device = dev.name.as_str(),
+            "cgroup target acts on its namespace's device"
+        );
+        let handle = self
+            .interfaces
+            .install(&dev.name, Some(&dev.netns), plan, trigger)?;
+        let slot = handle.slot();
+        Ok((Installed::Interface(handle), slot))
+    }
+
     fn install_cgroup_packet(
         &mut self,
         fault: &Fault,
@@ -298,15 +320,7 @@ impl Faults {
         trigger: Trigger,
     ) -> Result<(Installed, u32), RpcError> {
         if plan.rule.action != ACTION_DROP {
-            // cgroup_skb can only drop: a container's rewrite, copy or delay
-            // goes on the device of its own network namespace.
-            let dev = cgroup_netns::device_of(&self.cgroup_dir(cgroup), &cgroup.path, plan.kind)?;
-            tracing::debug!(cgroup = %cgroup.path, netns = dev.netns.as_str(), device = dev.name.as_str(), "cgroup target acts on its namespace's device");
-            let handle = self
-                .interfaces
-                .install(&dev.name, Some(&dev.netns), plan, trigger)?;
-            let slot = handle.slot();
-            return Ok((Installed::Interface(handle), slot));
+            return self.install_on_cgroup_device(plan, cgroup, trigger);
         }
         // A partition also makes connect() towards the far side fail at once.
         let connect = match fault {

@@ -360,11 +360,6 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
             println!("{pps}");
             Ok(())
         }
-        [cmd, ifname, src, dst, seconds] if cmd == "xdpgen" => {
-            let pps = xdp_blast(ifname, &parse_mac(src)?, &parse_mac(dst)?, seconds.parse()?)?;
-            println!("{pps}");
-            Ok(())
-        }
         [cmd, port] if cmd == "echo" => {
             let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port.parse::<u16>()?))?;
             let mut buf = [0u8; 2048];
@@ -393,7 +388,7 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: bench-worker connect PORT N | watch PORT | blast IF SRC DST SECONDS | xdpgen IF SRC DST SECONDS | echo PORT | rtt HOST PORT N"
+            "usage: bench-worker connect PORT N | watch PORT | blast IF SRC DST SECONDS | echo PORT | rtt HOST PORT N"
         ),
     }
 }
@@ -414,8 +409,10 @@ fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
         .map_err(|_| anyhow::anyhow!("bad MAC address {s}"))
 }
 
-/// A 64-byte UDP frame, 10.97.0.1:1234 -> 10.97.0.2:9.
-fn udp_frame(src: &[u8; 6], dst: &[u8; 6]) -> [u8; 64] {
+/// Sends 64-byte UDP frames (10.97.0.1:1234 -> 10.97.0.2:9) out of
+/// `ifname` through an AF_PACKET socket, 64 per sendmmsg(), for `seconds`;
+/// returns frames per second.
+fn blast(ifname: &str, src: &[u8; 6], dst: &[u8; 6], seconds: f64) -> anyhow::Result<f64> {
     let mut frame = [0u8; 64];
     frame[0..6].copy_from_slice(dst);
     frame[6..12].copy_from_slice(src);
@@ -436,14 +433,7 @@ fn udp_frame(src: &[u8; 6], dst: &[u8; 6]) -> [u8; 64] {
     frame[34..36].copy_from_slice(&1234u16.to_be_bytes());
     frame[36..38].copy_from_slice(&9u16.to_be_bytes());
     frame[38..40].copy_from_slice(&30u16.to_be_bytes());
-    frame
-}
 
-/// Sends [`udp_frame`]s out of `ifname` through an AF_PACKET socket, 64
-/// per sendmmsg(), for `seconds`; returns frames per second. The receiver
-/// gets finished skbs, as from any local sender.
-fn blast(ifname: &str, src: &[u8; 6], dst: &[u8; 6], seconds: f64) -> anyhow::Result<f64> {
-    let mut frame = udp_frame(src, dst);
     let name = std::ffi::CString::new(ifname)?;
     // SAFETY: plain syscalls on a socket we own, with valid pointers.
     unsafe {
@@ -487,96 +477,4 @@ fn blast(ifname: &str, src: &[u8; 6], dst: &[u8; 6], seconds: f64) -> anyhow::Re
         libc::close(fd);
         Ok(sent as f64 / elapsed)
     }
-}
-
-/// Sends [`udp_frame`]s to `ifname` as XDP frames, the way a NIC hands
-/// them over: a four-instruction XDP program that redirects to `ifname`,
-/// run by BPF_PROG_TEST_RUN in live-frames mode (Linux 5.18) in batches of
-/// 2^20, for `seconds`. On a veth, the peer receives frames rather than
-/// skbs, and builds an skb only if no XDP program takes the frame first.
-/// Returns frames per second redirected.
-fn xdp_blast(ifname: &str, src: &[u8; 6], dst: &[u8; 6], seconds: f64) -> anyhow::Result<f64> {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const BPF_FUNC_REDIRECT: i32 = 23;
-    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-    const REPEAT: u32 = 1 << 20;
-    /// One eBPF instruction: opcode, dst register, immediate.
-    fn insn(code: u8, dst: u8, imm: i32) -> u64 {
-        u64::from(code) | (u64::from(dst) << 8) | (u64::from(imm as u32) << 32)
-    }
-
-    let frame = udp_frame(src, dst);
-    let name = std::ffi::CString::new(ifname)?;
-    // SAFETY: if_nametoindex reads a valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface {ifname}");
-    }
-    let prog = [
-        insn(0xb7, 1, ifindex as i32),    // r1 = ifindex
-        insn(0xb7, 2, 0),                 // r2 = 0 (flags)
-        insn(0x85, 0, BPF_FUNC_REDIRECT), // r0 = bpf_redirect(r1, r2)
-        insn(0x95, 0, 0),                 // exit
-    ];
-    let license = c"GPL";
-    // bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license.
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(BPF_PROG_TYPE_XDP) | ((prog.len() as u64) << 32);
-    attr[1] = prog.as_ptr() as u64;
-    attr[2] = license.as_ptr() as u64;
-    // SAFETY: bpf(2) with an attr that points at live buffers above.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            attr.as_mut_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        bail!(
-            "loading the XDP generator: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    let fd = fd as u32;
-    // bpf_attr for BPF_PROG_TEST_RUN: prog_fd, retval, data_size_in,
-    // data_size_out, data_in, data_out, repeat, duration, ctx sizes and
-    // pointers (none: the loopback device's queue is the ingress), flags.
-    let mut run = [0u64; 10];
-    run[0] = u64::from(fd);
-    run[1] = frame.len() as u64;
-    run[2] = frame.as_ptr() as u64;
-    run[4] = u64::from(REPEAT);
-    run[8] = u64::from(BPF_F_TEST_XDP_LIVE_FRAMES);
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let start = Instant::now();
-    let mut sent = 0u64;
-    let result = loop {
-        if Instant::now() >= deadline {
-            break Ok(sent as f64 / start.elapsed().as_secs_f64());
-        }
-        // SAFETY: as above; the kernel reads the frame and writes only
-        // retval and duration inside `run`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                run.as_mut_ptr(),
-                size_of_val(&run),
-            )
-        };
-        if rc < 0 {
-            break Err(anyhow::anyhow!(
-                "running the XDP generator (live frames need Linux 5.18): {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        sent += u64::from(REPEAT);
-    };
-    // SAFETY: closing the program fd we own.
-    unsafe { libc::close(fd as i32) };
-    result
 }

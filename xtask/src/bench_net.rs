@@ -4,7 +4,7 @@
 //! a flow that no fault targets sees with 10,000 faults installed.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -84,43 +84,28 @@ fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// How the generator hands frames to a.eth0 (and so how b receives them).
-#[derive(Clone, Copy)]
 enum Generator {
-    /// An AF_PACKET socket: b receives finished skbs, as from a local
-    /// sender or a container next door.
+    /// An AF_PACKET socket (this binary's `bench-worker blast`): b receives
+    /// finished skbs, as from a local sender or a container next door.
     Skb,
-    /// XDP live frames redirected into a.eth0: b receives bare frames, as
-    /// from a NIC, and builds an skb only for what reaches its stack.
-    XdpFrames,
+    /// XDP live frames (the `packet_bench` example's `xdpgen`, at this
+    /// path): b receives bare frames, as from a NIC, and builds an skb only
+    /// for what reaches its stack.
+    XdpFrames(PathBuf),
 }
 
-impl Generator {
-    fn worker_mode(self) -> &'static str {
-        match self {
-            Self::Skb => "blast",
-            Self::XdpFrames => "xdpgen",
-        }
-    }
-}
-
-/// The packet generator: frames from a.eth0 to b, `seconds` long, in this
-/// binary's `bench-worker` modes; returns frames per second sent.
-fn blast(pair: &Pair, generator: Generator, seconds: f64) -> anyhow::Result<f64> {
+/// The packet generator: frames from a.eth0 to b, `seconds` long; returns
+/// frames per second sent.
+fn blast(pair: &Pair, generator: &Generator, seconds: f64) -> anyhow::Result<f64> {
     let me = std::env::current_exe()?;
-    let me = me.to_str().context("utf-8 path")?;
+    let mut cmd: Vec<&str> = match generator {
+        Generator::Skb => vec![me.to_str().context("utf-8 path")?, "bench-worker", "blast"],
+        Generator::XdpFrames(example) => vec![example.to_str().context("utf-8 path")?, "xdpgen"],
+    };
     let (src, dst) = (pair.mac(&pair.a)?, pair.mac(&pair.b)?);
-    let out = pair.exec(
-        &pair.a,
-        &[
-            me,
-            "bench-worker",
-            generator.worker_mode(),
-            "eth0",
-            &src,
-            &dst,
-            &seconds.to_string(),
-        ],
-    )?;
+    let seconds = seconds.to_string();
+    cmd.extend(["eth0", &src, &dst, &seconds]);
+    let out = pair.exec(&pair.a, &cmd)?;
     Ok(out.trim().parse::<f64>()?)
 }
 
@@ -129,7 +114,7 @@ fn blast(pair: &Pair, generator: Generator, seconds: f64) -> anyhow::Result<f64>
 /// count. Returns (handled/s, offered/s).
 fn drop_rate(
     pair: &Pair,
-    generator: Generator,
+    generator: &Generator,
     seconds: f64,
     mut counter: impl FnMut() -> anyhow::Result<u64>,
 ) -> anyhow::Result<(f64, f64)> {
@@ -156,17 +141,21 @@ fn number_after(text: &str, key: &str) -> anyhow::Result<u64> {
 }
 
 pub fn run(bin: &Path, dir: &Path) -> anyhow::Result<()> {
-    program_cost()?;
-    drop_throughput(bin, dir)?;
+    let example = build_packet_bench()?;
+    program_cost(&example)?;
+    for generator in [Generator::Skb, Generator::XdpFrames(example)] {
+        drop_throughput(bin, dir, &generator)?;
+    }
     latency(bin, dir)?;
     Ok(())
 }
 
-fn program_cost() -> anyhow::Result<()> {
-    eprintln!("[bench] per-packet program cost (BPF_PROG_TEST_RUN)");
-    let status = Command::new("cargo")
+/// Builds the `packet_bench` example (program cost and the XDP traffic
+/// generator) and returns its path.
+fn build_packet_bench() -> anyhow::Result<PathBuf> {
+    let status = crate::cargo()
         .args([
-            "run",
+            "build",
             "--quiet",
             "--release",
             "-p",
@@ -175,6 +164,17 @@ fn program_cost() -> anyhow::Result<()> {
             "packet_bench",
         ])
         .status()
+        .context("building the packet_bench example")?;
+    if !status.success() {
+        bail!("building packet_bench failed");
+    }
+    Ok(crate::root().join("target/release/examples/packet_bench"))
+}
+
+fn program_cost(example: &Path) -> anyhow::Result<()> {
+    eprintln!("[bench] per-packet program cost (BPF_PROG_TEST_RUN)");
+    let status = Command::new(example)
+        .status()
         .context("running the packet_bench example")?;
     if !status.success() {
         bail!("packet_bench failed");
@@ -182,14 +182,7 @@ fn program_cost() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn drop_throughput(bin: &Path, dir: &Path) -> anyhow::Result<()> {
-    for generator in [Generator::Skb, Generator::XdpFrames] {
-        drop_throughput_with(bin, dir, generator)?;
-    }
-    Ok(())
-}
-
-fn drop_throughput_with(bin: &Path, dir: &Path, generator: Generator) -> anyhow::Result<()> {
+fn drop_throughput(bin: &Path, dir: &Path, generator: &Generator) -> anyhow::Result<()> {
     eprintln!("[bench] 100% drop throughput on a veth pair");
     let seconds = 3.0;
     // b's eth0 processes its packets in a NAPI kernel thread (veth with GRO
@@ -315,7 +308,9 @@ fn drop_throughput_with(bin: &Path, dir: &Path, generator: Generator) -> anyhow:
     let ipt = rows[1].1.0;
     let how = match generator {
         Generator::Skb => "a raw-socket generator (b receives skbs)",
-        Generator::XdpFrames => "an XDP live-frames generator (b receives frames, as from a NIC)",
+        Generator::XdpFrames(_) => {
+            "an XDP live-frames generator (b receives frames, as from a NIC)"
+        }
     };
     println!(
         "\n100% drop of 64-byte UDP frames from {how}, a.eth0 -> b.eth0; b handles its packets in a NAPI thread (median of 3 x {seconds} s)"

@@ -16,6 +16,8 @@ use std::{
     path::Path,
 };
 
+use walkdir::WalkDir;
+
 use super::interface::in_netns;
 use crate::{
     error::{ErrorCode, RpcError},
@@ -126,25 +128,16 @@ pub fn device_of(dir: &Path, label: &str, kind: &str) -> Result<Device, RpcError
 
 /// Pids in the cgroup at `dir` and below it (a bounded walk).
 fn pids(dir: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut queue = vec![dir.to_path_buf()];
-    let mut seen = 0;
-    while let Some(d) = queue.pop() {
-        seen += 1;
-        if seen > MAX_CGROUPS {
-            break;
-        }
-        if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
-            out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        if let Ok(entries) = fs::read_dir(&d) {
-            queue.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    out
+    WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_dir())
+        .take(MAX_CGROUPS)
+        .filter_map(|e| fs::read_to_string(e.path().join("cgroup.procs")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
