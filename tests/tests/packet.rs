@@ -8,6 +8,10 @@ use injectord_tests::{net::*, *};
 use serde_json::{Value, json};
 
 const IDLE: Duration = Duration::from_millis(1500);
+/// Idle limit for a receiver fed by two senders in turn: the second one's
+/// Python must start before the receiver gives up, which on a busy VM took
+/// longer than [`IDLE`].
+const BETWEEN_SENDERS: Duration = Duration::from_secs(6);
 
 fn has(d: &Daemon, backend: &str) -> bool {
     let caps = d.call("capabilities", json!(null)).unwrap();
@@ -355,7 +359,7 @@ fn cgroup_target_hits_only_that_container_on_a_shared_bridge() {
         "fault": {"type": "packet_drop", "direction": "egress", "protocol": "udp"},
         "trigger": {"probability": 0.5},
     }));
-    let rx = udp_receiver(&br.hub, 7400, IDLE);
+    let rx = udp_receiver(&br.hub, 7400, BETWEEN_SENDERS);
     udp_send_in(&pod_a, &br.containers[0], HUB_IP, 7400, 4_000, 20_000);
     udp_send_in(&pod_b, &br.containers[1], HUB_IP, 7400, 4_000, 20_000);
     let r = finish_udp(rx);
@@ -503,7 +507,7 @@ fn container_cgroup_takes_rewrites_and_delay_on_its_own_device() {
         "{got}"
     );
 
-    let rx = udp_receiver(&br.hub, 7500, IDLE);
+    let rx = udp_receiver(&br.hub, 7500, BETWEEN_SENDERS);
     udp_send_in(&pod_a, c0, HUB_IP, 7500, 1_000, 10_000);
     udp_send_in(&pod_b, &br.containers[1], HUB_IP, 7500, 1_000, 10_000);
     let r = finish_udp(rx);
