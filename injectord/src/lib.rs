@@ -8,7 +8,6 @@
 
 pub mod backend;
 pub mod capabilities;
-pub mod client;
 pub mod datapath;
 pub mod errno;
 pub mod error;

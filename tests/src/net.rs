@@ -12,7 +12,7 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use serde_json::Value;
 
-use crate::{TestCgroup, helper, unique};
+use crate::{TestCgroup, counts, helper, unique};
 
 /// A network namespace, deleted on drop.
 pub struct Netns {
@@ -75,6 +75,13 @@ impl Netns {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {program} in {}: {e}", self.name))
+    }
+
+    /// The MAC address of `dev`, as `ip` prints it (`aa:bb:...`).
+    pub fn mac(&self, dev: &str) -> String {
+        self.run_ok("cat", &[&format!("/sys/class/net/{dev}/address")])
+            .trim()
+            .to_string()
     }
 
     /// The namespace's file, for `setns`.
@@ -195,8 +202,8 @@ impl Attachments {
     }
 }
 
-/// Two namespaces joined by a veth pair, both ends named `eth0`, with
-/// 10.99.0.1/24 + fd99::1/64 on `a` and .2 / ::2 on `b`.
+/// Two namespaces joined by a veth pair, both ends named `eth0`, with the
+/// `a` addresses of a [`Subnet`] on `a` and the `b` ones on `b`.
 pub struct Link {
     pub a: Netns,
     pub b: Netns,
@@ -210,21 +217,44 @@ pub const B_IP: &str = "10.99.0.2";
 pub const A_IP6: &str = "fd99::1";
 pub const B_IP6: &str = "fd99::2";
 
+/// The addresses of a [`Link`]'s ends, on a /24 and a /64.
+pub struct Subnet {
+    pub a: &'static str,
+    pub b: &'static str,
+    pub a6: &'static str,
+    pub b6: &'static str,
+}
+
+/// The tests' link: 10.99.0.1/24 + fd99::1/64 on `a`, .2 / ::2 on `b`.
+pub const TEST_SUBNET: Subnet = Subnet {
+    a: A_IP,
+    b: B_IP,
+    a6: A_IP6,
+    b6: B_IP6,
+};
+
 impl Link {
+    /// A link on [`TEST_SUBNET`].
     pub fn new(prefix: &str) -> Self {
+        Self::on(prefix, &TEST_SUBNET)
+    }
+
+    /// A link on `subnet` (a benchmark's traffic generator writes its own
+    /// addresses into the frames it sends); returns once `a` reaches `b`.
+    pub fn on(prefix: &str, subnet: &Subnet) -> Self {
         let a = Netns::new(&format!("{prefix}-a"));
         let b = Netns::new(&format!("{prefix}-b"));
         a.ip(&[
             "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name,
         ]);
-        for (ns, ip, ip6) in [(&a, A_IP, A_IP6), (&b, B_IP, B_IP6)] {
+        for (ns, ip, ip6) in [(&a, subnet.a, subnet.a6), (&b, subnet.b, subnet.b6)] {
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
             ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
             ns.ip(&["link", "set", "eth0", "up"]);
         }
         let link = Self { a, b };
         // Wait for the link (and neighbour discovery) to work.
-        link.a.run_ok("ping", &["-c", "1", "-W", "2", B_IP]);
+        link.a.run_ok("ping", &["-c", "1", "-W", "2", subnet.b]);
         link
     }
 }
@@ -329,14 +359,7 @@ pub fn finish_udp(child: Child) -> UdpReport {
         received: v["received"].as_u64().unwrap_or(0),
         changed: v["changed"].as_u64().unwrap_or(0),
         duplicates: v["duplicates"].as_u64().unwrap_or(0),
-        by_source: v["by_source"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        by_source: counts(&v["by_source"]),
     }
 }
 
@@ -421,6 +444,16 @@ pub fn ping(ns: &Netns, host: &str, count: u32, interval: &str) -> (u64, u64, f6
         }
     }
     (tx, rx, avg, mdev)
+}
+
+/// A MAC address in its usual notation (`aa:bb:cc:dd:ee:ff`).
+pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()?;
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("bad MAC address {s}"))
 }
 
 fn sh_ok(program: &str, args: &[&str]) {

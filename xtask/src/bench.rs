@@ -3,136 +3,55 @@
 //! Figures are ratios against a baseline measured in the same run.
 
 use std::{
-    fs,
     io::{BufRead as _, BufReader, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    os::unix::net::UnixStream,
-    path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, Stdio},
+    path::Path,
+    process::ChildStdout,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use injectord_tests::{Client, Daemon, TestCgroup, monotonic_ns, net::parse_mac};
+use serde_json::json;
 
 use crate::build_daemon;
 
-/// A cgroup2 directory made for the benchmark, removed on drop.
-pub struct Cg(PathBuf);
-
-impl Cg {
-    pub fn new(mount: &Path, rel: &str) -> anyhow::Result<Self> {
-        let p = mount.join(rel);
-        fs::create_dir_all(&p).with_context(|| format!("mkdir {}", p.display()))?;
-        Ok(Self(p))
-    }
+/// The daemon under measurement: the binary just built, logging only
+/// warnings (to the terminal), so that logging costs nothing measurable.
+pub fn start_daemon(bin: &Path) -> anyhow::Result<Daemon> {
+    Daemon::builder()
+        .binary(bin)
+        .log("warn")
+        .log_to_stderr()
+        .start()
 }
 
-impl Drop for Cg {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir(&self.0);
-    }
-}
-
-pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
-    fs::read_to_string("/proc/self/mounts")?
-        .lines()
-        .find_map(|l| {
-            let f: Vec<_> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .context("no cgroup2 mount")
-}
-
-pub struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    conn: Option<(BufReader<UnixStream>, UnixStream)>,
-}
-
-impl Daemon {
-    pub fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
-        let socket = dir.join("bench.sock");
-        let child = Command::new(bin)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--metrics-addr", "127.0.0.1:0", "--log", "warn"])
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let stream = loop {
-            if let Ok(s) = UnixStream::connect(&socket) {
-                break s;
-            }
-            if Instant::now() > deadline {
-                bail!("injectord did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Ok(Self {
-            child,
-            socket,
-            conn: Some((BufReader::new(stream.try_clone()?), stream)),
-        })
-    }
-
-    pub fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
-        let (r, w) = self.conn.as_mut().context("not connected")?;
-        let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        writeln!(w, "{req}")?;
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        let mut resp: Value = serde_json::from_str(&line)?;
-        if let Some(e) = resp.get("error") {
-            bail!("{method}: {e}");
-        }
-        Ok(resp["result"].take())
-    }
-
-    fn rss_kib(&self) -> u64 {
-        fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.conn = None;
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = fs::remove_file(&self.socket);
-    }
-}
-
-/// Runs `xtask bench-worker ...` (this binary) inside a cgroup.
-fn worker(cg: &Cg, args: &[String]) -> anyhow::Result<Child> {
+/// This binary: its hidden `bench-worker` subcommand is every process the
+/// benchmark runs inside a cgroup or a network namespace.
+pub fn this_binary() -> anyhow::Result<String> {
     let me = std::env::current_exe()?;
-    Ok(Command::new("sh")
-        .arg("-c")
-        .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
-        .arg(&cg.0)
-        .arg(me)
-        .arg("bench-worker")
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()?)
+    Ok(me.to_str().context("utf-8 path")?.to_string())
 }
 
 /// ns per connect() to a closed local port, median of `rounds` runs.
-fn connect_cost(cg: &Cg, port: u16, iterations: u32, rounds: usize) -> anyhow::Result<f64> {
+fn connect_cost(cg: &TestCgroup, port: u16, iterations: u32, rounds: usize) -> anyhow::Result<f64> {
+    let me = this_binary()?;
     let mut samples = Vec::new();
     for _ in 0..rounds {
-        let out = worker(
-            cg,
-            &["connect".into(), port.to_string(), iterations.to_string()],
-        )?
-        .wait_with_output()?;
+        let out = cg.run(
+            &me,
+            &[
+                "bench-worker",
+                "connect",
+                &port.to_string(),
+                &iterations.to_string(),
+            ],
+        );
         if !out.status.success() {
-            bail!("bench worker failed");
+            bail!(
+                "bench worker failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         samples.push(String::from_utf8_lossy(&out.stdout).trim().parse::<f64>()?);
     }
@@ -150,20 +69,13 @@ fn closed_port() -> anyhow::Result<u16> {
 pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
     let bin = build_daemon()?;
     if only != "connect" {
-        let dir = std::env::temp_dir().join(format!("injectord-bench-net-{}", std::process::id()));
-        fs::create_dir_all(&dir)?;
-        crate::bench_net::run(&bin, &dir)?;
-        let _ = fs::remove_dir_all(&dir);
+        crate::bench_net::run(&bin)?;
         if only == "packet" {
             return Ok(());
         }
     }
-    let mount = cgroup2_mount()?;
-    let base = format!("injectord-bench-{}", std::process::id());
-    let _base = Cg::new(&mount, &base)?;
-    let a = Cg::new(&mount, &format!("{base}/a"))?;
-    let dir = std::env::temp_dir().join(&base);
-    fs::create_dir_all(&dir)?;
+    let base = TestCgroup::at(&format!("injectord-bench-{}", std::process::id()));
+    let a = base.child("a");
     let port = closed_port()?;
     let rounds = 5;
     let mut rows: Vec<(String, f64)> = Vec::new();
@@ -174,8 +86,11 @@ pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
         connect_cost(&a, port, iterations, rounds)?,
     ));
 
-    let mut d = Daemon::start(&bin, &dir)?;
-    let mut others: Vec<Cg> = Vec::new();
+    let d = start_daemon(&bin)?;
+    // One connection for every call, as before: the round trips measured
+    // below must not include connecting.
+    let mut rpc = d.client();
+    let mut others: Vec<TestCgroup> = Vec::new();
     let mut faults = 0usize;
     // Two faults (two ports) per other cgroup: each targeted cgroup costs the
     // daemon two bpf_link fds, and the open-file hard limit here is 20,000.
@@ -183,11 +98,11 @@ pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
         while faults < target {
             let i = faults / 2;
             if faults.is_multiple_of(2) {
-                others.push(Cg::new(&mount, &format!("{base}/o{i}"))?);
+                others.push(base.child(&format!("o{i}")));
             }
-            d.call(
+            rpc.call(
                 "inject",
-                json!({"target": {"cgroup": format!("{base}/o{i}")},
+                json!({"target": {"cgroup": others[i].rel},
                        "fault": {"type": "connect_error", "errno": "ECONNREFUSED",
                                  "port": port.wrapping_add((faults % 2) as u16).max(1)}}),
             )?;
@@ -200,26 +115,26 @@ pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
     }
     let rss_10k = d.rss_kib();
     // A fault on A itself for another port: the program runs, looks up, misses.
-    d.call(
+    rpc.call(
         "inject",
-        json!({"name": "other-port", "target": {"cgroup": format!("{base}/a")},
+        json!({"name": "other-port", "target": {"cgroup": a.rel},
                "fault": {"type": "connect_error", "errno": "EPERM", "port": port.wrapping_add(1).max(1)}}),
     )?;
     rows.push((
         "fault on A, other port (program runs, no match)".into(),
         connect_cost(&a, port, iterations, rounds)?,
     ));
-    d.call("remove", json!({"name": "other-port"}))?;
-    d.call(
+    rpc.call("remove", json!({"name": "other-port"}))?;
+    rpc.call(
         "inject",
-        json!({"name": "all", "target": {"cgroup": format!("{base}/a")},
+        json!({"name": "all", "target": {"cgroup": a.rel},
                "fault": {"type": "connect_error", "errno": "ECONNREFUSED"}}),
     )?;
     rows.push((
         "matching fault refusing every call".into(),
         connect_cost(&a, port, iterations, rounds)?,
     ));
-    d.call("clear", json!(null))?;
+    rpc.call("clear", json!(null))?;
 
     let base_ns = rows[0].1;
     println!(
@@ -235,17 +150,17 @@ pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
     );
 
     // Control-plane round trip alone: inject and remove on an idle cgroup.
-    let idle = Cg::new(&mount, &format!("{base}/idle"))?;
+    let idle = base.child("idle");
     let (mut inj, mut rem) = (Vec::new(), Vec::new());
     for _ in 0..injects {
         let t0 = Instant::now();
-        d.call(
+        rpc.call(
             "inject",
-            json!({"name": "rtt", "target": {"cgroup": format!("{base}/idle")},
+            json!({"name": "rtt", "target": {"cgroup": idle.rel},
                    "fault": {"type": "connect_error", "errno": "ECONNREFUSED", "port": port}}),
         )?;
         let t1 = Instant::now();
-        d.call("remove", json!({"name": "rtt"}))?;
+        rpc.call("remove", json!({"name": "rtt"}))?;
         inj.push((t1 - t0).as_nanos() as u64);
         rem.push(t1.elapsed().as_nanos() as u64);
     }
@@ -259,33 +174,53 @@ pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
 
     // Control-plane latency: inject -> first refused connect seen by a
     // client looping on connect().
-    let t = Cg::new(&mount, &format!("{base}/latency"))?;
-    let mut watcher = worker(&t, &["watch".into(), port.to_string()])?;
-    let mut lines = BufReader::new(watcher.stdout.take().context("watcher stdout")?);
-    let mut lat = Vec::with_capacity(injects as usize);
-    for _ in 0..injects {
-        let t0 = monotonic_ns();
-        d.call(
-            "inject",
-            json!({"name": "lat", "target": {"cgroup": format!("{base}/latency")},
-                   "fault": {"type": "connect_error", "errno": "ECONNREFUSED", "port": port}}),
-        )?;
-        let t1 = read_transition(&mut lines, "fail")?;
-        lat.push(t1.saturating_sub(t0));
-        d.call("remove", json!({"name": "lat"}))?;
-        read_transition(&mut lines, "ok")?;
-    }
-    let _ = watcher.kill();
-    let _ = watcher.wait();
+    let t = base.child("latency");
+    let mut lat = activation_latency(&t, &mut rpc, port, injects)?;
     let (p50, p99) = percentiles(&mut lat);
     println!(
         "control plane: inject -> first activation seen by a client looping on connect(), over {injects} injects: p50 {p50:.0} us, p99 {p99:.0} us"
     );
+    drop(rpc);
     drop(d);
     drop(others);
     drop(t);
-    let _ = fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// ns from sending each of `injects` injects on `cg` to the first refused
+/// connect() that a watcher looping in `cg` sees.
+fn activation_latency(
+    cg: &TestCgroup,
+    rpc: &mut Client,
+    port: u16,
+    injects: u32,
+) -> anyhow::Result<Vec<u64>> {
+    let mut watcher = cg.spawn(
+        &this_binary()?,
+        &["bench-worker", "watch", &port.to_string()],
+    );
+    let stdout = watcher.stdout.take();
+    let measure = || -> anyhow::Result<Vec<u64>> {
+        let mut lines = BufReader::new(stdout.context("watcher stdout")?);
+        let mut lat = Vec::with_capacity(injects as usize);
+        for _ in 0..injects {
+            let t0 = monotonic_ns();
+            rpc.call(
+                "inject",
+                json!({"name": "lat", "target": {"cgroup": cg.rel},
+                       "fault": {"type": "connect_error", "errno": "ECONNREFUSED", "port": port}}),
+            )?;
+            let t1 = read_transition(&mut lines, "fail")?;
+            lat.push(t1.saturating_sub(t0));
+            rpc.call("remove", json!({"name": "lat"}))?;
+            read_transition(&mut lines, "ok")?;
+        }
+        Ok(lat)
+    };
+    let lat = measure();
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    lat
 }
 
 fn read_transition(lines: &mut BufReader<ChildStdout>, want: &str) -> anyhow::Result<u64> {
@@ -301,16 +236,6 @@ fn read_transition(lines: &mut BufReader<ChildStdout>, want: &str) -> anyhow::Re
             return Ok(ns.parse()?);
         }
     }
-}
-
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The processes the benchmark runs inside cgroups.
@@ -398,15 +323,6 @@ fn percentiles(v: &mut [u64]) -> (f64, f64) {
     v.sort_unstable();
     let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0;
     (at(0.5), at(0.99))
-}
-
-fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16))
-        .collect::<Result<_, _>>()?;
-    v.try_into()
-        .map_err(|_| anyhow::anyhow!("bad MAC address {s}"))
 }
 
 /// Sends 64-byte UDP frames (10.97.0.1:1234 -> 10.97.0.2:9) out of

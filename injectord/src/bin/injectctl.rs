@@ -4,7 +4,7 @@ use std::{io::Read as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use injectord::client::{Client, ErrorResponse};
+use injectord_client::{Client, ErrorResponse};
 use serde_json::{Map, Value, json};
 
 #[derive(Parser)]

@@ -1,4 +1,9 @@
-//! A blocking client for the control socket (used by `injectctl` and tests).
+//! A blocking client for injectord's control socket: one JSON-RPC 2.0
+//! request per line, one response per line.
+//!
+//! Its own crate, with nothing but std and serde_json, so that `injectctl`,
+//! the end-to-end test harness and the benchmarks share one client without
+//! depending on the daemon (whose build compiles the eBPF programs).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
