@@ -1,11 +1,15 @@
 //! Builds the eBPF object (injector-ebpf, bin `injector`) for the BPF target
-//! with the pinned nightly and bpf-linker, and leaves it in OUT_DIR for
-//! `include_bytes_aligned!`.
+//! with the nightly pinned in injector-ebpf/rust-toolchain.toml and
+//! bpf-linker, and leaves it in OUT_DIR for `include_bytes_aligned!`.
 //!
 //! aya-build does the same, but it overwrites RUSTFLAGS and so cannot select
 //! BPF ISA v3, which the exact triggers need (atomic fetch-and-add).
 
-use std::{env, path::PathBuf, process::Command};
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -13,10 +17,10 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir.join("../injector-ebpf");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let toolchain =
-        env::var("INJECTORD_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly-2026-09-01".into());
+    let toolchain_file = ebpf_dir.join("rust-toolchain.toml");
+    let toolchain = toolchain_channel(&toolchain_file)?;
 
-    println!("cargo:rerun-if-env-changed=INJECTORD_EBPF_TOOLCHAIN");
+    println!("cargo:rerun-if-changed={}", toolchain_file.display());
     println!("cargo:rerun-if-changed={}", ebpf_dir.display());
     println!(
         "cargo:rerun-if-changed={}",
@@ -74,4 +78,18 @@ fn main() -> anyhow::Result<()> {
     std::fs::copy(&built, out_dir.join("injector"))
         .with_context(|| format!("copying {}", built.display()))?;
     Ok(())
+}
+
+/// The `channel` of a rust-toolchain.toml: the one place the eBPF toolchain
+/// is pinned (`./x` installs it from there). A line match, not a TOML
+/// parser: the file is ours and keeps `channel = "..."` on one line.
+fn toolchain_channel(file: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "channel").then(|| value.trim().trim_matches('"').to_string())
+        })
+        .with_context(|| format!("no channel in {}", file.display()))
 }

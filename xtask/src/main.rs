@@ -136,10 +136,8 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    let toolchain =
-        std::env::var("INJECTORD_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly-2026-09-01".into());
     let mut ebpf = Command::new("rustup");
-    ebpf.args(["run", &toolchain, "cargo", "clippy", "--release"])
+    ebpf.args(["run", &ebpf_toolchain()?, "cargo", "clippy", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["-p", "injector-ebpf", "--", "-D", "warnings"])
         .current_dir(root().join("injector-ebpf"))
@@ -153,4 +151,29 @@ fn lint() -> anyhow::Result<()> {
     sh(&mut ebpf)?;
     eprintln!("[x] lint clean");
     Ok(())
+}
+
+/// The eBPF toolchain, from injector-ebpf/rust-toolchain.toml, where it is
+/// pinned (`./x` installs it from there, injectord's build script builds
+/// with it). The file keeps `channel = "..."` on one line.
+fn ebpf_toolchain() -> anyhow::Result<String> {
+    let file = root().join("injector-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(key, _)| key.trim() == "channel")
+        .map(|(_, value)| value.trim().trim_matches('"').to_string())
+        .with_context(|| format!("no channel in {}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The build script and `./x` read the same line; a reformatted
+    /// toolchain file would break all three.
+    #[test]
+    fn ebpf_toolchain_is_read_from_its_file() {
+        let toolchain = super::ebpf_toolchain().unwrap();
+        assert!(toolchain.starts_with("nightly-"), "{toolchain}");
+    }
 }
