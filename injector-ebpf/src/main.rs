@@ -7,6 +7,7 @@
 
 mod bench;
 mod connect;
+mod log;
 mod maps;
 mod packet;
 mod probe;

@@ -18,10 +18,22 @@ use aya::{
     EbpfLoader,
     programs::{SchedClassifier, TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
-use injector_common::{HOOK_TC_EGRESS, HOOK_XDP, Trigger};
+use injector_common::{
+    Trigger,
+    bench::BENCH_XDP_TX,
+    packet::{HOOK_TC_EGRESS, HOOK_XDP, PACKET_TC_EGRESS, PACKET_XDP},
+    probe::{PROBE_TC, PROBE_XDP},
+};
 use injectord::{
-    backend::packet::{PacketMaps, PacketPlan, TargetRules},
-    datapath::OBJECT,
+    family::{
+        packet::{
+            plan::PacketPlan,
+            rules::{PacketMaps, TargetRules},
+            spec::PacketFault,
+        },
+        params_as,
+    },
+    kernel::OBJECT,
     spec::FaultSpec,
 };
 use serde_json::json;
@@ -74,8 +86,8 @@ fn xdp_generate(ifname: &str, src: [u8; 6], dst: [u8; 6], seconds: f64) -> anyho
         .load(OBJECT)
         .context("loading the object")?;
     let prog: &mut Xdp = ebpf
-        .program_mut("bench_xdp_tx")
-        .context("bench_xdp_tx")?
+        .program_mut(BENCH_XDP_TX)
+        .context(BENCH_XDP_TX)?
         .try_into()?;
     prog.load()?;
     let data = frame(src, dst);
@@ -102,9 +114,9 @@ fn xdp_generate(ifname: &str, src: [u8; 6], dst: [u8; 6], seconds: f64) -> anyho
 }
 
 fn plan(fault: serde_json::Value) -> anyhow::Result<PacketPlan> {
-    let spec = FaultSpec::from_params(json!({"target": {"interface": "eth0"}, "fault": fault}))
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    PacketPlan::of(&spec.fault).context("not a packet fault")
+    let spec = FaultSpec::from_params(json!({"target": {"interface": "eth0"}, "fault": fault}))?;
+    let fault = params_as::<PacketFault>(spec.fault.params()).context("not a packet fault")?;
+    Ok(PacketPlan::of(fault))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,11 +140,11 @@ fn main() -> anyhow::Result<()> {
         .map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?
         .get() as usize;
     let mut maps = PacketMaps::take(&mut ebpf)?;
-    for name in ["probe_xdp", "packet_xdp"] {
+    for name in [PROBE_XDP, PACKET_XDP] {
         let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
         p.load()?;
     }
-    for name in ["probe_tc", "packet_tc_egress"] {
+    for name in [PROBE_TC, PACKET_TC_EGRESS] {
         let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
         p.load()?;
     }
@@ -157,8 +169,8 @@ fn main() -> anyhow::Result<()> {
         Ok(samples[2])
     };
 
-    let base_xdp = run("probe_xdp")?;
-    let base_tc = run("probe_tc")?;
+    let base_xdp = run(PROBE_XDP)?;
+    let base_tc = run(PROBE_TC)?;
     println!("packet program cost, BPF_PROG_TEST_RUN x {repeat}, median of 5 (64-byte UDP frame)");
     println!(
         "{:<58} {:>9} {:>7} {:>9} {:>7}",
@@ -183,8 +195,8 @@ fn main() -> anyhow::Result<()> {
     // target id, rule and prefixes, in the same maps.
     row(
         "no fault on this target (one hash lookup, miss)",
-        run("packet_xdp")?,
-        run("packet_tc_egress")?,
+        run(PACKET_XDP)?,
+        run(PACKET_TC_EGRESS)?,
     );
     let mut own = TargetRules::default();
     let never = Trigger {
@@ -200,8 +212,7 @@ fn main() -> anyhow::Result<()> {
         &mut own,
         p.entries(1 << HOOK_XDP, 1 << HOOK_TC_EGRESS, 0, never),
         nr_cpus,
-    )
-    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    )?;
     let mut sets: Vec<TargetRules> = Vec::new();
     let mut installed = 0usize;
     for want in [0usize, 1, 1_000, 10_000] {
@@ -214,15 +225,14 @@ fn main() -> anyhow::Result<()> {
             )?;
             let entries = p.entries(1 << HOOK_XDP, 1 << HOOK_TC_EGRESS, i as u32, trigger());
             let mut set = TargetRules::default();
-            maps.add(i as u64, &mut set, entries, nr_cpus)
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            maps.add(i as u64, &mut set, entries, nr_cpus)?;
             sets.push(set);
             installed += 1;
         }
         row(
             &format!("matching fault (p=0) here + {want} faults on other targets"),
-            run("packet_xdp")?,
-            run("packet_tc_egress")?,
+            run(PACKET_XDP)?,
+            run(PACKET_TC_EGRESS)?,
         );
     }
     // The same fault without an address filter: no LPM lookup at all.
@@ -235,12 +245,11 @@ fn main() -> anyhow::Result<()> {
         &mut own,
         p.entries(1 << HOOK_XDP, 1 << HOOK_TC_EGRESS, 0, never),
         nr_cpus,
-    )
-    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    )?;
     row(
         "matching fault (p=0) filtering on port only + 10000 others",
-        run("packet_xdp")?,
-        run("packet_tc_egress")?,
+        run(PACKET_XDP)?,
+        run(PACKET_TC_EGRESS)?,
     );
     Ok(())
 }

@@ -116,19 +116,28 @@ impl RpcError {
         self
     }
 
-    /// Classifies a spec deserialization error. The custom deserializers in
-    /// `spec` and `errno` phrase their messages so that this works.
-    pub fn from_spec_error(err: serde_path_to_error::Error<serde_json::Error>) -> Self {
+    /// Names the offending spec field.
+    pub fn at(mut self, field: &str) -> Self {
+        self.field = Some(field.to_string());
+        self
+    }
+
+    /// Classifies a spec deserialization error; `prefix` is the path of
+    /// the object that was deserialized (`fault` for a family's part).
+    ///
+    /// serde's errors carry no code, only messages of fixed forms: serde
+    /// derive writes "unknown field" and "unknown variant" (an enumerated
+    /// value, as `"protocol": "sctp"`), and our value types write "invalid
+    /// value" (through [`crate::spec::invalid`]) or "unknown errno".
+    pub fn from_spec_error(
+        err: serde_path_to_error::Error<serde_json::Error>,
+        prefix: Option<&str>,
+    ) -> Self {
         let path = err.path().to_string();
         let inner = err.into_inner().to_string();
         let code = if inner.starts_with("unknown field") {
             ErrorCode::UnknownField
-        } else if inner.starts_with("unknown variant") && inner.contains("`connect_error`") {
-            // The fault's `type` (serde reports errors inside an internally
-            // tagged enum at the enum's own path, so look at what it expected).
-            ErrorCode::UnknownFaultType
         } else if inner.starts_with("unknown variant") {
-            // A value outside an enumeration ("protocol": "sctp").
             ErrorCode::InvalidValue
         } else if inner.starts_with("unknown errno") {
             ErrorCode::UnknownErrno
@@ -137,7 +146,12 @@ impl RpcError {
         } else {
             ErrorCode::InvalidSpec
         };
-        let field = (path != ".").then_some(path);
+        let path = (path != ".").then_some(path);
+        let field = match (prefix, path) {
+            (Some(p), Some(f)) => Some(format!("{p}.{f}")),
+            (Some(p), None) => Some(p.to_string()),
+            (None, f) => f,
+        };
         let message = match &field {
             Some(f) => format!("{f}: {inner}"),
             None => inner,
@@ -160,6 +174,126 @@ impl RpcError {
             data["details"] = details.clone();
         }
         json!({ "code": self.code.rpc_code(), "message": self.message, "data": data })
+    }
+}
+
+/// What went wrong inside the daemon, typed; turned into an [`RpcError`]
+/// (the wire form) at the control socket only.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The target (cgroup, process, namespace, interface) is not there.
+    #[error("{0}")]
+    TargetNotFound(String),
+    #[error("{0}")]
+    ContainerNotFound(String),
+    /// A container id prefix matches several containers.
+    #[error("{message}")]
+    AmbiguousTarget { message: String, candidates: Value },
+    /// The target holds PID 1, the daemon or the whole host.
+    #[error("{0}")]
+    ForbiddenTarget(String),
+    /// A value the spec's types accept but this host cannot use.
+    #[error("{0}")]
+    InvalidValue(String),
+    /// The kernel lacks what the fault needs; the message names it.
+    #[error("{0}")]
+    UnsupportedKernel(String),
+    /// The fault cannot act on this kind of target, or the target lacks
+    /// something the fault needs; the message says what would work.
+    #[error("{0}")]
+    UnsupportedTarget(String),
+    #[error("{0}")]
+    NameTaken(String),
+    /// Another fault holds what this one needs.
+    #[error("{0}")]
+    Conflict(String),
+    /// A table or a limit is full.
+    #[error("{0}")]
+    Capacity(String),
+    /// Attaching a program failed. Each attachment is a bpf_link fd, so
+    /// EMFILE means the daemon's open-file limit (capacity), not a bug.
+    #[error("attaching {what}: {}", chain(.source))]
+    Attach {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A BPF map operation failed.
+    #[error("BPF map {map}: {}", chain(.source))]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A system call or file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An I/O error with what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// A map operation's error, for [`Result::map_err`].
+    pub fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {
+        move |source| Self::Map { map, source }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TargetNotFound(_) => ErrorCode::TargetNotFound,
+            Self::ContainerNotFound(_) => ErrorCode::ContainerNotFound,
+            Self::AmbiguousTarget { .. } => ErrorCode::AmbiguousTarget,
+            Self::ForbiddenTarget(_) => ErrorCode::ForbiddenTarget,
+            Self::InvalidValue(_) => ErrorCode::InvalidValue,
+            Self::UnsupportedKernel(_) => ErrorCode::UnsupportedKernel,
+            Self::UnsupportedTarget(_) => ErrorCode::UnsupportedTarget,
+            Self::NameTaken(_) => ErrorCode::NameTaken,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Capacity(_) => ErrorCode::Capacity,
+            Self::Attach { source, .. } if is_emfile(source) => ErrorCode::Capacity,
+            Self::Attach { .. } | Self::Map { .. } | Self::Io { .. } | Self::Internal(_) => {
+                ErrorCode::Internal
+            }
+        }
+    }
+}
+
+/// Whether an error's chain holds EMFILE (too many open files).
+fn is_emfile(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::EMFILE)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+impl From<Error> for RpcError {
+    fn from(e: Error) -> Self {
+        let code = e.code();
+        match e {
+            Error::AmbiguousTarget {
+                message,
+                candidates,
+            } => RpcError::new(code, message).with_details(json!({ "candidates": candidates })),
+            other => RpcError::new(code, other.to_string()),
+        }
     }
 }
 

@@ -1,19 +1,19 @@
 //! injectord: an eBPF fault injector for NFV infrastructure.
 //!
 //! The daemon (`main.rs`) wires these together: [`spec`] parses fault
-//! requests, [`target`] resolves them to cgroups, [`faults`] keeps the table
-//! of active faults and drives the [`backend`]s through [`datapath`],
-//! [`rpc`] and [`server`] expose it on the control socket, and [`metrics`]
-//! exports the counters.
+//! requests (the envelope; each [`family`] parses its own `fault` object),
+//! [`target`] resolves them to cgroups, [`faults`] keeps the table of
+//! active faults and hands each to its family, which installs it through
+//! the shared [`kernel`] pieces; [`rpc`] and [`server`] expose it on the
+//! control socket, and [`metrics`] exports the counters.
 
-pub mod backend;
 pub mod capabilities;
-pub mod datapath;
 pub mod errno;
 pub mod error;
+pub mod family;
 pub mod faults;
+pub mod kernel;
 pub mod metrics;
-pub mod reaper;
 pub mod rpc;
 pub mod server;
 pub mod spec;

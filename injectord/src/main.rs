@@ -13,11 +13,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use injectord::{
-    backend::interface::InterfaceOptions,
-    capabilities,
-    datapath::Datapath,
+    capabilities::{self, Capabilities},
+    family::Options,
     faults::Faults,
-    metrics, reaper,
+    kernel::{Kernel, logs, reaper},
+    metrics,
     rpc::{self, State},
     server,
     target::Cgroups,
@@ -89,58 +89,55 @@ fn run(args: Args) -> anyhow::Result<()> {
     let _lock = single_instance(&args.socket)?;
     let started = Instant::now();
     let cgroups = Cgroups::discover()?;
-    let mut datapath = Datapath::load()?;
-    let connect_load = datapath.connect.as_ref().map(|_| ()).map_err(Clone::clone);
-    let cgroup_skb_load = datapath
-        .cgroup_packets
-        .as_ref()
-        .map(|_| ())
-        .map_err(Clone::clone);
-    let capabilities = capabilities::probe(&mut datapath.ebpf, connect_load, cgroup_skb_load);
-    for c in &capabilities.backends {
-        tracing::info!(
-            backend = c.name,
-            available = c.available,
-            detail = %c.detail,
-            "capability"
-        );
-    }
-
-    // Spawned before any netlink state exists, so that it can undo that
-    // state if this process is SIGKILLed.
-    let reaper = match reaper::Reaper::spawn() {
-        Ok(r) => {
-            tracing::debug!(pid = r.pid(), "reaper started");
-            Some(r)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not start the reaper: after a SIGKILL, clsact filters and fq qdiscs would stay");
-            None
-        }
-    };
-    let fq_available = capabilities
-        .backends
-        .iter()
-        .any(|c| c.name == "sch_fq" && c.available);
-
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let mut kernel = Kernel::load()?;
+        // Kept for the daemon's lifetime: the programs use its ring buffer.
+        let _logs = logs::forward(&mut kernel.ebpf, "main");
+        let kernel_capabilities = capabilities::probe_kernel(&mut kernel.ebpf);
+        // Spawned before any netlink state exists, so that it can undo that
+        // state if this process is SIGKILLed.
+        let reaper = match reaper::Reaper::spawn() {
+            Ok(r) => {
+                tracing::debug!(pid = ?r.pid(), "reaper started");
+                r
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the reaper: after a SIGKILL, clsact filters and fq qdiscs would stay");
+                reaper::Reaper::none()
+            }
+        };
+        let faults = Faults::new(
+            kernel,
+            cgroups,
+            Options {
+                force_clsact: args.tc_attach == TcAttachMode::Clsact,
+            },
+            reaper,
+        );
+        let mut backends = faults.family_capabilities();
+        backends.extend(kernel_capabilities);
+        for c in &backends {
+            tracing::info!(
+                backend = c.name,
+                available = c.available,
+                detail = %c.detail,
+                "capability"
+            );
+        }
+        let capabilities = Capabilities {
+            kernel: capabilities::kernel_release(),
+            backends,
+        };
+
         let listener = server::bind(&args.socket)?;
         let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
             .await
             .with_context(|| format!("binding the metrics endpoint {}", args.metrics_addr))?;
         let state = Arc::new(State {
-            faults: Mutex::new(Faults::new(
-                datapath,
-                cgroups,
-                InterfaceOptions {
-                    fq_available,
-                    force_clsact: args.tc_attach == TcAttachMode::Clsact,
-                },
-                reaper,
-            )),
+            faults: Mutex::new(faults),
             capabilities,
             started,
             socket: args.socket.display().to_string(),

@@ -16,6 +16,7 @@ use tokio::{
 };
 
 use crate::{
+    family::Metric,
     faults::FaultCounters,
     rpc::{Shared, lock},
 };
@@ -42,12 +43,12 @@ impl Collector for FaultCollector {
             (
                 "injectord_fault_evaluations",
                 "Events that matched a fault's target and filter",
-                (|c: &FaultCounters| c.evaluations) as fn(&_) -> u64,
+                (|c: &FaultCounters| c.counters.evaluations) as fn(&_) -> u64,
             ),
             (
                 "injectord_fault_activations",
                 "Faults delivered",
-                |c: &FaultCounters| c.activations,
+                |c: &FaultCounters| c.counters.activations,
             ),
         ] {
             let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
@@ -56,50 +57,36 @@ impl Collector for FaultCollector {
                 ConstCounter::new(pick(c)).encode(family.encode_family(&labels)?)?;
             }
         }
-        encode_packets(&mut encoder, &counters)?;
+        encode_family_samples(&mut encoder, &counters)?;
         encode_delay(&mut encoder, &counters)
     }
 }
 
-/// What a packet fault's activations are, by fault type.
-fn packet_outcome(kind: &str) -> Option<&'static str> {
-    Some(match kind {
-        "packet_drop" | "partition" => "dropped",
-        "packet_corrupt" => "corrupted",
-        "packet_duplicate" => "duplicated",
-        "packet_delay" | "bandwidth_limit" => "delayed",
-        _ => return None,
-    })
-}
-
-/// `injectord_packets_total{fault, type, outcome}`: packets evaluated, and
-/// dropped, corrupted, duplicated or delayed, per packet fault.
-fn encode_packets(
+/// The families' own counters (e.g. `injectord_packets_total{outcome}`),
+/// one metric family each, in order of first appearance.
+fn encode_family_samples(
     encoder: &mut DescriptorEncoder,
     counters: &[FaultCounters],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        "injectord_packets",
-        "Packets a packet fault evaluated (outcome=evaluated) and acted on",
-        None,
-        MetricType::Counter,
-    )?;
-    for c in counters {
-        let Some(outcome) = packet_outcome(c.kind) else {
-            continue;
-        };
-        let mut rows = vec![("evaluated", c.evaluations), (outcome, c.activations)];
-        if c.kind == "bandwidth_limit" {
-            // Paced packets that would have waited past max_delay.
-            rows.push(("dropped", c.overflows));
+    let mut metrics: Vec<&'static Metric> = Vec::new();
+    for s in counters.iter().flat_map(|c| &c.counters.samples) {
+        if !metrics.iter().any(|m| std::ptr::eq(*m, s.metric)) {
+            metrics.push(s.metric);
         }
-        for (outcome, n) in rows {
-            let labels = [
-                ("fault", c.name.as_str()),
-                ("type", c.kind),
-                ("outcome", outcome),
-            ];
-            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+    }
+    for metric in metrics {
+        let mut family =
+            encoder.encode_descriptor(metric.name, metric.help, None, MetricType::Counter)?;
+        for c in counters {
+            for s in c
+                .counters
+                .samples
+                .iter()
+                .filter(|s| std::ptr::eq(s.metric, metric))
+            {
+                let labels = [("fault", c.name.as_str()), ("type", c.kind), s.label];
+                ConstCounter::new(s.value).encode(family.encode_family(&labels)?)?;
+            }
         }
     }
     Ok(())
@@ -118,7 +105,9 @@ fn encode_delay(
         MetricType::Histogram,
     )?;
     for c in counters {
-        let Some(h) = &c.delay else { continue };
+        let Some(h) = &c.counters.injected_delay else {
+            continue;
+        };
         // Kernel bucket k holds [2^k, 2^(k+1)) microseconds.
         let buckets: Vec<(f64, u64)> = h
             .buckets

@@ -11,8 +11,8 @@ use serde_json::json;
 use walkdir::WalkDir;
 
 use crate::{
-    error::{ErrorCode, RpcError},
-    spec::{ContainerId, TargetSpec},
+    error::Error,
+    spec::target::{ContainerId, TargetSpec},
 };
 
 /// A resolved cgroup2 directory.
@@ -66,14 +66,13 @@ impl Cgroups {
         &self.mount
     }
 
-    pub fn resolve(&self, target: &TargetSpec) -> Result<Cgroup, RpcError> {
+    pub fn resolve(&self, target: &TargetSpec) -> Result<Cgroup, Error> {
         match target {
             TargetSpec::Cgroup(path) => self.by_path(path),
             TargetSpec::Pid(pid) => self.by_pid(*pid),
             TargetSpec::Container(id) => self.by_container(id),
-            TargetSpec::Interface { .. } => Err(RpcError::new(
-                ErrorCode::UnsupportedTarget,
-                "an interface is not a cgroup target",
+            TargetSpec::Interface { .. } => Err(Error::UnsupportedTarget(
+                "an interface is not a cgroup target".into(),
             )),
         }
     }
@@ -81,7 +80,7 @@ impl Cgroups {
     /// A path inside the cgroup2 mount: either a filesystem path under the
     /// mount, or a path relative to it (a leading `/` is allowed, as in
     /// /proc/PID/cgroup).
-    pub fn by_path(&self, path: &str) -> Result<Cgroup, RpcError> {
+    pub fn by_path(&self, path: &str) -> Result<Cgroup, Error> {
         let given = Path::new(path);
         let rel = match given.strip_prefix(&self.mount) {
             Ok(rel) => rel.to_path_buf(),
@@ -91,21 +90,17 @@ impl Cgroups {
             .components()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
         {
-            return Err(RpcError::new(
-                ErrorCode::InvalidValue,
-                format!("cgroup path {path:?} must not contain '..'"),
-            ));
+            return Err(Error::InvalidValue(format!(
+                "cgroup path {path:?} must not contain '..'"
+            )));
         }
         let rel_str = format!("/{}", rel.display());
         self.at(&rel_str).map_err(|_| {
-            RpcError::new(
-                ErrorCode::TargetNotFound,
-                format!(
-                    "cgroup {path:?} does not exist (looked for {}; cgroup2 is mounted at {})",
-                    self.mount.join(&rel).display(),
-                    self.mount.display()
-                ),
-            )
+            Error::TargetNotFound(format!(
+                "cgroup {path:?} does not exist (looked for {}; cgroup2 is mounted at {})",
+                self.mount.join(&rel).display(),
+                self.mount.display()
+            ))
         })
     }
 
@@ -121,25 +116,20 @@ impl Cgroups {
         })
     }
 
-    pub fn by_pid(&self, pid: u32) -> Result<Cgroup, RpcError> {
-        let path = cgroup_of_pid(&pid.to_string()).map_err(|e| {
-            RpcError::new(
-                ErrorCode::TargetNotFound,
-                format!("process {pid} not found: {e}"),
-            )
-        })?;
+    pub fn by_pid(&self, pid: u32) -> Result<Cgroup, Error> {
+        let path = cgroup_of_pid(&pid.to_string())
+            .map_err(|e| Error::TargetNotFound(format!("process {pid} not found: {e}")))?;
         self.at(&path).map_err(|e| {
-            RpcError::new(
-                ErrorCode::TargetNotFound,
-                format!("process {pid} is in cgroup {path}, which is not readable: {e}"),
-            )
+            Error::TargetNotFound(format!(
+                "process {pid} is in cgroup {path}, which is not readable: {e}"
+            ))
         })
     }
 
     /// Looks for the container's cgroup under the names docker, containerd
     /// (Kubernetes or not), cri-o and podman give it, with the systemd or the
     /// cgroupfs driver.
-    pub fn by_container(&self, id: &ContainerId) -> Result<Cgroup, RpcError> {
+    pub fn by_container(&self, id: &ContainerId) -> Result<Cgroup, Error> {
         let mut found: Vec<(String, Cgroup)> = Vec::new();
         for entry in WalkDir::new(&self.mount)
             .min_depth(1)
@@ -170,14 +160,11 @@ impl Cgroups {
             }
         }
         match found.len() {
-            0 => Err(RpcError::new(
-                ErrorCode::ContainerNotFound,
-                format!(
-                    "no container cgroup matches id {:?} under {} (looked for docker-, cri-containerd-, crio-, libpod- scopes and cgroupfs-driver directories)",
-                    id.as_str(),
-                    self.mount.display()
-                ),
-            )),
+            0 => Err(Error::ContainerNotFound(format!(
+                "no container cgroup matches id {:?} under {} (looked for docker-, cri-containerd-, crio-, libpod- scopes and cgroupfs-driver directories)",
+                id.as_str(),
+                self.mount.display()
+            ))),
             1 => Ok(found.remove(0).1),
             _ => {
                 let candidates: Vec<_> = found
@@ -185,16 +172,15 @@ impl Cgroups {
                     .map(|(full, cg)| json!({"id": full, "cgroup": cg.path}))
                     .collect();
                 let ids: Vec<_> = found.iter().map(|(f, _)| f.as_str()).collect();
-                Err(RpcError::new(
-                    ErrorCode::AmbiguousTarget,
-                    format!(
+                Err(Error::AmbiguousTarget {
+                    message: format!(
                         "container id prefix {:?} matches {} containers: {}; give more digits",
                         id.as_str(),
                         found.len(),
                         ids.join(", ")
                     ),
-                )
-                .with_details(json!({ "candidates": candidates })))
+                    candidates: json!(candidates),
+                })
             }
         }
     }
@@ -251,7 +237,7 @@ fn unescape_mount(s: &str) -> String {
 }
 
 /// Refuses targets whose subtree holds PID 1, this daemon, or everything.
-pub fn check_guard(cg: &Cgroup, force: bool) -> Result<(), RpcError> {
+pub fn check_guard(cg: &Cgroup, force: bool) -> Result<(), Error> {
     if force {
         return Ok(());
     }
@@ -274,14 +260,11 @@ pub fn check_guard(cg: &Cgroup, force: bool) -> Result<(), RpcError> {
     if hits.is_empty() {
         Ok(())
     } else {
-        Err(RpcError::new(
-            ErrorCode::ForbiddenTarget,
-            format!(
-                "refusing to target cgroup {}: {}; set \"force\": true if you mean it",
-                cg.path,
-                hits.join(" and ")
-            ),
-        ))
+        Err(Error::ForbiddenTarget(format!(
+            "refusing to target cgroup {}: {}; set \"force\": true if you mean it",
+            cg.path,
+            hits.join(" and ")
+        )))
     }
 }
 

@@ -289,7 +289,7 @@ fn another_xdp_program_is_left_alone_and_ingress_drops_use_tc() {
     // do-nothing probe from injectord's object) to b.eth0 and holds it.
     let link = Link::new("xdp-other");
     let ns = std::fs::File::open(link.b.path()).unwrap();
-    let mut ebpf = aya::Ebpf::load(injectord::datapath::OBJECT).unwrap();
+    let mut ebpf = aya::Ebpf::load(injectord::kernel::OBJECT).unwrap();
     let prog: &mut aya::programs::Xdp = ebpf.program_mut("probe_xdp").unwrap().try_into().unwrap();
     prog.load().unwrap();
     std::thread::scope(|s| {

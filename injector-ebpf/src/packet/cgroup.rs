@@ -5,7 +5,7 @@
 use aya_ebpf::{
     EbpfContext as _, bindings::__sk_buff, macros::cgroup_skb, programs::SkBuffContext,
 };
-use injector_common::{HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS};
+use injector_common::packet::{HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS};
 
 use super::{Packet, Verdict, parse, run};
 use crate::maps::attached_cgroup;

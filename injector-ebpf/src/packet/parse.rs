@@ -4,7 +4,7 @@
 
 use core::mem::size_of;
 
-use injector_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use injector_common::packet::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;

@@ -15,7 +15,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use injector_common::{DUPLICATE_MARK, HOOK_TC_EGRESS, HOOK_TC_INGRESS, PROTO_UDP};
+use injector_common::packet::{DUPLICATE_MARK, HOOK_TC_EGRESS, HOOK_TC_INGRESS, PROTO_UDP};
 
 use super::{Flow, Packet, Verdict, parse, run};
 

@@ -1,7 +1,7 @@
 //! XDP at a device's ingress: drops at line rate, before any allocation.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use injector_common::HOOK_XDP;
+use injector_common::packet::HOOK_XDP;
 
 use super::{Packet, Verdict, parse, run};
 

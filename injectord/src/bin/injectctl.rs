@@ -3,7 +3,8 @@
 use std::{io::Read as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use injectord::family;
 use injectord_client::{Client, ErrorResponse};
 use serde_json::{Map, Value, json};
 
@@ -46,7 +47,7 @@ enum Command {
 #[derive(Args)]
 struct InjectArgs {
     /// JSON spec file ("-" reads stdin); the flags below are ignored then.
-    #[arg(short, long, conflicts_with_all = ["cgroup", "pid", "container"])]
+    #[arg(short, long, conflicts_with_all = ["cgroup", "pid", "container", "interface"])]
     file: Option<PathBuf>,
     /// Unique fault name (generated when absent).
     #[arg(long)]
@@ -60,18 +61,16 @@ struct InjectArgs {
     /// Target a container by id or unique prefix (12+ hex digits).
     #[arg(long, group = "target")]
     container: Option<String>,
-    /// Fault type.
+    /// Target a network interface (packet faults).
+    #[arg(long, group = "target")]
+    interface: Option<String>,
+    /// The interface's network namespace: a name under /run/netns or a
+    /// path such as /proc/PID/ns/net (default: injectord's own).
+    #[arg(long, requires = "interface")]
+    netns: Option<String>,
+    /// Fault type (see the list below); `-` and `_` are alike.
     #[arg(long = "type", default_value = "connect_error")]
     kind: String,
-    /// errno to return: a name (ECONNREFUSED) or a number.
-    #[arg(long)]
-    errno: Option<String>,
-    /// Only destinations in this CIDR (IPv4 or IPv6).
-    #[arg(long)]
-    address: Option<String>,
-    /// Only this destination port.
-    #[arg(long)]
-    port: Option<u64>,
     /// Fire with this probability (0 to 1).
     #[arg(long)]
     probability: Option<f64>,
@@ -92,10 +91,67 @@ struct InjectArgs {
     force: bool,
 }
 
+/// The flags of the `fault` object's fields: one per field of any fault
+/// type, read from the daemon's spec types, so a new fault family gets its
+/// flags without a line here. Values go to the daemon as JSON numbers,
+/// booleans or strings; the daemon checks them and names a bad one.
+struct FaultFlags(Vec<(clap::Id, &'static str)>);
+
+impl FaultFlags {
+    fn add(cmd: clap::Command) -> (clap::Command, Self) {
+        let mut flags = Vec::new();
+        let cmd = cmd.mut_subcommand("inject", |mut inject| {
+            for (field, kinds) in family::fault_fields() {
+                let long = field.replace('_', "-");
+                let taken = inject
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(long.as_str()));
+                let long = if taken { format!("fault-{long}") } else { long };
+                // clap keeps &'static names; these are made once per run.
+                let long: &'static str = long.leak();
+                let id = clap::Id::from(&*format!("fault.{field}").leak());
+                inject = inject.arg(
+                    clap::Arg::new(id.clone())
+                        .long(long)
+                        .value_name("VALUE")
+                        // A bare flag is `true` (e.g. --install-fq).
+                        .num_args(0..=1)
+                        .default_missing_value("true")
+                        .help_heading("Fault fields")
+                        .help(format!("`{field}` of {}", kinds.join(", "))),
+                );
+                flags.push((id, field));
+            }
+            inject.after_help(format!("Fault types: {}", family::fault_types().join(", ")))
+        });
+        (cmd, Self(flags))
+    }
+
+    /// The given fault fields, as JSON.
+    fn values(&self, matches: &clap::ArgMatches) -> Map<String, Value> {
+        let Some(inject) = matches.subcommand_matches("inject") else {
+            return Map::new();
+        };
+        self.0
+            .iter()
+            .filter_map(|(id, field)| {
+                let v = inject.get_one::<String>(id.as_str())?;
+                // A number or boolean goes as one, anything else as a
+                // string ("ECONNREFUSED", "10.0.0.0/8", "1000-2000").
+                let json = match serde_json::from_str::<Value>(v) {
+                    Ok(n @ (Value::Number(_) | Value::Bool(_))) => n,
+                    _ => json!(v),
+                };
+                Some(((*field).to_string(), json))
+            })
+            .collect()
+    }
+}
+
 impl InjectArgs {
     /// The spec as the daemon takes it. No validation here: the daemon
     /// parses the spec and answers with a specific error.
-    fn spec(&self) -> anyhow::Result<Value> {
+    fn spec(&self, fault_fields: Map<String, Value>) -> anyhow::Result<Value> {
         if let Some(file) = &self.file {
             let text = if file.as_os_str() == "-" {
                 let mut s = String::new();
@@ -107,25 +163,21 @@ impl InjectArgs {
             };
             return serde_json::from_str(&text).context("the spec file is not valid JSON");
         }
-        let target = match (&self.cgroup, self.pid, &self.container) {
-            (Some(c), _, _) => json!({"cgroup": c}),
-            (_, Some(p), _) => json!({"pid": p}),
-            (_, _, Some(c)) => json!({"container": c}),
-            _ => anyhow::bail!("give a target: --cgroup, --pid or --container (or -f FILE)"),
+        let target = match (&self.cgroup, self.pid, &self.container, &self.interface) {
+            (Some(c), ..) => json!({"cgroup": c}),
+            (_, Some(p), ..) => json!({"pid": p}),
+            (_, _, Some(c), _) => json!({"container": c}),
+            (.., Some(i)) => match &self.netns {
+                Some(ns) => json!({"interface": i, "netns": ns}),
+                None => json!({"interface": i}),
+            },
+            _ => anyhow::bail!(
+                "give a target: --cgroup, --pid, --container or --interface (or -f FILE)"
+            ),
         };
         let mut fault = Map::new();
         fault.insert("type".into(), json!(self.kind.replace('-', "_")));
-        if let Some(e) = &self.errno {
-            // A number is sent as a number, anything else as a name.
-            let v = e.parse::<i64>().map_or_else(|_| json!(e), |n| json!(n));
-            fault.insert("errno".into(), v);
-        }
-        insert(
-            &mut fault,
-            "address",
-            self.address.as_ref().map(|a| json!(a)),
-        );
-        insert(&mut fault, "port", self.port.map(|p| json!(p)));
+        fault.extend(fault_fields);
         let mut trigger = Map::new();
         insert(
             &mut trigger,
@@ -173,8 +225,13 @@ fn selector(s: &str) -> Value {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
+    let (cmd, fault_flags) = FaultFlags::add(Cli::command());
+    let matches = cmd.get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(&cli, fault_flags.values(&matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ErrorResponse>() {
             Some(resp) => {
@@ -195,10 +252,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn run(cli: &Cli, fault_fields: Map<String, Value>) -> anyhow::Result<()> {
     let mut client = Client::connect(&cli.socket)?;
     let (method, params) = match &cli.command {
-        Command::Inject(args) => ("inject", args.spec()?),
+        Command::Inject(args) => ("inject", args.spec(fault_fields)?),
         Command::List => ("list", Value::Null),
         Command::Get { fault } => ("get", selector(fault)),
         Command::Remove { fault } => ("remove", selector(fault)),

@@ -17,154 +17,17 @@ use aya::{
     },
 };
 use injector_common::{
-    ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DelayHistogram,
-    FAMILY_INET6, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES, NR_HOOKS, OFFSET_RANDOM, PROTO_ANY,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketRule, PacketRuleKey, PacketTarget, PortKey, Prefix,
-    REGION_ANY, REGION_HEADERS, REGION_PAYLOAD, RULE_FIX_CHECKSUM, RULE_JITTER_NORMAL,
-    RULE_PROTO_ICMP_ANY, Trigger, proto_class,
+    FAMILY_INET6, Prefix,
+    packet::{
+        ACTION_DELAY, ACTION_RATE, DELAY_HIST, DelayHistogram, LPM_TARGET_BITS, LpmData,
+        MAX_PACKET_RULES, NR_HOOKS, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC,
+        PACKET_TARGETS, PROTO_ANY, PacketRule, PacketRuleKey, PacketTarget, PortKey, RATE_STATE,
+        proto_class,
+    },
 };
 use ipnet::IpNet;
 
-use crate::{
-    datapath::internal,
-    error::{ErrorCode, RpcError},
-    spec::{Distribution, Fault, PacketFilter, PortRange, Protocol, Region},
-};
-
-/// Default for `bandwidth_limit.max_delay`: a queue of 200 ms, like a
-/// shaper's (tbf's `latency`), rather than an unbounded backlog.
-const DEFAULT_RATE_HORIZON_NS: u64 = 200_000_000;
-
-/// What one packet fault asks of the kernel, before hooks are chosen.
-#[derive(Clone, Debug)]
-pub struct PacketPlan {
-    pub kind: &'static str,
-    pub filter: PacketFilter,
-    /// The rule, without slot and trigger.
-    pub rule: PacketRule,
-    /// `partition`: the ingress side matches the mirrored filter.
-    pub mirrored: bool,
-    /// Needs sch_fq at the device root (delay, rate).
-    pub needs_fq: bool,
-    pub install_fq: bool,
-}
-
-impl PacketPlan {
-    /// The kernel rule for a packet fault; `None` for other faults.
-    pub fn of(fault: &Fault) -> Option<Self> {
-        let filter = fault.packet_filter()?;
-        let mut rule = PacketRule {
-            proto: match filter.protocol {
-                Protocol::Any => PROTO_ANY,
-                Protocol::Tcp => PROTO_TCP,
-                Protocol::Udp => PROTO_UDP,
-                Protocol::Icmp => PROTO_ICMP,
-            },
-            flags: if filter.protocol == Protocol::Icmp {
-                RULE_PROTO_ICMP_ANY
-            } else {
-                0
-            },
-            sport: range(filter.src_port),
-            dport: range(filter.dst_port),
-            offset: OFFSET_RANDOM,
-            ..PacketRule::default()
-        };
-        let (mut needs_fq, mut install_fq, mut mirrored) = (false, false, false);
-        match fault {
-            Fault::ConnectError { .. } => return None,
-            Fault::PacketDrop(_) => rule.action = ACTION_DROP,
-            Fault::Partition(_) => {
-                rule.action = ACTION_DROP;
-                mirrored = true;
-            }
-            Fault::PacketDuplicate(_) => rule.action = ACTION_DUPLICATE,
-            Fault::PacketCorrupt(c) => {
-                rule.action = ACTION_CORRUPT;
-                rule.region = match c.region {
-                    Region::Payload => REGION_PAYLOAD,
-                    Region::Headers => REGION_HEADERS,
-                    Region::Any => REGION_ANY,
-                };
-                rule.offset = c.offset.map_or(OFFSET_RANDOM, u32::from);
-                rule.xor_mask = c.mask.map_or(0, |m| m.get());
-                if c.fix_checksum {
-                    rule.flags |= RULE_FIX_CHECKSUM;
-                }
-            }
-            Fault::PacketDelay(d) => {
-                rule.action = ACTION_DELAY;
-                rule.delay_ns = d.delay.nanos();
-                rule.jitter_ns = d.jitter.map_or(0, |j| j.nanos());
-                if d.distribution == Distribution::Normal {
-                    rule.flags |= RULE_JITTER_NORMAL;
-                }
-                needs_fq = true;
-                install_fq = d.install_fq;
-            }
-            Fault::BandwidthLimit(b) => {
-                rule.action = ACTION_RATE;
-                rule.rate_bytes = (b.rate.bits_per_second() / 8).max(1);
-                rule.horizon_ns = b.max_delay.map_or(DEFAULT_RATE_HORIZON_NS, |d| d.nanos());
-                needs_fq = true;
-                install_fq = b.install_fq;
-            }
-        }
-        Some(Self {
-            kind: fault.kind(),
-            filter,
-            rule,
-            mirrored,
-            needs_fq,
-            install_fq,
-        })
-    }
-
-    pub fn delays(&self) -> bool {
-        matches!(self.rule.action, ACTION_DELAY | ACTION_RATE)
-    }
-
-    /// The rule entries to install: one per direction form. `ingress` and
-    /// `egress` map a direction to the hook bits of the target kind.
-    pub fn entries(&self, ingress: u8, egress: u8, slot: u32, trigger: Trigger) -> Vec<RuleEntry> {
-        let rule = PacketRule {
-            slot,
-            trigger,
-            ..self.rule
-        };
-        let f = &self.filter;
-        let plain = |hooks| RuleEntry {
-            hooks,
-            src: f.src.map(|c| c.net()),
-            dst: f.dst.map(|c| c.net()),
-            rule,
-        };
-        let mut out = Vec::new();
-        match (self.mirrored, f.direction.ingress(), f.direction.egress()) {
-            (true, true, true) => {
-                out.push(plain(egress));
-                out.push(RuleEntry {
-                    hooks: ingress,
-                    src: f.dst.map(|c| c.net()),
-                    dst: f.src.map(|c| c.net()),
-                    rule: PacketRule {
-                        sport: rule.dport,
-                        dport: rule.sport,
-                        ..rule
-                    },
-                });
-            }
-            (_, i, e) => out.push(plain(
-                if i { ingress } else { 0 } | if e { egress } else { 0 },
-            )),
-        }
-        out
-    }
-}
-
-fn range(r: Option<PortRange>) -> [u16; 2] {
-    r.map_or([0, u16::MAX], |r| [r.first, r.last])
-}
+use crate::error::Error;
 
 /// One kernel rule: the hooks it runs at (bit per hook), its prefixes and
 /// the rule proper.
@@ -192,11 +55,6 @@ impl TargetRules {
         self.entries.is_empty()
     }
 
-    /// Hooks some rule runs at.
-    pub fn hooks(&self) -> u8 {
-        self.entries.values().fold(0, |acc, e| acc | e.hooks)
-    }
-
     fn free_indices(&self, n: usize) -> Option<Vec<u32>> {
         let free: Vec<u32> = (0..MAX_PACKET_RULES)
             .filter(|i| !self.entries.contains_key(i))
@@ -221,13 +79,13 @@ impl PacketMaps {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name}"));
         Ok(Self {
-            targets: HashMap::try_from(take("PACKET_TARGETS")?)?,
-            rules: HashMap::try_from(take("PACKET_RULES")?)?,
-            src: LpmTrie::try_from(take("PACKET_SRC")?)?,
-            dst: LpmTrie::try_from(take("PACKET_DST")?)?,
-            ports: HashMap::try_from(take("PACKET_PORTS")?)?,
-            rate: Array::try_from(take("RATE_STATE")?)?,
-            hist: PerCpuHashMap::try_from(take("DELAY_HIST")?)?,
+            targets: HashMap::try_from(take(PACKET_TARGETS)?)?,
+            rules: HashMap::try_from(take(PACKET_RULES)?)?,
+            src: LpmTrie::try_from(take(PACKET_SRC)?)?,
+            dst: LpmTrie::try_from(take(PACKET_DST)?)?,
+            ports: HashMap::try_from(take(PACKET_PORTS)?)?,
+            rate: Array::try_from(take(RATE_STATE)?)?,
+            hist: PerCpuHashMap::try_from(take(DELAY_HIST)?)?,
         })
     }
 
@@ -240,33 +98,32 @@ impl PacketMaps {
         set: &mut TargetRules,
         entries: Vec<RuleEntry>,
         nr_cpus: usize,
-    ) -> Result<Vec<u32>, RpcError> {
+    ) -> Result<Vec<u32>, Error> {
         let indices = set.free_indices(entries.len()).ok_or_else(|| {
-            RpcError::new(
-                ErrorCode::Capacity,
-                format!(
-                    "a target holds at most {MAX_PACKET_RULES} packet rules; remove some first"
-                ),
-            )
+            Error::Capacity(format!(
+                "a target holds at most {MAX_PACKET_RULES} packet rules; remove some first"
+            ))
         })?;
         let slot = entries[0].rule.slot;
         if entries.iter().any(|e| e.rule.action == ACTION_RATE) {
-            self.rate.set(slot, &0, 0).map_err(internal)?;
+            self.rate.set(slot, &0, 0).map_err(Error::map(RATE_STATE))?;
         }
         if entries
             .iter()
             .any(|e| matches!(e.rule.action, ACTION_DELAY | ACTION_RATE))
         {
             let zero = PerCpuValues::try_from(vec![DelayHistogram::default(); nr_cpus])
-                .map_err(internal)?;
-            self.hist.insert(&slot, zero, 0).map_err(internal)?;
+                .map_err(|e| Error::io("per-CPU values", e))?;
+            self.hist
+                .insert(&slot, zero, 0)
+                .map_err(Error::map(DELAY_HIST))?;
         }
         for (index, mut entry) in indices.iter().zip(entries) {
             entry.rule.src = prefix_of(entry.src);
             entry.rule.dst = prefix_of(entry.dst);
             self.rules
                 .insert(&rule_key(target, *index), &entry.rule, 0)
-                .map_err(internal)?;
+                .map_err(Error::map(PACKET_RULES))?;
             set.entries.insert(*index, entry);
         }
         let result = self
@@ -286,18 +143,18 @@ impl PacketMaps {
             set.entries.remove(index);
         }
         if let Err(e) = self.sync_masks(target, set) {
-            tracing::error!(error = %e.message, target, "updating packet rule masks");
+            tracing::error!(error = %e, target, "updating packet rule masks");
         }
         for index in indices {
             let _ = self.rules.remove(&rule_key(target, *index));
         }
         if let Err(e) = self.sync_prefixes(target, set) {
-            tracing::error!(error = %e.message, target, "updating packet prefixes");
+            tracing::error!(error = %e, target, "updating packet prefixes");
         }
         let _ = self.hist.remove(&slot);
     }
 
-    fn sync_masks(&mut self, target: u64, set: &TargetRules) -> Result<(), RpcError> {
+    fn sync_masks(&mut self, target: u64, set: &TargetRules) -> Result<(), Error> {
         if set.entries.is_empty() {
             let _ = self.targets.remove(&target);
             return Ok(());
@@ -337,14 +194,18 @@ impl PacketMaps {
         masks.src_filtered = prefixed(|e| e.src.is_some());
         masks.dst_filtered = prefixed(|e| e.dst.is_some());
         masks.port_indexed = prefixed(|e| e.rule.dport[0] == e.rule.dport[1]);
-        self.targets.insert(&target, &masks, 0).map_err(internal)
+        self.targets
+            .insert(&target, &masks, 0)
+            .map_err(Error::map(PACKET_TARGETS))
     }
 
-    fn sync_prefixes(&mut self, target: u64, set: &mut TargetRules) -> Result<(), RpcError> {
+    fn sync_prefixes(&mut self, target: u64, set: &mut TargetRules) -> Result<(), Error> {
         let src = prefix_values(target, set.entries.iter().map(|(i, e)| (*i, e.src)));
         let dst = prefix_values(target, set.entries.iter().map(|(i, e)| (*i, e.dst)));
-        set.src_keys = sync_trie(&mut self.src, &set.src_keys, src)?;
-        set.dst_keys = sync_trie(&mut self.dst, &set.dst_keys, dst)?;
+        set.src_keys =
+            sync_trie(&mut self.src, &set.src_keys, src).map_err(Error::map(PACKET_SRC))?;
+        set.dst_keys =
+            sync_trie(&mut self.dst, &set.dst_keys, dst).map_err(Error::map(PACKET_DST))?;
         // The port index: for each single destination port, its rules.
         let mut ports: BTreeMap<u16, u64> = BTreeMap::new();
         for (index, e) in &set.entries {
@@ -355,7 +216,7 @@ impl PacketMaps {
         for (port, mask) in &ports {
             self.ports
                 .insert(&port_key(target, *port), mask, 0)
-                .map_err(internal)?;
+                .map_err(Error::map(PACKET_PORTS))?;
         }
         for port in &set.port_keys {
             if !ports.contains_key(port) {
@@ -429,9 +290,9 @@ fn sync_trie(
     trie: &mut LpmTrie<MapData, LpmData, u64>,
     old: &[Key<LpmData>],
     new: Vec<(Key<LpmData>, u64)>,
-) -> Result<Vec<Key<LpmData>>, RpcError> {
+) -> Result<Vec<Key<LpmData>>, aya::maps::MapError> {
     for (key, mask) in &new {
-        trie.insert(key, mask, 0).map_err(internal)?;
+        trie.insert(key, mask, 0)?;
     }
     for key in old {
         if !new.iter().any(|(k, _)| same_key(k, key)) {

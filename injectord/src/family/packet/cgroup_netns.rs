@@ -18,10 +18,10 @@ use std::{
 
 use walkdir::WalkDir;
 
-use super::interface::in_netns;
 use crate::{
-    error::{ErrorCode, RpcError},
-    spec::{IfName, Netns},
+    error::Error,
+    kernel::netns::in_netns,
+    spec::target::{IfName, Netns},
 };
 
 /// At most this many cgroups of a subtree are read for processes.
@@ -37,14 +37,11 @@ pub struct Device {
 /// Finds the one non-loopback device of the one network namespace that
 /// the processes of the cgroup at `dir` (and its descendants) live in.
 /// `label` names the cgroup in errors; `kind` the fault.
-pub fn device_of(dir: &Path, label: &str, kind: &str) -> Result<Device, RpcError> {
+pub fn device_of(dir: &Path, label: &str, kind: &str) -> Result<Device, Error> {
     let refuse = |why: String| {
-        RpcError::new(
-            ErrorCode::UnsupportedTarget,
-            format!(
-                "{kind} on cgroup {label}: {why}. Aim it at an interface instead: {{\"interface\": \"eth0\", \"netns\": \"<name or /proc/PID/ns/net>\"}}"
-            ),
-        )
+        Error::UnsupportedTarget(format!(
+            "{kind} on cgroup {label}: {why}. Aim it at an interface instead: {{\"interface\": \"eth0\", \"netns\": \"<name or /proc/PID/ns/net>\"}}"
+        ))
     };
     let mut namespaces: BTreeMap<(u64, u64), u32> = BTreeMap::new();
     for pid in pids(dir) {
@@ -54,7 +51,7 @@ pub fn device_of(dir: &Path, label: &str, kind: &str) -> Result<Device, RpcError
     }
     let own = fs::metadata("/proc/self/ns/net")
         .map(|m| (m.dev(), m.ino()))
-        .map_err(|e| RpcError::new(ErrorCode::Internal, format!("/proc/self/ns/net: {e}")))?;
+        .map_err(|e| Error::io("/proc/self/ns/net", e))?;
     let pid = match namespaces.len() {
         0 => {
             return Err(refuse(
@@ -81,10 +78,7 @@ pub fn device_of(dir: &Path, label: &str, kind: &str) -> Result<Device, RpcError
     }
     let netns = Netns::of_pid(pid);
     let file = File::open(netns.path()).map_err(|e| {
-        RpcError::new(
-            ErrorCode::TargetNotFound,
-            format!("{}: {e} (did the process exit?)", netns.as_str()),
-        )
+        Error::TargetNotFound(format!("{}: {e} (did the process exit?)", netns.as_str()))
     })?;
     let names = in_netns(Some(&file), || {
         nix::net::if_::if_nameindex().map(|list| {
@@ -94,18 +88,8 @@ pub fn device_of(dir: &Path, label: &str, kind: &str) -> Result<Device, RpcError
                 .collect::<Vec<_>>()
         })
     })
-    .map_err(|e| {
-        RpcError::new(
-            ErrorCode::Internal,
-            format!("entering {}: {e}", netns.as_str()),
-        )
-    })?
-    .map_err(|e| {
-        RpcError::new(
-            ErrorCode::Internal,
-            format!("listing devices in {}: {e}", netns.as_str()),
-        )
-    })?;
+    .map_err(|e| Error::io(format!("entering {}", netns.as_str()), e))?
+    .map_err(|e| Error::io(format!("listing devices in {}", netns.as_str()), e.into()))?;
     let name = match names.as_slice() {
         [one] => one.clone(),
         [] => {
@@ -122,7 +106,7 @@ pub fn device_of(dir: &Path, label: &str, kind: &str) -> Result<Device, RpcError
             )));
         }
     };
-    let name = IfName::try_from(name).map_err(|e| RpcError::new(ErrorCode::Internal, e))?;
+    let name = IfName::try_from(name).map_err(Error::Internal)?;
     Ok(Device { netns, name })
 }
 

@@ -19,6 +19,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::fd::AsFd as _,
     process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use serde::{Deserialize, Serialize};
@@ -120,11 +121,27 @@ enum Message {
 }
 
 /// The daemon's end of the pipe.
-pub struct Reaper {
+struct Pipe {
     child: Child,
     stdin: ChildStdin,
     next: u64,
 }
+
+impl Pipe {
+    fn send(&mut self, m: &Message) {
+        let mut line = serde_json::to_string(m).expect("plain data serializes");
+        line.push('\n');
+        if let Err(e) = self.stdin.write_all(line.as_bytes()) {
+            tracing::error!(error = %e, "the reaper is gone: SIGKILL would leave netlink state behind");
+        }
+    }
+}
+
+/// The daemon's handle on the reaper, shared by everything that creates
+/// netlink state. Without a reaper (it could not be started) records are
+/// no-ops and the daemon says so at start-up.
+#[derive(Clone, Default)]
+pub struct Reaper(Option<Arc<Mutex<Pipe>>>);
 
 impl Reaper {
     pub fn spawn() -> std::io::Result<Self> {
@@ -133,40 +150,73 @@ impl Reaper {
             .stdin(Stdio::piped())
             .spawn()?;
         let stdin = child.stdin.take().expect("stdin is piped");
-        Ok(Self {
+        Ok(Self(Some(Arc::new(Mutex::new(Pipe {
             child,
             stdin,
             next: 1,
-        })
+        })))))
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// A reaper that records nothing.
+    pub fn none() -> Self {
+        Self(None)
     }
 
-    /// Records how to undo state about to be created; returns the token
-    /// to pass to [`Reaper::done`] once the daemon undid it itself.
-    pub fn add(&mut self, netns: Option<&str>, undo: Undo) -> u64 {
-        let id = self.next;
-        self.next += 1;
-        self.send(&Message::Add {
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(|p| lock(p).child.id())
+    }
+
+    /// Records how to undo state about to be created in `netns` (a path,
+    /// or `None` for the daemon's own). The returned record stays pending
+    /// until it is dropped, which tells the reaper the state is gone (undone
+    /// by us, or never created); [`Record::keep`] leaves it pending.
+    pub fn record(&self, netns: Option<&str>, undo: Undo) -> Record {
+        let Some(pipe) = &self.0 else {
+            return Record(None);
+        };
+        let mut p = lock(pipe);
+        let id = p.next;
+        p.next += 1;
+        p.send(&Message::Add {
             add: id,
             netns: netns.map(str::to_string),
             undo,
         });
-        id
+        Record(Some((Arc::clone(pipe), id)))
     }
+}
 
-    pub fn done(&mut self, id: u64) {
-        self.send(&Message::Done { done: id });
+fn lock(p: &Mutex<Pipe>) -> std::sync::MutexGuard<'_, Pipe> {
+    p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A pending undo record: the reaper undoes the state it names if the
+/// daemon dies while the record is alive. Own it next to the state, after
+/// it in field order, so the state is undone before the record settles.
+#[must_use = "dropping a record at once tells the reaper the state is gone"]
+pub struct Record(Option<(Arc<Mutex<Pipe>>, u64)>);
+
+impl Record {
+    /// Leaves the record pending for good: the state could not be undone,
+    /// so the reaper should try when the daemon exits.
+    pub fn keep(mut self) {
+        self.0 = None;
     }
+}
 
-    fn send(&mut self, m: &Message) {
-        let mut line = serde_json::to_string(m).expect("plain data serializes");
-        line.push('\n');
-        if let Err(e) = self.stdin.write_all(line.as_bytes()) {
-            tracing::error!(error = %e, "the reaper is gone: SIGKILL would leave netlink state behind");
+impl Drop for Record {
+    fn drop(&mut self) {
+        if let Some((pipe, id)) = self.0.take() {
+            lock(&pipe).send(&Message::Done { done: id });
         }
+    }
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Record")
+            .field(&self.0.as_ref().map(|(_, id)| id))
+            .finish()
     }
 }
 
@@ -218,4 +268,72 @@ pub fn run() -> ! {
         }
     }
     std::process::exit(0)
+}
+
+/// Netlink (or link) state that must be undone in its network namespace.
+pub trait Undoable: Send {
+    /// Undoes the state in the calling thread's namespace.
+    fn undo(self) -> Result<(), String>;
+}
+
+impl Undoable for Undo {
+    fn undo(self) -> Result<(), String> {
+        self.run()
+    }
+}
+
+/// A piece of state created in a network namespace, held with its undo
+/// record. Dropping it undoes the state inside that namespace, then
+/// settles the record; if the undo fails, the record stays pending and the
+/// reaper tries again when the daemon exits.
+pub struct NetlinkGuard<S: Undoable> {
+    state: Option<S>,
+    ns: super::netns::NsHandle,
+    what: String,
+    record: Option<Record>,
+}
+
+impl<S: Undoable> NetlinkGuard<S> {
+    /// `record` is the reaper's record for the state, taken before it was
+    /// created (`None` for state the kernel removes with the daemon's file
+    /// descriptors, such as a tcx or XDP link).
+    pub fn new(
+        state: S,
+        ns: super::netns::NsHandle,
+        what: impl Into<String>,
+        record: Option<Record>,
+    ) -> Self {
+        Self {
+            state: Some(state),
+            ns,
+            what: what.into(),
+            record,
+        }
+    }
+
+    pub fn get(&self) -> Option<&S> {
+        self.state.as_ref()
+    }
+}
+
+impl<S: Undoable> Drop for NetlinkGuard<S> {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        let result = self
+            .ns
+            .run(|| state.undo())
+            .map_err(|e| format!("entering the namespace: {e}"))
+            .and_then(|r| r);
+        match result {
+            Ok(()) => tracing::debug!(what = %self.what, "undone"),
+            Err(e) => {
+                tracing::error!(what = %self.what, error = %e, "could not undo; the reaper will retry when injectord exits");
+                if let Some(r) = self.record.take() {
+                    r.keep();
+                }
+            }
+        }
+    }
 }

@@ -12,9 +12,14 @@ use aya_ebpf::{
     maps::HashMap,
     programs::SockAddrContext,
 };
-use injector_common::{ConnectKey, ConnectRule, FAMILY_INET, FAMILY_INET6, MAX_CONNECT_RULES};
+use injector_common::{
+    FAMILY_INET, FAMILY_INET6,
+    connect::{ConnectKey, ConnectRule, MAX_CONNECT_RULES},
+};
 
-use crate::{maps::attached_cgroup, trigger};
+use aya_log_ebpf::debug;
+
+use crate::{log::NO_CTX, maps::attached_cgroup, trigger};
 
 /// `BPF_F_NO_PREALLOC`: values are freed after an RCU grace period, so a
 /// rule replaced or removed by the daemon is never read half-rewritten.
@@ -58,7 +63,12 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 fn decide(family: u8, addr: &[u32; 4], user_port: u32) -> i32 {
     let cgroup_id = attached_cgroup();
     if cgroup_id == 0 {
-        // Attached, but the daemon has not published the target yet.
+        // Attached, but the daemon has not published the target yet: only
+        // in the moment between attaching and publishing.
+        debug!(
+            &NO_CTX,
+            "connect program runs before its target is published"
+        );
         return ALLOW;
     }
     // user_port holds the port in network byte order in its low 16 bits.

@@ -1,0 +1,244 @@
+//! Packet faults: drop, corrupt, duplicate, delay and rate-limit packets at
+//! XDP, TC and cgroup_skb.
+
+use crate::{Prefix, Trigger};
+
+/// Program names (the eBPF functions).
+pub const PACKET_XDP: &str = "packet_xdp";
+pub const PACKET_TC_INGRESS: &str = "packet_tc_ingress";
+pub const PACKET_TC_EGRESS: &str = "packet_tc_egress";
+pub const PACKET_CGROUP_INGRESS: &str = "packet_cgroup_ingress";
+pub const PACKET_CGROUP_EGRESS: &str = "packet_cgroup_egress";
+pub const PROGRAMS: &[&str] = &[
+    PACKET_XDP,
+    PACKET_TC_INGRESS,
+    PACKET_TC_EGRESS,
+    PACKET_CGROUP_INGRESS,
+    PACKET_CGROUP_EGRESS,
+];
+
+/// Map names (the eBPF statics).
+pub const PACKET_TARGETS: &str = "PACKET_TARGETS";
+pub const PACKET_RULES: &str = "PACKET_RULES";
+pub const PACKET_PORTS: &str = "PACKET_PORTS";
+pub const PACKET_SRC: &str = "PACKET_SRC";
+pub const PACKET_DST: &str = "PACKET_DST";
+pub const RATE_STATE: &str = "RATE_STATE";
+pub const DELAY_HIST: &str = "DELAY_HIST";
+pub const MAPS: &[&str] = &[
+    PACKET_TARGETS,
+    PACKET_RULES,
+    PACKET_PORTS,
+    PACKET_SRC,
+    PACKET_DST,
+    RATE_STATE,
+    DELAY_HIST,
+];
+
+/// Packet rules per target: a rule is one bit in a `u64` candidate mask.
+pub const MAX_PACKET_RULES: u32 = 64;
+
+/// Where a packet program runs. Each rule carries the set of hooks it is
+/// active at (`PacketTarget::masks[hook]`).
+pub const HOOK_XDP: usize = 0;
+pub const HOOK_TC_INGRESS: usize = 1;
+pub const HOOK_TC_EGRESS: usize = 2;
+pub const HOOK_CGROUP_INGRESS: usize = 3;
+pub const HOOK_CGROUP_EGRESS: usize = 4;
+pub const NR_HOOKS: usize = 8;
+
+/// The rules of one target, by hook: bit `i` of `masks[hook]` says that
+/// rule `i` of the target applies at `hook`. A hook whose mask is zero costs
+/// one hash lookup per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketTarget {
+    pub masks: [u64; NR_HOOKS],
+    /// Rules whose source (destination) prefix the LPM trie should check
+    /// first: set by the daemon only when a target has enough prefixed
+    /// rules that pruning candidates beats checking each rule's prefix.
+    pub src_filtered: u64,
+    pub dst_filtered: u64,
+    /// Rules by protocol class ([`proto_class`]): a packet's candidates are
+    /// cut to the rules for its protocol before any rule is looked up.
+    pub proto_masks: [u64; 4],
+    /// Rules with a single destination port that the port index holds (set
+    /// when a target has many): candidates among them are cut to those for
+    /// the packet's port by one lookup in `PACKET_PORTS`.
+    pub port_indexed: u64,
+}
+
+/// Key of the destination-port index: the value is the mask of the
+/// target's indexed rules for that port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub target: u64,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Protocol classes of [`PacketTarget::proto_masks`]: other, TCP, UDP,
+/// ICMP (v4 or v6).
+#[inline(always)]
+pub fn proto_class(proto: u8) -> usize {
+    match proto {
+        PROTO_TCP => 1,
+        PROTO_UDP => 2,
+        PROTO_ICMP | PROTO_ICMPV6 => 3,
+        _ => 0,
+    }
+}
+
+/// Key of the packet rule map: (target, rule index 0..64).
+///
+/// Targets are cgroup ids for cgroup_skb programs and 0 for the programs
+/// of a per-interface object (which has maps of its own).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PacketRuleKey {
+    pub target: u64,
+    pub index: u32,
+    pub _pad: u32,
+}
+
+/// Data of an LPM-trie key for source or destination prefixes: the target
+/// (big-endian, always fully matched) then an IPv6 address, IPv4 mapped as
+/// `::ffff:a.b.c.d`. The value is the mask of the target's rules whose
+/// prefix covers the key's prefix, so the longest match yields every rule
+/// that matches the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LpmData {
+    pub target: [u8; 8],
+    /// Network-order words.
+    pub addr: [u32; 4],
+}
+
+/// Prefix length of an LPM key that matches any address of its target.
+pub const LPM_TARGET_BITS: u32 = 64;
+/// Prefix length of an LPM key for a full address.
+pub const LPM_FULL_BITS: u32 = 64 + 128;
+
+pub const ACTION_DROP: u8 = 1;
+pub const ACTION_CORRUPT: u8 = 2;
+pub const ACTION_DUPLICATE: u8 = 3;
+pub const ACTION_DELAY: u8 = 4;
+pub const ACTION_RATE: u8 = 5;
+
+/// IP protocol numbers a rule can filter on (0: any).
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Where `packet_corrupt` flips bits.
+pub const REGION_PAYLOAD: u8 = 0;
+pub const REGION_HEADERS: u8 = 1;
+pub const REGION_ANY: u8 = 2;
+
+/// Rule flags.
+pub const RULE_FIX_CHECKSUM: u8 = 1;
+pub const RULE_JITTER_NORMAL: u8 = 2;
+/// `icmp` matches ICMP and ICMPv6.
+pub const RULE_PROTO_ICMP_ANY: u8 = 4;
+
+/// Corrupt at a random offset of the region.
+pub const OFFSET_RANDOM: u32 = u32::MAX;
+
+/// A packet fault rule. Addresses are matched through the LPM tries;
+/// protocol and ports here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketRule {
+    /// Fault slot: index into the statistics and trigger maps.
+    pub slot: u32,
+    pub action: u8,
+    /// IP protocol number, or [`PROTO_ANY`].
+    pub proto: u8,
+    /// `RULE_*` flags.
+    pub flags: u8,
+    /// Corruption region (`REGION_*`).
+    pub region: u8,
+    /// Inclusive source and destination port ranges (`[0, 65535]`: any).
+    pub sport: [u16; 2],
+    pub dport: [u16; 2],
+    /// Corruption: byte offset into the region, or [`OFFSET_RANDOM`].
+    pub offset: u32,
+    /// Corruption: XOR mask for the byte (0: one random bit).
+    pub xor_mask: u8,
+    pub _pad: [u8; 3],
+    /// Delay: base delay and jitter (uniform half-width or normal sigma).
+    pub delay_ns: u64,
+    pub jitter_ns: u64,
+    /// Rate limit in bytes per second.
+    pub rate_bytes: u64,
+    /// Rate limit: packets that would leave later than this are dropped.
+    pub horizon_ns: u64,
+    pub trigger: Trigger,
+    /// Source and destination prefixes, IPv4 as `::ffff:a.b.c.d/96+len`
+    /// (family [`crate::FAMILY_INET6`]), checked on every candidate; the LPM tries
+    /// only prune candidates first when a target has many prefixed rules.
+    pub src: Prefix,
+    pub dst: Prefix,
+}
+
+impl PacketRule {
+    /// Whether the rule's protocol and port filters accept a packet.
+    #[inline(always)]
+    pub fn accepts(&self, proto: u8, sport: u16, dport: u16) -> bool {
+        let proto_ok = self.proto == PROTO_ANY
+            || self.proto == proto
+            || (self.flags & RULE_PROTO_ICMP_ANY != 0
+                && (proto == PROTO_ICMP || proto == PROTO_ICMPV6));
+        proto_ok
+            && sport >= self.sport[0]
+            && sport <= self.sport[1]
+            && dport >= self.dport[0]
+            && dport <= self.dport[1]
+    }
+}
+
+/// Log2 histogram buckets of injected delay, in microseconds: bucket `k`
+/// counts delays in `[2^k, 2^(k+1))` µs (bucket 0 also takes delays under
+/// 1 µs).
+pub const DELAY_BUCKETS: usize = 32;
+
+/// Per-CPU histogram of the delay a fault injected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DelayHistogram {
+    pub buckets: [u64; DELAY_BUCKETS],
+    pub sum_ns: u64,
+}
+
+impl Default for DelayHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: [0; DELAY_BUCKETS],
+            sum_ns: 0,
+        }
+    }
+}
+
+/// Bit of `skb->mark` that tags a duplicate on its way back through our own
+/// TC program (cleared there, so nobody else sees it).
+pub const DUPLICATE_MARK: u32 = 1 << 30;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain data with explicit padding
+    // and no invalid bit patterns.
+    unsafe impl aya::Pod for super::PacketTarget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PacketRuleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LpmData {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PacketRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DelayHistogram {}
+}

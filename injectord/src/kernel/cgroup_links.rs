@@ -1,0 +1,162 @@
+//! Attachments of cgroup programs, shared by every fault aimed at a cgroup:
+//! made for the first, detached when the last one's [`Attachment`] is
+//! dropped. Each attachment is a set of bpf_links owned by the daemon, and
+//! publishes its target in `CGROUP_ATTACH`.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    fs::File,
+    os::fd::{AsFd as _, BorrowedFd},
+    path::Path,
+    sync::{Arc, Weak},
+};
+
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, ProgramError,
+    cgroup_skb::CgroupSkbLink, cgroup_sock_addr::CgroupSockAddrLink,
+};
+use aya_obj::{generated::bpf_attach_type, programs::CgroupSockAddrAttachType};
+
+use super::Kernel;
+use crate::{error::Error, target::Cgroup};
+
+/// bpf_link cgroup attachments always coexist with other programs (multi
+/// semantics), and the kernel rejects any flag on them (`BPF_F_ALLOW_MULTI`
+/// gives EINVAL): "Single" means no flags.
+const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+/// A cgroup program type aya can attach, with its owned link (dropping the
+/// link detaches the program).
+pub trait CgroupProgram {
+    type AttachType: Copy + fmt::Debug + Into<bpf_attach_type> + 'static;
+    type Link: Send + 'static;
+    fn attach_cgroup(
+        &mut self,
+        cgroup: BorrowedFd<'_>,
+        attach_type: Self::AttachType,
+    ) -> Result<Self::Link, ProgramError>;
+}
+
+impl CgroupProgram for CgroupSockAddr {
+    type AttachType = CgroupSockAddrAttachType;
+    type Link = CgroupSockAddrLink;
+
+    fn attach_cgroup(
+        &mut self,
+        cgroup: BorrowedFd<'_>,
+        _attach_type: Self::AttachType,
+    ) -> Result<Self::Link, ProgramError> {
+        // The attach type comes from the program's section.
+        let id = self.attach(cgroup, LINK_MODE)?;
+        self.take_link(id)
+    }
+}
+
+impl CgroupProgram for CgroupSkb {
+    type AttachType = CgroupSkbAttachType;
+    type Link = CgroupSkbLink;
+
+    fn attach_cgroup(
+        &mut self,
+        cgroup: BorrowedFd<'_>,
+        attach_type: Self::AttachType,
+    ) -> Result<Self::Link, ProgramError> {
+        let id = self.attach(cgroup, attach_type, LINK_MODE)?;
+        self.take_link(id)
+    }
+}
+
+/// One cgroup's attachment of a set of programs, shared by the faults
+/// aimed there. Dropping the last reference detaches the programs.
+pub struct Attachment<L> {
+    cgroup: String,
+    links: Vec<L>,
+}
+
+impl<L> Drop for Attachment<L> {
+    fn drop(&mut self) {
+        // The links detach as they drop.
+        self.links.clear();
+        tracing::debug!(cgroup = %self.cgroup, "detached");
+    }
+}
+
+impl<L> fmt::Debug for Attachment<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attachment")
+            .field("cgroup", &self.cgroup)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The attachments of one set of programs (e.g. connect4 + connect6).
+pub struct CgroupLinks<P: CgroupProgram> {
+    /// Program name and attach type, in attach order.
+    programs: &'static [(&'static str, P::AttachType)],
+    by_cgroup: HashMap<u64, Weak<Attachment<P::Link>>>,
+}
+
+impl<P> CgroupLinks<P>
+where
+    P: CgroupProgram,
+    for<'a> &'a mut P: TryFrom<&'a mut Program>,
+{
+    pub fn new(programs: &'static [(&'static str, P::AttachType)]) -> Self {
+        Self {
+            programs,
+            by_cgroup: HashMap::new(),
+        }
+    }
+
+    /// The cgroup's attachment, made now if no fault holds one. On error
+    /// nothing is left attached.
+    pub fn acquire(
+        &mut self,
+        kernel: &mut Kernel,
+        cgroup: &Cgroup,
+        dir: &Path,
+    ) -> Result<Arc<Attachment<P::Link>>, Error> {
+        self.by_cgroup.retain(|_, a| a.strong_count() > 0);
+        if let Some(a) = self.by_cgroup.get(&cgroup.id).and_then(Weak::upgrade) {
+            return Ok(a);
+        }
+        let file = File::open(dir)
+            .map_err(|e| Error::TargetNotFound(format!("opening cgroup {}: {e}", dir.display())))?;
+        let mut attachment = Attachment {
+            cgroup: cgroup.path.clone(),
+            links: Vec::with_capacity(self.programs.len()),
+        };
+        for &(name, attach_type) in self.programs {
+            let link = program::<P>(kernel, name)?
+                .attach_cgroup(file.as_fd(), attach_type)
+                .map_err(|source| Error::Attach {
+                    what: format!("{name} to cgroup {}", cgroup.path),
+                    source,
+                })?;
+            attachment.links.push(link);
+            let kernel_type = attach_type.into() as u32;
+            kernel
+                .publish_attachment(cgroup.id, kernel_type)
+                .map_err(|e| Error::io(format!("publishing the target of {name}"), e))?;
+        }
+        let attachment = Arc::new(attachment);
+        self.by_cgroup
+            .insert(cgroup.id, Arc::downgrade(&attachment));
+        tracing::debug!(cgroup = %cgroup.path, programs = ?self.programs, "attached");
+        Ok(attachment)
+    }
+}
+
+fn program<'a, P>(kernel: &'a mut Kernel, name: &str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut Program>,
+{
+    // The families load (and so type-check) their programs before they
+    // create a CgroupLinks for them.
+    kernel
+        .ebpf
+        .program_mut(name)
+        .and_then(|p| <&mut P>::try_from(p).ok())
+        .ok_or_else(|| Error::Internal(format!("program {name} is not in the eBPF object")))
+}
