@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use injectord_tests::*;
+use injectord_tests::{net::Netns, *};
 use serde_json::Value;
 
 fn ctl(d: &Daemon, args: &[&str]) -> Output {
@@ -84,4 +84,91 @@ fn errors_exit_2_with_the_code() {
     let out = ctl(&d, &["get", "nothing-here"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+}
+
+/// Every fault type's fields are flags, derived from the daemon's spec
+/// types; `--json` prints the daemon's answer for any command.
+#[test]
+fn packet_faults_from_flags_and_json_everywhere() {
+    let d = Daemon::start();
+    let ns = Netns::new("cli-pkt");
+    let help = stdout(&ctl(&d, &["inject", "--help"]));
+    for flag in [
+        "--errno",
+        "--dst-port",
+        "--fix-checksum",
+        "--install-fq",
+        "--max-delay",
+        "--jitter",
+        "--interface",
+        "--netns",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    let out = ctl(
+        &d,
+        &[
+            "--json",
+            "inject",
+            "--name",
+            "cli-p",
+            "--interface",
+            "lo",
+            "--netns",
+            &ns.name,
+            "--type",
+            "packet-corrupt",
+            "--protocol",
+            "udp",
+            "--dst-port",
+            "9",
+            "--offset",
+            "3",
+            "--fix-checksum",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let injected: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(injected["name"], "cli-p");
+    let got: Value = serde_json::from_slice(&ctl(&d, &["--json", "get", "cli-p"]).stdout).unwrap();
+    let fault = &got["spec"]["fault"];
+    assert_eq!(fault["type"], "packet_corrupt", "{got}");
+    assert_eq!(fault["protocol"], "udp");
+    assert_eq!(fault["dst_port"], 9);
+    assert_eq!(fault["offset"], 3);
+    assert_eq!(fault["fix_checksum"], true);
+    assert_eq!(got["spec"]["target"]["netns"], ns.name.as_str());
+    // A bad value is the daemon's to refuse, with the field's path.
+    let out = ctl(
+        &d,
+        &[
+            "inject",
+            "--interface",
+            "lo",
+            "--netns",
+            &ns.name,
+            "--type",
+            "packet-drop",
+            "--protocol",
+            "sctp",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid_value") && err.contains("fault.protocol"),
+        "{err}"
+    );
+    for cmd in [
+        &["status"][..],
+        &["capabilities"],
+        &["list"],
+        &["remove", "cli-p"],
+        &["clear"],
+    ] {
+        let out = ctl(&d, &[&["--json"][..], cmd].concat());
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{cmd:?} --json: {e}: {}", stdout(&out)));
+    }
 }

@@ -570,3 +570,52 @@ fn container_cgroup_takes_rewrites_and_delay_on_its_own_device() {
         let _ = child.wait();
     }
 }
+
+/// A cgroup partition is two installs (cgroup_skb rules, then a connect
+/// rule); when the second is refused, the first is undone with it.
+#[test]
+fn a_refused_partition_leaves_nothing_on_the_cgroup() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("part-rollback");
+    d.inject(json!({
+        "name": "blocker",
+        "target": {"cgroup": cg.rel},
+        "fault": {"type": "connect_error", "errno": "EPERM"},
+    }));
+    let connect_only = cgroup_programs(&cg);
+    assert!(connect_only.contains("connect4"), "{connect_only}");
+    let err = d.error_code(
+        "inject",
+        json!({"name": "cut", "target": {"cgroup": cg.rel},
+               "fault": {"type": "partition", "dst": "10.0.0.0/8"}}),
+    );
+    assert_eq!(err, "conflict");
+    assert_eq!(
+        cgroup_programs(&cg),
+        connect_only,
+        "the partition's cgroup_skb programs must be gone again"
+    );
+    let list = d.call("list", json!(null)).unwrap();
+    assert_eq!(list["faults"].as_array().unwrap().len(), 1, "{list}");
+    d.call("remove", json!({"name": "blocker"})).unwrap();
+    assert_eq!(cgroup_programs(&cg), "");
+    // Nothing of the refused install blocks a later one.
+    d.inject(json!({"name": "cut", "target": {"cgroup": cg.rel},
+                    "fault": {"type": "partition", "dst": "10.0.0.0/8"}}));
+    let both = cgroup_programs(&cg);
+    assert!(
+        both.contains("packet_cgroup") && both.contains("connect4"),
+        "{both}"
+    );
+}
+
+/// The programs bpftool lists on the cgroup.
+fn cgroup_programs(cg: &TestCgroup) -> String {
+    let out = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&cg.path)
+        .output()
+        .expect("bpftool must be installed (cargo xtask test installs it)");
+    assert!(out.status.success(), "bpftool: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -290,7 +290,11 @@ fn another_xdp_program_is_left_alone_and_ingress_drops_use_tc() {
     let link = Link::new("xdp-other");
     let ns = std::fs::File::open(link.b.path()).unwrap();
     let mut ebpf = aya::Ebpf::load(injectord::kernel::OBJECT).unwrap();
-    let prog: &mut aya::programs::Xdp = ebpf.program_mut("probe_xdp").unwrap().try_into().unwrap();
+    let prog: &mut aya::programs::Xdp = ebpf
+        .program_mut(injector_common::probe::PROBE_XDP)
+        .unwrap()
+        .try_into()
+        .unwrap();
     prog.load().unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
