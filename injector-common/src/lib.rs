@@ -18,6 +18,18 @@ pub mod connect;
 pub mod packet;
 pub mod probe;
 
+/// Every program name of the object, by family (a new family adds its
+/// list here, next to its `pub mod` line).
+pub const PROGRAMS: &[&[&str]] = &[
+    connect::PROGRAMS,
+    packet::PROGRAMS,
+    probe::PROGRAMS,
+    bench::PROGRAMS,
+];
+
+/// Every map name of the object, by family.
+pub const MAPS: &[&[&str]] = &[maps::ALL, connect::MAPS, packet::MAPS];
+
 /// Names of the maps every family shares.
 pub mod maps {
     /// Per-CPU [`super::FaultStats`] by fault slot.

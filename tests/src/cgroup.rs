@@ -61,6 +61,18 @@ impl TestCgroup {
         }
     }
 
+    /// The BPF programs attached to this cgroup, as `bpftool cgroup show`
+    /// lists them ("" when none).
+    pub fn bpf_programs(&self) -> String {
+        let out = Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&self.path)
+            .output()
+            .expect("bpftool must be installed (cargo xtask test installs it)");
+        assert!(out.status.success(), "bpftool: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     pub fn child(&self, name: &str) -> Self {
         Self::at(&format!("{}/{name}", self.rel))
     }

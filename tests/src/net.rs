@@ -446,6 +446,36 @@ pub fn ping(ns: &Netns, host: &str, count: u32, interval: &str) -> (u64, u64, f6
     (tx, rx, avg, mdev)
 }
 
+/// The benchmarks' 64-byte frame: Ethernet + IPv4 + UDP,
+/// 10.97.0.1:1234 -> 10.97.0.2:9 (the bench's veth pair), with a valid
+/// IPv4 header checksum. Shared by the AF_PACKET and XDP generators.
+pub fn bench_frame(src: [u8; 6], dst: [u8; 6]) -> [u8; 64] {
+    let mut f = [0u8; 64];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&50u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[10, 97, 0, 1]);
+    ip[16..20].copy_from_slice(&[10, 97, 0, 2]);
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let udp = &mut f[34..42];
+    udp[0..2].copy_from_slice(&1234u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    udp[4..6].copy_from_slice(&30u16.to_be_bytes());
+    f
+}
+
 /// A MAC address in its usual notation (`aa:bb:cc:dd:ee:ff`).
 pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
     let v: Vec<u8> = s

@@ -2,24 +2,12 @@
 //! nothing of ours stays attached.
 
 use std::{
-    process::Command,
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use injectord_tests::*;
 use serde_json::json;
-
-/// Whether any BPF program is attached to the cgroup (bpftool).
-fn attached_programs(cg: &TestCgroup) -> String {
-    let out = Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(&cg.path)
-        .output()
-        .expect("bpftool must be installed (cargo xtask test installs it)");
-    assert!(out.status.success(), "bpftool: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn refused(cg: &TestCgroup) -> bool {
     let r = cg.connects("udp", "127.0.0.1", 9, 1);
@@ -45,7 +33,7 @@ fn ttl_expiry_removes_the_fault() {
     }
     assert!(!refused(&cg), "fault still fires after its TTL");
     assert_eq!(d.call("list", json!(null)).unwrap()["faults"], json!([]));
-    assert_eq!(attached_programs(&cg), "", "programs left on the cgroup");
+    assert_eq!(cg.bpf_programs(), "", "programs left on the cgroup");
 }
 
 #[test]
@@ -66,8 +54,8 @@ fn remove_and_clear_take_effect_before_the_reply() {
 
     assert_eq!(d.call("clear", json!(null)).unwrap()["removed"], 1);
     assert!(!refused(&b));
-    assert_eq!(attached_programs(&a), "");
-    assert_eq!(attached_programs(&b), "");
+    assert_eq!(a.bpf_programs(), "");
+    assert_eq!(b.bpf_programs(), "");
 }
 
 #[test]
@@ -76,12 +64,12 @@ fn sigterm_removes_all_faults_and_exits_zero() {
     let cg = TestCgroup::new("term");
     d.inject(connect_fault(&cg, json!({})));
     assert!(refused(&cg));
-    assert_ne!(attached_programs(&cg), "");
+    assert_ne!(cg.bpf_programs(), "");
     d.signal(libc::SIGTERM);
     let status = d.wait();
     assert!(status.success(), "exit status {status}");
     assert!(!refused(&cg));
-    assert_eq!(attached_programs(&cg), "");
+    assert_eq!(cg.bpf_programs(), "");
     assert!(!d.socket.exists(), "socket file left behind");
 }
 
@@ -100,7 +88,7 @@ fn sigkill_leaves_nothing_attached() {
         sleep(Duration::from_millis(50));
     }
     assert!(!refused(&cg), "fault outlived a SIGKILLed daemon");
-    assert_eq!(attached_programs(&cg), "");
+    assert_eq!(cg.bpf_programs(), "");
     // A new daemon starts on the stale socket.
     let again = d.spawn().unwrap();
     let mut again = KillOnDrop(again);

@@ -582,7 +582,7 @@ fn a_refused_partition_leaves_nothing_on_the_cgroup() {
         "target": {"cgroup": cg.rel},
         "fault": {"type": "connect_error", "errno": "EPERM"},
     }));
-    let connect_only = cgroup_programs(&cg);
+    let connect_only = cg.bpf_programs();
     assert!(connect_only.contains("connect4"), "{connect_only}");
     let err = d.error_code(
         "inject",
@@ -591,31 +591,20 @@ fn a_refused_partition_leaves_nothing_on_the_cgroup() {
     );
     assert_eq!(err, "conflict");
     assert_eq!(
-        cgroup_programs(&cg),
+        cg.bpf_programs(),
         connect_only,
         "the partition's cgroup_skb programs must be gone again"
     );
     let list = d.call("list", json!(null)).unwrap();
     assert_eq!(list["faults"].as_array().unwrap().len(), 1, "{list}");
     d.call("remove", json!({"name": "blocker"})).unwrap();
-    assert_eq!(cgroup_programs(&cg), "");
+    assert_eq!(cg.bpf_programs(), "");
     // Nothing of the refused install blocks a later one.
     d.inject(json!({"name": "cut", "target": {"cgroup": cg.rel},
                     "fault": {"type": "partition", "dst": "10.0.0.0/8"}}));
-    let both = cgroup_programs(&cg);
+    let both = cg.bpf_programs();
     assert!(
         both.contains("packet_cgroup") && both.contains("connect4"),
         "{both}"
     );
-}
-
-/// The programs bpftool lists on the cgroup.
-fn cgroup_programs(cg: &TestCgroup) -> String {
-    let out = std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(&cg.path)
-        .output()
-        .expect("bpftool must be installed (cargo xtask test installs it)");
-    assert!(out.status.success(), "bpftool: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -329,26 +329,7 @@ fn percentiles(v: &mut [u64]) -> (f64, f64) {
 /// `ifname` through an AF_PACKET socket, 64 per sendmmsg(), for `seconds`;
 /// returns frames per second.
 fn blast(ifname: &str, src: &[u8; 6], dst: &[u8; 6], seconds: f64) -> anyhow::Result<f64> {
-    let mut frame = [0u8; 64];
-    frame[0..6].copy_from_slice(dst);
-    frame[6..12].copy_from_slice(src);
-    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = [
-        0x45, 0, 0, 50, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 97, 0, 1, 10, 97, 0, 2,
-    ];
-    frame[14..34].copy_from_slice(&ip);
-    let mut sum: u32 = ip
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let csum = !(sum as u16);
-    frame[24..26].copy_from_slice(&csum.to_be_bytes());
-    frame[34..36].copy_from_slice(&1234u16.to_be_bytes());
-    frame[36..38].copy_from_slice(&9u16.to_be_bytes());
-    frame[38..40].copy_from_slice(&30u16.to_be_bytes());
+    let mut frame = injectord_tests::net::bench_frame(*src, *dst);
 
     let name = std::ffi::CString::new(ifname)?;
     // SAFETY: plain syscalls on a socket we own, with valid pointers.

@@ -201,8 +201,6 @@ fn raise_open_files_limit() {
 mod tests {
     use std::collections::BTreeSet;
 
-    use injector_common::{bench, connect, packet, probe};
-
     use super::*;
 
     /// The names in injector-common and the identifiers on the eBPF side
@@ -212,15 +210,7 @@ mod tests {
     fn object_names() {
         let obj = aya_obj::Object::parse(OBJECT).unwrap();
         let programs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
-        let declared: BTreeSet<&str> = [
-            connect::PROGRAMS,
-            packet::PROGRAMS,
-            probe::PROGRAMS,
-            bench::PROGRAMS,
-        ]
-        .concat()
-        .into_iter()
-        .collect();
+        let declared: BTreeSet<&str> = injector_common::PROGRAMS.concat().into_iter().collect();
         assert_eq!(programs, declared);
         let maps: BTreeSet<&str> = obj
             .maps
@@ -228,10 +218,7 @@ mod tests {
             .map(String::as_str)
             .filter(|m| !m.starts_with('.'))
             .collect();
-        let declared: BTreeSet<&str> = [maps::ALL, connect::MAPS, packet::MAPS]
-            .concat()
-            .into_iter()
-            .collect();
+        let declared: BTreeSet<&str> = injector_common::MAPS.concat().into_iter().collect();
         assert_eq!(maps, declared);
     }
 }

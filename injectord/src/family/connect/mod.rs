@@ -135,20 +135,12 @@ impl Backend for Connect {
             ))
         })?;
         let slot = req.kernel.slots.alloc()?;
-        let dir = req.cgroup_dir(cgroup);
-        let rule = rules.install(
-            req.kernel,
-            cgroup,
-            &dir,
-            req.name,
-            RuleSpec {
-                errno: fault.errno.get(),
-                address: fault.address,
-                ports: fault.port.map(|p| (p.get(), p.get())),
-            },
-            slot.index(),
-            req.trigger,
-        )?;
+        let spec = RuleSpec {
+            errno: fault.errno.get(),
+            address: fault.address,
+            ports: fault.port.map(|p| (p.get(), p.get())),
+        };
+        let rule = rules.install(req, cgroup, spec, slot.index())?;
         Ok(Box::new(ConnectFault { _rule: rule, slot }))
     }
 }

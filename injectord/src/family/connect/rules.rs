@@ -9,7 +9,6 @@
 use std::{
     collections::HashMap as StdHashMap,
     net::IpAddr,
-    path::Path,
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -20,12 +19,13 @@ use aya::{
 };
 use aya_obj::programs::CgroupSockAddrAttachType;
 use injector_common::{
-    FAMILY_INET, FAMILY_INET6, Prefix, Trigger,
+    FAMILY_INET, FAMILY_INET6, Prefix,
     connect::{CONNECT_RULES, CONNECT4, CONNECT6, ConnectKey, ConnectRule},
 };
 
 use crate::{
     error::Error,
+    family::Request,
     kernel::{
         Kernel,
         cgroup_links::{Attachment, CgroupLinks},
@@ -93,20 +93,17 @@ impl ConnectRules {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Attaches to the cgroup if needed and publishes the rule; `owner`
-    /// names the fault. At most one rule per (cgroup, port key): a second
-    /// one is a conflict. On error nothing is left behind.
-    #[expect(clippy::too_many_arguments, reason = "the pieces of one rule")]
+    /// Attaches to the cgroup if needed and publishes the rule for the
+    /// fault `req` installs. At most one rule per (cgroup, port key): a
+    /// second one is a conflict. On error nothing is left behind.
     pub fn install(
         &self,
-        kernel: &mut Kernel,
+        req: &mut Request<'_>,
         cgroup: &Cgroup,
-        dir: &Path,
-        owner: &str,
         spec: RuleSpec,
         slot: u32,
-        trigger: Trigger,
     ) -> Result<InstalledRule, Error> {
+        let dir = req.cgroup_dir(cgroup);
         let key = ConnectKey::new(cgroup.id, spec.key_port());
         let mut t = self.lock();
         if let Some(other) = t.owners.get(&key) {
@@ -119,18 +116,18 @@ impl ConnectRules {
                 cgroup.path
             )));
         }
-        let attachment = t.links.acquire(kernel, cgroup, dir)?;
+        let attachment = t.links.acquire(req.kernel, cgroup, &dir)?;
         let rule = ConnectRule {
             slot,
             errno: spec.errno,
             dst: spec.address.map_or(Prefix::ANY, prefix_of),
             ports: spec.ports.map_or([0, u16::MAX], |(a, b)| [a, b]),
-            trigger,
+            trigger: req.trigger,
         };
         t.rules
             .insert(&key, &rule, 0)
             .map_err(Error::map(CONNECT_RULES))?;
-        t.owners.insert(key, owner.to_string());
+        t.owners.insert(key, req.name.to_string());
         Ok(InstalledRule {
             table: self.clone(),
             key,

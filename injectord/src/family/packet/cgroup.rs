@@ -12,12 +12,9 @@ use std::{
 
 use anyhow::Context as _;
 use aya::programs::{CgroupSkb, CgroupSkbAttachType};
-use injector_common::{
-    Trigger,
-    packet::{
-        DelayHistogram, HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS, PACKET_CGROUP_EGRESS,
-        PACKET_CGROUP_INGRESS,
-    },
+use injector_common::packet::{
+    DelayHistogram, HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS, PACKET_CGROUP_EGRESS,
+    PACKET_CGROUP_INGRESS,
 };
 
 use super::{
@@ -28,7 +25,7 @@ use crate::{
     error::{Error, chain},
     family::Request,
     kernel::{
-        Kernel,
+        Kernel, Slot,
         cgroup_links::{Attachment, CgroupLinks, CgroupProgram},
     },
     target::Cgroup,
@@ -89,15 +86,14 @@ impl CgroupPackets {
         req: &mut Request<'_>,
         cgroup: &Cgroup,
         plan: &PacketPlan,
-        slot: u32,
-        trigger: Trigger,
-        nr_cpus: usize,
+        slot: &Slot,
     ) -> Result<CgroupRules, Error> {
+        let (slot, nr_cpus) = (slot.index(), slot.nr_cpus());
         let entries = plan.entries(
             1 << HOOK_CGROUP_INGRESS,
             1 << HOOK_CGROUP_EGRESS,
             slot,
-            trigger,
+            req.trigger,
         );
         let dir = req.cgroup_dir(cgroup);
         let mut s = self.lock();

@@ -140,8 +140,7 @@ impl Packets {
             ))
         })?;
         let slot = req.kernel.slots.alloc()?;
-        let trigger = req.trigger;
-        let rules = backend.install(req, cgroup, plan, slot.index(), trigger, slot.nr_cpus())?;
+        let rules = backend.install(req, cgroup, plan, &slot)?;
         // A partition also makes connect() towards the far side fail at
         // once. If that fails, `rules` is dropped: nothing stays.
         let connect = match fault {
@@ -151,13 +150,10 @@ impl Packets {
                         "partition on a cgroup also makes connect() fail, which needs cgroup sock_addr programs with bpf_set_retval, which this kernel refused".into(),
                     )
                 })?;
-                let dir = req.cgroup_dir(cgroup);
                 Some(
                     table.install(
-                        req.kernel,
+                        req,
                         cgroup,
-                        &dir,
-                        req.name,
                         RuleSpec {
                             errno: p
                                 .errno
@@ -169,7 +165,6 @@ impl Packets {
                             ports: plan.filter.dst_port.map(|r| (r.first, r.last)),
                         },
                         slot.index(),
-                        trigger,
                     )?,
                 )
             }
