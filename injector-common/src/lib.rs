@@ -40,8 +40,18 @@ pub mod maps {
     pub const CGROUP_ATTACH: &str = "CGROUP_ATTACH";
     /// The daemon's log records from the eBPF side (aya-log).
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// The daemon's lease: one `u64`, the CLOCK_MONOTONIC time in ns until
+    /// which faults may fire (see [`super::LEASE_SLOT`]).
+    pub const LEASE: &str = "LEASE";
 
-    pub const ALL: &[&str] = &[FAULT_STATS, TRIGGER_STATE, CGROUP_ATTACH, AYA_LOGS];
+    pub const ALL: &[&str] = &[FAULT_STATS, TRIGGER_STATE, CGROUP_ATTACH, AYA_LOGS, LEASE];
+}
+
+/// Globals of the object the daemon may set at load time.
+pub mod globals {
+    /// `u8`: 1 (the default) makes every fault check the lease; 0 skips the
+    /// check. Only the benchmarks set 0, to measure what the check costs.
+    pub const LEASE_CHECK: &str = "LEASE_CHECK";
 }
 
 /// Programs only the benchmarks load (`./x bench`); the daemon never does.
@@ -51,6 +61,9 @@ pub mod bench {
 
     pub const PROGRAMS: &[&str] = &[BENCH_XDP_TX];
 }
+
+/// The one entry of the `LEASE` map.
+pub const LEASE_SLOT: u32 = 0;
 
 /// Number of fault slots. A slot indexes the per-CPU statistics and the
 /// shared trigger state; the daemon allocates one per active fault.

@@ -8,6 +8,7 @@
 )]
 
 use aya_ebpf::{
+    Global,
     macros::map,
     maps::{Array, CgroupStorage, PerCpuArray},
 };
@@ -34,4 +35,27 @@ pub fn attached_cgroup() -> u64 {
     let info = CGROUP_ATTACH.get_ptr_mut();
     // SAFETY: bpf_get_local_storage always returns this attachment's storage.
     unsafe { (*info).cgroup_id }
+}
+
+/// The daemon's lease: until when (CLOCK_MONOTONIC ns) faults may fire. The
+/// daemon moves it forward every 100 ms or so; if the daemon dies or
+/// freezes, whatever it left in the kernel (a clsact filter, a program
+/// held by someone else) stops acting once the lease runs out. 0 until the
+/// daemon first writes it, so a freshly loaded object is inert.
+#[map]
+pub static LEASE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// 0 skips the lease check (benchmarks only; see `injector_common::globals`).
+#[unsafe(no_mangle)]
+static LEASE_CHECK: Global<u8> = Global::new(1);
+
+/// Whether the daemon's lease holds at `now`.
+#[inline(always)]
+pub fn leased(now: u64) -> bool {
+    if LEASE_CHECK.load() == 0 {
+        return true;
+    }
+    LEASE
+        .get(injector_common::LEASE_SLOT)
+        .is_some_and(|deadline| now < *deadline)
 }

@@ -5,19 +5,20 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use injector_common::Trigger;
 
-use crate::maps::{FAULT_STATS, TRIGGER_STATE};
+use crate::maps::{FAULT_STATS, TRIGGER_STATE, leased};
 
 /// Evaluates `trigger` for one event that matched the fault in `slot`.
 /// Returns whether the fault fires; updates the slot's counters either way.
-/// Expired rules return `false` without counting an evaluation.
+/// Expired rules, and every rule once the daemon's lease has run out,
+/// return `false` without counting an evaluation: every fault of every
+/// family goes through here, so none outlives its daemon by more than the
+/// lease.
 #[inline(always)]
 pub fn evaluate(slot: u32, trigger: &Trigger) -> bool {
-    if trigger.expires_at_ns != 0 {
-        // SAFETY: helper without arguments or side effects.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if now >= trigger.expires_at_ns {
-            return false;
-        }
+    // SAFETY: helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !leased(now) || (trigger.expires_at_ns != 0 && now >= trigger.expires_at_ns) {
+        return false;
     }
     let Some(stats) = FAULT_STATS.get_ptr_mut(slot) else {
         return false;

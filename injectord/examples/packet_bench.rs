@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aya::{
     EbpfLoader,
+    maps::Array,
     programs::{SchedClassifier, TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
 use injector_common::{
-    Trigger,
+    LEASE_SLOT, Trigger,
     bench::BENCH_XDP_TX,
+    globals, maps,
     packet::{HOOK_TC_EGRESS, HOOK_XDP, PACKET_TC_EGRESS, PACKET_XDP},
     probe::{PROBE_TC, PROBE_XDP},
 };
@@ -96,41 +98,12 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(2_000_000);
-    let mut ebpf = EbpfLoader::new()
-        .load(OBJECT)
-        .context("loading the object")?;
     let nr_cpus = aya::util::nr_cpus()
         .map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?
         .get() as usize;
-    let mut maps = PacketMaps::take(&mut ebpf)?;
-    for name in [PROBE_XDP, PACKET_XDP] {
-        let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
-        p.load()?;
-    }
-    for name in [PROBE_TC, PACKET_TC_EGRESS] {
-        let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
-        p.load()?;
-    }
+    let (ebpf, mut maps) = load_object(true)?;
     let data = frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-    let run = |name: &'static str| -> anyhow::Result<f64> {
-        let mut samples = Vec::new();
-        for _ in 0..5 {
-            let opts = TestRunOptions {
-                data_in: Some(&data),
-                repeat,
-                ..TestRunOptions::default()
-            };
-            let prog = ebpf.program(name).context(name)?;
-            let d: Duration = if let Ok(p) = <&Xdp>::try_from(prog) {
-                p.test_run(opts)?.duration
-            } else {
-                <&SchedClassifier>::try_from(prog)?.test_run(opts)?.duration
-            };
-            samples.push(d.as_nanos() as f64);
-        }
-        samples.sort_by(f64::total_cmp);
-        Ok(samples[2])
-    };
+    let run = |name: &'static str| run_program(&ebpf, name, &data, repeat);
 
     let base_xdp = run(PROBE_XDP)?;
     let base_tc = run(PROBE_TC)?;
@@ -214,7 +187,83 @@ fn main() -> anyhow::Result<()> {
         run(PACKET_XDP)?,
         run(PACKET_TC_EGRESS)?,
     );
+
+    // What the lease check costs: a matching fault in a copy of the object
+    // whose programs skip the check, next to the same in this copy.
+    let (off, mut off_maps) = load_object(false)?;
+    let p = plan(
+        json!({"type": "packet_drop", "direction": "both", "protocol": "udp",
+                        "dst": "10.0.0.0/8", "dst_port": 9}),
+    )?;
+    off_maps.add(
+        0,
+        &mut TargetRules::default(),
+        p.entries(1 << HOOK_XDP, 1 << HOOK_TC_EGRESS, 0, never),
+        nr_cpus,
+    )?;
+    maps.remove(0, &mut own, &[0], 0);
+    maps.add(
+        0,
+        &mut own,
+        p.entries(1 << HOOK_XDP, 1 << HOOK_TC_EGRESS, 0, never),
+        nr_cpus,
+    )?;
+    row(
+        "matching fault (p=0) + 10000 others, lease checked",
+        run(PACKET_XDP)?,
+        run(PACKET_TC_EGRESS)?,
+    );
+    row(
+        "matching fault (p=0), no lease check (LEASE_CHECK=0)",
+        run_program(&off, PACKET_XDP, &data, repeat)?,
+        run_program(&off, PACKET_TC_EGRESS, &data, repeat)?,
+    );
     Ok(())
+}
+
+/// Loads the object with the packet programs and the do-nothing probes,
+/// its lease granted for good (no daemon renews it here), or with the
+/// lease check skipped (`lease_check` false: the verifier prunes it).
+fn load_object(lease_check: bool) -> anyhow::Result<(aya::Ebpf, PacketMaps)> {
+    let check = u8::from(lease_check);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(globals::LEASE_CHECK, &check, true)
+        .load(OBJECT)
+        .context("loading the object")?;
+    let mut lease: Array<_, u64> =
+        Array::try_from(ebpf.map_mut(maps::LEASE).context(maps::LEASE)?)?;
+    lease.set(LEASE_SLOT, &u64::MAX, 0)?;
+    let maps = PacketMaps::take(&mut ebpf)?;
+    for name in [PROBE_XDP, PACKET_XDP] {
+        let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
+        p.load()?;
+    }
+    for name in [PROBE_TC, PACKET_TC_EGRESS] {
+        let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
+        p.load()?;
+    }
+    Ok((ebpf, maps))
+}
+
+/// ns per run of program `name`, median of 5 test runs of `repeat`.
+fn run_program(ebpf: &aya::Ebpf, name: &str, data: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let opts = TestRunOptions {
+            data_in: Some(data),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let prog = ebpf.program(name).with_context(|| name.to_string())?;
+        let d: Duration = if let Ok(p) = <&Xdp>::try_from(prog) {
+            p.test_run(opts)?.duration
+        } else {
+            <&SchedClassifier>::try_from(prog)?.test_run(opts)?.duration
+        };
+        samples.push(d.as_nanos() as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[2])
 }
 
 fn trigger() -> Trigger {

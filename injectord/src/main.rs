@@ -7,7 +7,7 @@ use std::{
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -16,7 +16,7 @@ use injectord::{
     capabilities::{self, Capabilities},
     family::Options,
     faults::Faults,
-    kernel::{Kernel, logs, reaper},
+    kernel::{Kernel, journal, lease::Lease, logs, reaper},
     metrics,
     rpc::{self, State},
     server,
@@ -47,6 +47,20 @@ struct Args {
     /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG also works.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    /// The dead man's switch: faults stop firing this long after the daemon
+    /// last renewed its lease (every tenth of it, at most every 100 ms), so
+    /// nothing it leaves behind when killed or frozen acts for longer.
+    #[arg(long, default_value = "1s", value_parser = parse_lease)]
+    lease: Duration,
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
+        Ok(d)
+    } else {
+        Err("the lease must be 100ms to 1h".into())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -63,7 +77,8 @@ enum LogFormat {
 
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some(reaper::REAPER_ARG) {
-        reaper::run();
+        let journal = std::env::args_os().nth(2).map(PathBuf::from);
+        reaper::run(journal.as_deref());
     }
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
@@ -89,26 +104,38 @@ fn run(args: Args) -> anyhow::Result<()> {
     let _lock = single_instance(&args.socket)?;
     let started = Instant::now();
     let cgroups = Cgroups::discover()?;
+    // Before anything else: undo what a predecessor killed with its reaper
+    // left (its lease made it inert already).
+    let journal_path = PathBuf::from(format!("{}.journal", args.socket.display()));
+    let recovery = journal::recover(&journal_path);
+    if recovery.undone + recovery.gone + recovery.failed > 0 {
+        tracing::warn!(
+            undone = recovery.undone,
+            gone = recovery.gone,
+            failed = recovery.failed,
+            journal = %journal_path.display(),
+            "recovered from a previous injectord's journal"
+        );
+    }
+    let journal = journal::Journal::create(&journal_path)
+        .map_err(|e| tracing::warn!(error = %e, journal = %journal_path.display(), "no journal: a kill of the whole process group would leave netlink state behind until a reboot"))
+        .ok();
+    let lease = Lease::start(args.lease);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut kernel = Kernel::load()?;
+        let mut kernel = Kernel::load(lease)?;
         // Kept for the daemon's lifetime: the programs use its ring buffer.
         let _logs = logs::forward(&mut kernel.ebpf, "main");
         let kernel_capabilities = capabilities::probe_kernel(&mut kernel.ebpf);
         // Spawned before any netlink state exists, so that it can undo that
         // state if this process is SIGKILLed.
-        let reaper = match reaper::Reaper::spawn() {
-            Ok(r) => {
-                tracing::debug!(pid = ?r.pid(), "reaper started");
-                r
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not start the reaper: after a SIGKILL, clsact filters and fq qdiscs would stay");
-                reaper::Reaper::none()
-            }
-        };
+        let (reaper, spawn_error) = reaper::Reaper::spawn(journal);
+        match spawn_error {
+            None => tracing::debug!(pid = ?reaper.pid(), "reaper started"),
+            Some(e) => tracing::warn!(error = %e, "could not start the reaper: after a SIGKILL, clsact filters and fq qdiscs would stay until the next start"),
+        }
         let faults = Faults::new(
             kernel,
             cgroups,
@@ -140,6 +167,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             faults: Mutex::new(faults),
             capabilities,
             started,
+            recovery,
+            lease: args.lease,
             socket: args.socket.display().to_string(),
             metrics_addr: metrics_listener.local_addr()?.to_string(),
         });

@@ -139,6 +139,32 @@ pub fn registry(state: Shared) -> Registry {
             ("kernel", state.capabilities.kernel.clone()),
         ]),
     );
+    let recovered = prometheus_client::metrics::family::Family::<
+        Vec<(String, String)>,
+        prometheus_client::metrics::counter::Counter,
+    >::default();
+    for (outcome, n) in [
+        ("undone", state.recovery.undone),
+        ("gone", state.recovery.gone),
+        ("failed", state.recovery.failed),
+    ] {
+        recovered
+            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
+            .inc_by(n);
+    }
+    registry.register(
+        "injectord_recovered",
+        "Netlink state a previous injectord left behind (killed with its reaper), by what start-up recovery did with it",
+        recovered,
+    );
+    let lease =
+        prometheus_client::metrics::gauge::Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    lease.set(state.lease.as_secs_f64());
+    registry.register(
+        "injectord_lease_seconds",
+        "How long faults keep firing after the daemon last renewed its lease",
+        lease,
+    );
     registry.register_collector(Box::new(FaultCollector { state }));
     registry
 }

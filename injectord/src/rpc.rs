@@ -12,6 +12,7 @@ use crate::{
     capabilities::Capabilities,
     error::{ErrorCode, RpcError},
     faults::{Faults, Selector},
+    kernel::journal::Recovery,
     spec::FaultSpec,
 };
 
@@ -20,6 +21,9 @@ pub struct State {
     pub faults: Mutex<Faults>,
     pub capabilities: Capabilities,
     pub started: Instant,
+    /// What the start-up recovery undid of a predecessor's journal.
+    pub recovery: Recovery,
+    pub lease: std::time::Duration,
     pub socket: String,
     pub metrics_addr: String,
 }
@@ -119,6 +123,12 @@ fn dispatch(state: &Shared, req: Value) -> Result<Value, RpcError> {
                 "socket": state.socket,
                 "metrics_addr": state.metrics_addr,
                 "faults_active": faults.len(),
+                "lease_seconds": state.lease.as_secs_f64(),
+                "recovered": {
+                    "undone": state.recovery.undone,
+                    "gone": state.recovery.gone,
+                    "failed": state.recovery.failed,
+                },
             }))
         }
         other => Err(RpcError::new(

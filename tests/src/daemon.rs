@@ -40,6 +40,8 @@ pub struct DaemonBuilder {
     log_filter: String,
     log_to_stderr: bool,
     args: Vec<String>,
+    process_group: bool,
+    cgroup: Option<PathBuf>,
 }
 
 impl DaemonBuilder {
@@ -61,6 +63,21 @@ impl DaemonBuilder {
     /// for a person watching (a benchmark); [`Daemon::logs`] is then empty.
     pub fn log_to_stderr(mut self) -> Self {
         self.log_to_stderr = true;
+        self
+    }
+
+    /// Starts the daemon as the leader of a process group of its own (as
+    /// `setsid` or a service manager would), so that [`Daemon::signal_group`]
+    /// reaches it and its reaper together.
+    pub fn own_process_group(mut self) -> Self {
+        self.process_group = true;
+        self
+    }
+
+    /// Starts the daemon inside the cgroup at `dir` (from its first
+    /// instruction), as a service manager or container runtime would.
+    pub fn in_cgroup(mut self, dir: &std::path::Path) -> Self {
+        self.cgroup = Some(dir.to_path_buf());
         self
     }
 
@@ -113,6 +130,8 @@ impl Daemon {
             log_filter: "info,injectord=debug".into(),
             log_to_stderr: false,
             args: Vec::new(),
+            process_group: false,
+            cgroup: None,
         }
     }
 
@@ -140,8 +159,22 @@ impl Daemon {
         } else {
             fs::File::create(self.dir.join(format!("{}.log", unique("daemon"))))?.into()
         };
-        Command::new(&self.binary)
-            .arg("--socket")
+        let mut cmd = match &self.how.cgroup {
+            None => Command::new(&self.binary),
+            Some(dir) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+                    .arg(dir)
+                    .arg(&self.binary);
+                sh
+            }
+        };
+        if self.how.process_group {
+            use std::os::unix::process::CommandExt as _;
+            cmd.process_group(0);
+        }
+        cmd.arg("--socket")
             .arg(&self.socket)
             .args([
                 "--metrics-addr",
@@ -175,6 +208,27 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts a new daemon process on this daemon's socket (after the old
+    /// one is gone) and waits until it answers.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let child = self.spawn()?;
+        self.child = Some(child);
+        self.wait_ready()?;
+        let status = self.client().call("status", Value::Null)?;
+        self.metrics_addr = status["metrics_addr"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Ok(())
+    }
+
+    /// Sends `sig` to the daemon's whole process group (see
+    /// [`DaemonBuilder::own_process_group`]): the daemon and its reaper.
+    pub fn signal_group(&self, sig: i32) {
+        // SAFETY: kill(2) on the process group our child leads.
+        unsafe { libc::kill(-(self.pid() as i32), sig) };
     }
 
     pub fn logs(&self) -> String {

@@ -131,7 +131,9 @@ fn socket_is_private() {
 
 #[test]
 fn kernel_stops_firing_at_expiry_even_if_the_daemon_is_stalled() {
-    let d = Daemon::start();
+    // A lease longer than the TTL, so that what stops the fault is its
+    // expiry, not the frozen daemon's lease (tested in lease.rs).
+    let d = Daemon::start_with(&["--lease", "30s"]);
     let cg = TestCgroup::new("stalled");
     // Long enough that a slow VM starts the probing client well within it.
     let ttl = Duration::from_secs(4);

@@ -3,6 +3,8 @@
 //! reaper that undoes netlink state after a crash, and the eBPF log.
 
 pub mod cgroup_links;
+pub mod journal;
+pub mod lease;
 pub mod logs;
 pub mod netns;
 pub mod reaper;
@@ -17,6 +19,7 @@ use anyhow::Context as _;
 use aya::{Ebpf, EbpfLoader, maps::MapData};
 use injector_common::{AttachInfo, MAX_FAULTS, maps};
 
+use self::lease::{Lease, LeaseMap};
 pub use self::slots::{Slot, SlotPool};
 use crate::sys;
 
@@ -32,10 +35,13 @@ pub struct Kernel {
     pub slots: Arc<SlotPool>,
     /// CGROUP_ATTACH: which target each cgroup attachment serves.
     pub cgroup_storage: MapData,
+    /// The daemon's lease, which every object's programs check.
+    pub lease: Arc<Lease>,
+    _lease_map: Arc<LeaseMap>,
 }
 
 impl Kernel {
-    pub fn load() -> anyhow::Result<Self> {
+    pub fn load(lease: Arc<Lease>) -> anyhow::Result<Self> {
         raise_memlock_limit();
         raise_open_files_limit();
         let mut ebpf = loader().load(OBJECT).context("loading the eBPF object")?;
@@ -49,10 +55,13 @@ impl Kernel {
             aya::maps::Map::CgroupStorage(m) => m,
             other => anyhow::bail!("{} has unexpected type {other:?}", maps::CGROUP_ATTACH),
         };
+        let lease_map = lease.register(&mut ebpf)?;
         Ok(Self {
             ebpf,
             slots,
             cgroup_storage,
+            lease,
+            _lease_map: lease_map,
         })
     }
 
@@ -94,11 +103,23 @@ pub fn loader<'a>() -> EbpfLoader<'a> {
     loader
 }
 
+/// A private copy of the object.
+pub struct Instance {
+    pub ebpf: Ebpf,
+    pub slots: SlotPool,
+    /// Keeps the copy's lease renewed; drop it with the copy.
+    pub lease: Arc<LeaseMap>,
+}
+
 /// Loads a private copy of the object for one network interface (or any
 /// other per-device use): the maps named in `sizes` get those sizes, and
 /// every other map that can be shrunk holds a single entry, so a copy costs
 /// what its own programs need and nothing for other families' maps.
-pub fn load_instance(sizes: &[(&str, u32)], capacity: u32) -> anyhow::Result<(Ebpf, SlotPool)> {
+pub fn load_instance(
+    sizes: &[(&str, u32)],
+    capacity: u32,
+    lease: &Lease,
+) -> anyhow::Result<Instance> {
     let mut loader = loader();
     let sized: Vec<(String, u32)> = shrinkable_maps()?
         .into_iter()
@@ -117,7 +138,8 @@ pub fn load_instance(sizes: &[(&str, u32)], capacity: u32) -> anyhow::Result<(Eb
         .load(OBJECT)
         .context("loading a private copy of the eBPF object")?;
     let slots = SlotPool::take(&mut ebpf, capacity)?;
-    Ok((ebpf, slots))
+    let lease = lease.register(&mut ebpf)?;
+    Ok(Instance { ebpf, slots, lease })
 }
 
 /// The object's maps whose size is a plain entry count (not cgroup

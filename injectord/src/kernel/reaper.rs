@@ -10,19 +10,27 @@
 //! the reaper undoes them, newest first, and exits. A clean shutdown leaves
 //! nothing pending, and the reaper just exits.
 //!
-//! Protocol, one JSON object per line: `{"add": id, "netns": path|null,
-//! "undo": Undo}` and `{"done": id}`.
+//! Protocol, one JSON object per line ([`Entry`]): `{"add": id, "netns":
+//! path|null, "netns_id": ..., "undo": Undo}` and `{"done": id}`. The same
+//! lines go to the journal (see `journal.rs`), which covers a kill of the
+//! reaper too; the reaper appends a `done` there for what it undid.
 
 use std::{
     collections::BTreeMap,
     fs::File,
     io::{BufRead as _, BufReader, Write as _},
     os::fd::AsFd as _,
+    path::Path,
     process::{Child, ChildStdin, Command, Stdio},
     sync::{Arc, Mutex},
 };
 
 use serde::{Deserialize, Serialize};
+
+use super::{
+    journal::{Entry, Journal, NsId},
+    netns::NsHandle,
+};
 
 /// The first argument that makes the injectord binary run as the reaper.
 pub const REAPER_ARG: &str = "__injectord_reaper";
@@ -107,31 +115,27 @@ pub fn tc(args: &[&str]) -> Result<String, String> {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum Message {
-    Add {
-        add: u64,
-        netns: Option<String>,
-        undo: Undo,
-    },
-    Done {
-        done: u64,
-    },
-}
-
-/// The daemon's end of the pipe.
+/// The daemon's end of the pipe, and the journal.
 struct Pipe {
-    child: Child,
-    stdin: ChildStdin,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    journal: Option<Journal>,
     next: u64,
 }
 
 impl Pipe {
-    fn send(&mut self, m: &Message) {
+    fn send(&mut self, m: &Entry) {
+        if let Some(j) = &mut self.journal
+            && let Err(e) = j.append(m)
+        {
+            tracing::error!(error = %e, journal = %j.path().display(), "writing the journal: a kill of the whole process group would leave netlink state behind");
+        }
+        let Some(stdin) = &mut self.stdin else {
+            return;
+        };
         let mut line = serde_json::to_string(m).expect("plain data serializes");
         line.push('\n');
-        if let Err(e) = self.stdin.write_all(line.as_bytes()) {
+        if let Err(e) = stdin.write_all(line.as_bytes()) {
             tracing::error!(error = %e, "the reaper is gone: SIGKILL would leave netlink state behind");
         }
     }
@@ -144,42 +148,56 @@ impl Pipe {
 pub struct Reaper(Option<Arc<Mutex<Pipe>>>);
 
 impl Reaper {
-    pub fn spawn() -> std::io::Result<Self> {
-        let mut child = Command::new("/proc/self/exe")
-            .arg(REAPER_ARG)
-            .stdin(Stdio::piped())
-            .spawn()?;
-        let stdin = child.stdin.take().expect("stdin is piped");
-        Ok(Self(Some(Arc::new(Mutex::new(Pipe {
+    /// Starts the reaper process; records also go to `journal`. If the
+    /// process cannot be started, records still go to the journal.
+    pub fn spawn(journal: Option<Journal>) -> (Self, Option<std::io::Error>) {
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg(REAPER_ARG);
+        if let Some(j) = &journal {
+            cmd.arg(j.path());
+        }
+        let (child, stdin, err) = match cmd.stdin(Stdio::piped()).spawn() {
+            Ok(mut child) => {
+                let stdin = child.stdin.take();
+                (Some(child), stdin, None)
+            }
+            Err(e) => (None, None, Some(e)),
+        };
+        let pipe = Pipe {
             child,
             stdin,
+            journal,
             next: 1,
-        })))))
+        };
+        (Self(Some(Arc::new(Mutex::new(pipe)))), err)
     }
 
-    /// A reaper that records nothing.
+    /// A reaper that records nothing (tools and tests without a daemon).
     pub fn none() -> Self {
         Self(None)
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.0.as_ref().map(|p| lock(p).child.id())
+        self.0
+            .as_ref()
+            .and_then(|p| lock(p).child.as_ref().map(Child::id))
     }
 
-    /// Records how to undo state about to be created in `netns` (a path,
-    /// or `None` for the daemon's own). The returned record stays pending
-    /// until it is dropped, which tells the reaper the state is gone (undone
-    /// by us, or never created); [`Record::keep`] leaves it pending.
-    pub fn record(&self, netns: Option<&str>, undo: Undo) -> Record {
+    /// Records how to undo state about to be created in `ns`. The
+    /// returned record stays pending until it is dropped, which tells the
+    /// reaper and the journal the state is gone (undone by us, or never
+    /// created); [`Record::keep`] leaves it pending.
+    pub fn record(&self, ns: &NsHandle, undo: Undo) -> Record {
         let Some(pipe) = &self.0 else {
             return Record(None);
         };
         let mut p = lock(pipe);
         let id = p.next;
         p.next += 1;
-        p.send(&Message::Add {
+        p.send(&Entry::Add {
             add: id,
-            netns: netns.map(str::to_string),
+            netns: ns.path.clone(),
+            netns_id: ns.file().and_then(NsId::of),
             undo,
         });
         Record(Some((Arc::clone(pipe), id)))
@@ -207,7 +225,7 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         if let Some((pipe, id)) = self.0.take() {
-            lock(&pipe).send(&Message::Done { done: id });
+            lock(&pipe).send(&Entry::Done { done: id });
         }
     }
 }
@@ -222,7 +240,7 @@ impl std::fmt::Debug for Record {
 
 /// The reaper process: reads records until the pipe closes, then undoes
 /// what is still pending.
-pub fn run() -> ! {
+pub fn run(journal: Option<&Path>) -> ! {
     // Signals sent to the daemon's process group (Ctrl-C, a service
     // manager's SIGTERM) must not stop us before the daemon's own cleanup;
     // we exit when the pipe closes.
@@ -234,23 +252,26 @@ pub fn run() -> ! {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     let own = File::open("/proc/self/ns/net").ok();
+    let mut journal = journal.and_then(|p| Journal::append_to(p).ok());
     let mut pending: BTreeMap<u64, (Option<File>, Undo)> = BTreeMap::new();
     for line in BufReader::new(std::io::stdin().lock()).lines() {
         let Ok(line) = line else { break };
-        match serde_json::from_str::<Message>(&line) {
-            Ok(Message::Add { add, netns, undo }) => {
+        match serde_json::from_str::<Entry>(&line) {
+            Ok(Entry::Add {
+                add, netns, undo, ..
+            }) => {
                 // Opened now, while the namespace surely exists; holding it
                 // keeps it alive until we are done with it.
                 let ns = netns.and_then(|p| File::open(p).ok());
                 pending.insert(add, (ns, undo));
             }
-            Ok(Message::Done { done }) => {
+            Ok(Entry::Done { done }) => {
                 pending.remove(&done);
             }
             Err(e) => eprintln!("injectord reaper: bad record {line:?}: {e}"),
         }
     }
-    for (_, (ns, undo)) in pending.into_iter().rev() {
+    for (id, (ns, undo)) in pending.into_iter().rev() {
         if let Some(ns) = &ns
             && let Err(e) = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         {
@@ -258,7 +279,12 @@ pub fn run() -> ! {
             continue;
         }
         match undo.run() {
-            Ok(()) => eprintln!("injectord reaper: undid {undo:?}"),
+            Ok(()) => {
+                eprintln!("injectord reaper: undid {undo:?}");
+                if let Some(j) = &mut journal {
+                    let _ = j.append(&Entry::Done { done: id });
+                }
+            }
             Err(e) => eprintln!("injectord reaper: {undo:?}: {e}"),
         }
         if ns.is_some()
@@ -288,7 +314,7 @@ impl Undoable for Undo {
 /// reaper tries again when the daemon exits.
 pub struct NetlinkGuard<S: Undoable> {
     state: Option<S>,
-    ns: super::netns::NsHandle,
+    ns: NsHandle,
     what: String,
     record: Option<Record>,
 }
@@ -297,12 +323,7 @@ impl<S: Undoable> NetlinkGuard<S> {
     /// `record` is the reaper's record for the state, taken before it was
     /// created (`None` for state the kernel removes with the daemon's file
     /// descriptors, such as a tcx or XDP link).
-    pub fn new(
-        state: S,
-        ns: super::netns::NsHandle,
-        what: impl Into<String>,
-        record: Option<Record>,
-    ) -> Self {
+    pub fn new(state: S, ns: NsHandle, what: impl Into<String>, record: Option<Record>) -> Self {
         Self {
             state: Some(state),
             ns,

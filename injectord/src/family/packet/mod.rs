@@ -99,9 +99,13 @@ impl Backend for Packets {
         let kind = fault.kind();
         match req.target {
             Target::Interface { name, netns } => {
-                let f = self
-                    .interfaces
-                    .install(name, netns.as_ref(), &plan, req.trigger)?;
+                let f = self.interfaces.install(
+                    name,
+                    netns.as_ref(),
+                    &plan,
+                    req.trigger,
+                    &req.kernel.lease,
+                )?;
                 Ok(Box::new(OnInterface { fault: f, kind }))
             }
             // cgroup_skb can only drop: a container's rewrite, copy or
@@ -115,9 +119,13 @@ impl Backend for Packets {
                     device = dev.name.as_str(),
                     "cgroup target acts on its namespace's device"
                 );
-                let f = self
-                    .interfaces
-                    .install(&dev.name, Some(&dev.netns), &plan, req.trigger)?;
+                let f = self.interfaces.install(
+                    &dev.name,
+                    Some(&dev.netns),
+                    &plan,
+                    req.trigger,
+                    &req.kernel.lease,
+                )?;
                 Ok(Box::new(OnInterface { fault: f, kind }))
             }
             Target::Cgroup(cgroup) => self.install_on_cgroup(req, fault, &plan, cgroup),

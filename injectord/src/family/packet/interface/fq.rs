@@ -67,7 +67,7 @@ impl Interface {
                 self.label, root.kind, root.handle
             )));
         }
-        let record = reaper.record(self.ns.path.as_deref(), Undo::Fq { dev: name.clone() });
+        let record = reaper.record(&self.ns, Undo::Fq { dev: name.clone() });
         self.ns
             .run(|| {
                 // Room for a rate limit's queue: fq's default of 100 packets

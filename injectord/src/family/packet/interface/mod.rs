@@ -47,6 +47,7 @@ use crate::{
     error::Error,
     kernel::{
         self, Slot, SlotPool,
+        lease::{Lease, LeaseMap},
         logs::{self, LogReader},
         netns::{DeviceKey, NsHandle, resolve_device},
         reaper::{NetlinkGuard, Reaper, Undo},
@@ -103,6 +104,7 @@ struct Interface {
     label: String,
     name: String,
     ifindex: u32,
+    _lease: Arc<LeaseMap>,
     // Undone in this order when the interface goes (see Drop).
     tc: [Option<TcLink>; 2],
     xdp: XdpState,
@@ -127,6 +129,7 @@ impl Interfaces {
         netns: Option<&Netns>,
         plan: &PacketPlan,
         trigger: Trigger,
+        lease: &Lease,
     ) -> Result<InterfaceFault, Error> {
         let label = match netns {
             Some(ns) => format!("{} in netns {}", name.as_str(), ns.as_str()),
@@ -148,6 +151,7 @@ impl Interfaces {
                     label,
                     name.as_str(),
                     key.ifindex,
+                    lease,
                 )?));
                 self.by_key.insert(key, Arc::downgrade(&i));
                 i
@@ -200,9 +204,19 @@ impl Drop for InterfaceFault {
 }
 
 impl Interface {
-    fn load(ns: NsHandle, label: String, name: &str, ifindex: u32) -> Result<Self, Error> {
+    fn load(
+        ns: NsHandle,
+        label: String,
+        name: &str,
+        ifindex: u32,
+        lease: &Lease,
+    ) -> Result<Self, Error> {
         let internal = |e: anyhow::Error| Error::Internal(format!("{e:#}"));
-        let (mut ebpf, slots) = kernel::load_instance(SIZES, MAX_PACKET_RULES).map_err(internal)?;
+        let kernel::Instance {
+            mut ebpf,
+            slots,
+            lease,
+        } = kernel::load_instance(SIZES, MAX_PACKET_RULES, lease).map_err(internal)?;
         let maps = PacketMaps::take(&mut ebpf).map_err(internal)?;
         let logs = logs::forward(&mut ebpf, &label);
         tracing::debug!(interface = %label, ifindex, "loaded packet programs");
@@ -215,6 +229,7 @@ impl Interface {
             label,
             name: name.to_string(),
             ifindex,
+            _lease: lease,
             tc: [None, None],
             xdp: XdpState::NotTried,
             fq: Fq::Unknown,

@@ -61,8 +61,7 @@ impl Interface {
         }
         // Recorded before the qdisc exists, so a crash in between is
         // covered; settled at once if the qdisc was there already.
-        let clsact_record =
-            reaper.record(self.ns.path.as_deref(), Undo::Clsact { dev: dev.clone() });
+        let clsact_record = reaper.record(&self.ns, Undo::Clsact { dev: dev.clone() });
         let attached = self.ns.run(|| {
             // tcx (Linux 6.6+): a link, first in the chain; our program
             // answers "next" for packets it leaves alone.
@@ -126,7 +125,7 @@ impl Interface {
         }
         let record = match (netlink, link.priority()) {
             (true, Ok(priority)) => Some(reaper.record(
-                self.ns.path.as_deref(),
+                &self.ns,
                 Undo::Filter {
                     dev,
                     ingress: i == 0,

@@ -1,0 +1,181 @@
+//! The journal: every piece of netlink state the daemon creates (and, for
+//! families to come, every stopped or frozen process) is written to a file
+//! under the run directory before it exists, and marked done once undone.
+//!
+//! The reaper covers a SIGKILL of the daemon alone. When the whole process
+//! group or cgroup is killed (systemd, `timeout -s KILL`, a container
+//! runtime), the reaper dies too; the lease makes whatever stayed inert,
+//! and the next daemon on the same socket reads its predecessor's journal
+//! and undoes what it lists, before it takes any request.
+//!
+//! One JSON object per line, appended with O_APPEND by the daemon (add,
+//! done) and by its reaper (done, for what it undid).
+
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{netns::in_netns, reaper::Undo};
+
+/// Identity of a network namespace file: device and inode. A path such as
+/// /proc/PID/ns/net may name another namespace after a restart (the pid
+/// was reused); the identity tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl NsId {
+    pub fn of(file: &File) -> Option<Self> {
+        file.metadata().ok().map(|m| Self {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// A line of the journal, and of the reaper's pipe.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Entry {
+    Add {
+        add: u64,
+        /// The namespace's path (`None`: the daemon's own).
+        netns: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns_id: Option<NsId>,
+        undo: Undo,
+    },
+    Done {
+        done: u64,
+    },
+}
+
+/// The journal file, open for appending.
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Starts an empty journal at `path` (after [`recover`] read the old one).
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
+        drop(file);
+        Self::append_to(path)
+    }
+
+    /// Opens an existing journal for appending (the reaper's side).
+    pub fn append_to(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one entry in one write, so lines from the daemon and its
+    /// reaper never interleave.
+    pub fn append(&mut self, entry: &Entry) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)
+    }
+}
+
+/// What the start-up recovery did with a predecessor's journal.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Recovery {
+    /// Undone now.
+    pub undone: u64,
+    /// Already gone (the device, namespace or state no longer exists).
+    pub gone: u64,
+    /// Could not be undone; logged with the reason.
+    pub failed: u64,
+}
+
+/// Undoes what a predecessor's journal at `path` lists as still pending,
+/// newest first, each in its namespace. A missing journal is an empty one.
+pub fn recover(path: &Path) -> Recovery {
+    let mut recovery = Recovery::default();
+    let Ok(file) = File::open(path) else {
+        return recovery;
+    };
+    let mut pending: BTreeMap<u64, (Option<String>, Option<NsId>, Undo)> = BTreeMap::new();
+    for line in BufReader::new(file).lines().map_while(Result::ok) {
+        match serde_json::from_str::<Entry>(&line) {
+            Ok(Entry::Add {
+                add,
+                netns,
+                netns_id,
+                undo,
+            }) => {
+                pending.insert(add, (netns, netns_id, undo));
+            }
+            Ok(Entry::Done { done }) => {
+                pending.remove(&done);
+            }
+            // A line cut short by the kill: the state it announced was
+            // never created.
+            Err(e) => tracing::debug!(line, error = %e, "skipping a journal line"),
+        }
+    }
+    for (netns, id, undo) in pending.into_values().rev() {
+        let _span = tracing::info_span!("recover", ?undo, netns = netns.as_deref()).entered();
+        let ns = match &netns {
+            None => None,
+            Some(p) => match File::open(p) {
+                Ok(f) if id.is_none() || NsId::of(&f) == id => Some(f),
+                Ok(_) => {
+                    tracing::info!(path = %p, "the namespace is gone (its path names another one now)");
+                    recovery.gone += 1;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::info!(path = %p, error = %e, "the namespace is gone");
+                    recovery.gone += 1;
+                    continue;
+                }
+            },
+        };
+        match in_netns(ns.as_ref(), || undo.run()) {
+            Ok(Ok(())) => {
+                tracing::warn!("undid what a previous injectord left behind");
+                recovery.undone += 1;
+            }
+            Ok(Err(e)) if is_gone(&e) => {
+                tracing::info!(error = %e, "already gone");
+                recovery.gone += 1;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not undo what a previous injectord left behind");
+                recovery.failed += 1;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not enter the namespace");
+                recovery.failed += 1;
+            }
+        }
+    }
+    recovery
+}
+
+/// Whether tc(8) says the state or its device does not exist.
+fn is_gone(err: &str) -> bool {
+    err.contains("not found") || err.contains("Cannot find device")
+}
