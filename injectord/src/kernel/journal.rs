@@ -92,9 +92,78 @@ impl Journal {
     /// Appends one entry in one write, so lines from the daemon and its
     /// reaper never interleave.
     pub fn append(&mut self, entry: &Entry) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        self.file.write_all(&line)
+        self.append_line(&line_of(entry)?)
+    }
+
+    fn append_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(line)
+    }
+
+    /// Replaces the journal with just `pending` (its own earlier lines), so
+    /// a long-running daemon's journal stays as long as what it holds. The
+    /// new file is written beside and renamed over the old one.
+    fn compact<'a>(&mut self, pending: impl Iterator<Item = &'a [u8]>) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("journal.tmp");
+        let mut f = File::create(&tmp)?;
+        for line in pending {
+            f.write_all(line)?;
+        }
+        f.sync_data()?;
+        std::fs::rename(&tmp, &self.path)?;
+        *self = Self::append_to(&self.path)?;
+        Ok(())
+    }
+}
+
+fn line_of(entry: &Entry) -> std::io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The daemon's journal, with what it holds: entries are appended as they
+/// come, and the file is compacted to the pending adds once it has grown
+/// to many times their number.
+pub struct Writer {
+    journal: Journal,
+    pending: BTreeMap<u64, Vec<u8>>,
+    lines: usize,
+}
+
+impl Writer {
+    /// Lines a journal may hold before it is worth compacting.
+    const COMPACT_AFTER: usize = 4096;
+
+    pub fn new(journal: Journal) -> Self {
+        Self {
+            journal,
+            pending: BTreeMap::new(),
+            lines: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.journal.path()
+    }
+
+    pub fn append(&mut self, entry: &Entry) -> std::io::Result<()> {
+        let line = line_of(entry)?;
+        self.journal.append_line(&line)?;
+        self.lines += 1;
+        match entry {
+            Entry::Add { add, .. } => {
+                self.pending.insert(*add, line);
+            }
+            Entry::Done { done } => {
+                self.pending.remove(done);
+            }
+        }
+        if self.lines > Self::COMPACT_AFTER && self.lines > 4 * self.pending.len() {
+            self.journal
+                .compact(self.pending.values().map(Vec::as_slice))?;
+            self.lines = self.pending.len();
+        }
+        Ok(())
     }
 }
 
@@ -113,29 +182,7 @@ pub struct Recovery {
 /// newest first, each in its namespace. A missing journal is an empty one.
 pub fn recover(path: &Path) -> Recovery {
     let mut recovery = Recovery::default();
-    let Ok(file) = File::open(path) else {
-        return recovery;
-    };
-    let mut pending: BTreeMap<u64, (Option<String>, Option<NsId>, Undo)> = BTreeMap::new();
-    for line in BufReader::new(file).lines().map_while(Result::ok) {
-        match serde_json::from_str::<Entry>(&line) {
-            Ok(Entry::Add {
-                add,
-                netns,
-                netns_id,
-                undo,
-            }) => {
-                pending.insert(add, (netns, netns_id, undo));
-            }
-            Ok(Entry::Done { done }) => {
-                pending.remove(&done);
-            }
-            // A line cut short by the kill: the state it announced was
-            // never created.
-            Err(e) => tracing::debug!(line, error = %e, "skipping a journal line"),
-        }
-    }
-    for (netns, id, undo) in pending.into_values().rev() {
+    for (netns, id, undo) in pending(path).into_iter().rev() {
         let _span = tracing::info_span!("recover", ?undo, netns = netns.as_deref()).entered();
         let ns = match &netns {
             None => None,
@@ -175,7 +222,78 @@ pub fn recover(path: &Path) -> Recovery {
     recovery
 }
 
+/// What a journal lists as created and not undone, oldest first.
+fn pending(path: &Path) -> Vec<(Option<String>, Option<NsId>, Undo)> {
+    let Ok(file) = File::open(path) else {
+        return Vec::new();
+    };
+    let mut pending: BTreeMap<u64, (Option<String>, Option<NsId>, Undo)> = BTreeMap::new();
+    for line in BufReader::new(file).lines().map_while(Result::ok) {
+        match serde_json::from_str::<Entry>(&line) {
+            Ok(Entry::Add {
+                add,
+                netns,
+                netns_id,
+                undo,
+            }) => {
+                pending.insert(add, (netns, netns_id, undo));
+            }
+            Ok(Entry::Done { done }) => {
+                pending.remove(&done);
+            }
+            // A line cut short by the kill: the state it announced was
+            // never created.
+            Err(e) => tracing::debug!(line, error = %e, "skipping a journal line"),
+        }
+    }
+    pending.into_values().collect()
+}
+
 /// Whether tc(8) says the state or its device does not exist.
 fn is_gone(err: &str) -> bool {
     err.contains("not found") || err.contains("Cannot find device")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(id: u64, dev: &str) -> Entry {
+        Entry::Add {
+            add: id,
+            netns: Some("/run/netns/x".into()),
+            netns_id: Some(NsId { dev: 4, ino: id }),
+            undo: Undo::Fq { dev: dev.into() },
+        }
+    }
+
+    #[test]
+    fn pending_is_what_was_added_and_not_done_and_survives_compaction() {
+        let path = std::env::temp_dir().join(format!("journal-test-{}", std::process::id()));
+        let mut w = Writer::new(Journal::create(&path).unwrap());
+        w.append(&add(1, "a")).unwrap();
+        w.append(&add(2, "b")).unwrap();
+        w.append(&Entry::Done { done: 1 }).unwrap();
+        // Enough churn to compact several times.
+        for id in 10..(10 + Writer::COMPACT_AFTER as u64) {
+            w.append(&add(id, "c")).unwrap();
+            w.append(&Entry::Done { done: id }).unwrap();
+        }
+        w.append(&add(3, "d")).unwrap();
+        // A line cut short by a kill is skipped.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"add\": 4, \"net")
+            .unwrap();
+        let left: Vec<Undo> = pending(&path).into_iter().map(|(_, _, u)| u).collect();
+        assert_eq!(
+            left,
+            [Undo::Fq { dev: "b".into() }, Undo::Fq { dev: "d".into() }]
+        );
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines < 100, "not compacted: {lines} lines");
+        let _ = std::fs::remove_file(&path);
+    }
 }

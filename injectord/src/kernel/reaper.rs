@@ -28,7 +28,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    journal::{Entry, Journal, NsId},
+    journal::{self, Entry, Journal, NsId},
     netns::NsHandle,
 };
 
@@ -119,7 +119,7 @@ pub fn tc(args: &[&str]) -> Result<String, String> {
 struct Pipe {
     child: Option<Child>,
     stdin: Option<ChildStdin>,
-    journal: Option<Journal>,
+    journal: Option<journal::Writer>,
     next: u64,
 }
 
@@ -166,7 +166,7 @@ impl Reaper {
         let pipe = Pipe {
             child,
             stdin,
-            journal,
+            journal: journal.map(journal::Writer::new),
             next: 1,
         };
         (Self(Some(Arc::new(Mutex::new(pipe)))), err)
@@ -252,7 +252,6 @@ pub fn run(journal: Option<&Path>) -> ! {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     let own = File::open("/proc/self/ns/net").ok();
-    let mut journal = journal.and_then(|p| Journal::append_to(p).ok());
     let mut pending: BTreeMap<u64, (Option<File>, Undo)> = BTreeMap::new();
     for line in BufReader::new(std::io::stdin().lock()).lines() {
         let Ok(line) = line else { break };
@@ -271,6 +270,8 @@ pub fn run(journal: Option<&Path>) -> ! {
             Err(e) => eprintln!("injectord reaper: bad record {line:?}: {e}"),
         }
     }
+    // Opened only now: the daemon may have compacted (replaced) the file.
+    let mut journal = journal.and_then(|p| Journal::append_to(p).ok());
     for (id, (ns, undo)) in pending.into_iter().rev() {
         if let Some(ns) = &ns
             && let Err(e) = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
