@@ -61,7 +61,7 @@ pub struct PacketTarget {
     pub dst_filtered: u64,
     /// Rules by protocol class ([`proto_class`]): a packet's candidates are
     /// cut to the rules for its protocol before any rule is looked up.
-    pub proto_masks: [u64; 4],
+    pub proto_masks: [u64; NR_PROTO_CLASSES],
     /// Rules with a single destination port that the port index holds (set
     /// when a target has many): candidates among them are cut to those for
     /// the packet's port by one lookup in `PACKET_PORTS`.
@@ -78,16 +78,38 @@ pub struct PortKey {
     pub _pad: [u8; 6],
 }
 
-/// Protocol classes of [`PacketTarget::proto_masks`]: other, TCP, UDP,
-/// ICMP (v4 or v6).
+/// Protocol classes of [`PacketTarget::proto_masks`]. The protocols that
+/// carry bulk traffic on an NFV link (TCP, UDP, SCTP and the tunnels GRE,
+/// ESP and IP-in-IP) each have a class, so a rule for one of them is never
+/// a candidate for the others' packets. The rest (VRRP, OSPF, IGMP, AH,
+/// ...: control protocols at a few packets per second) share class 0, and
+/// each such rule checks its own protocol number.
+pub const NR_PROTO_CLASSES: usize = 8;
+// The programs index the classes with `& (NR_PROTO_CLASSES - 1)`.
+const _: () = assert!(NR_PROTO_CLASSES.is_power_of_two());
+
+/// The [`PacketTarget::proto_masks`] class of an IP protocol number (the
+/// IPv4 protocol or the IPv6 next header past the extension headers).
 #[inline(always)]
 pub fn proto_class(proto: u8) -> usize {
     match proto {
         PROTO_TCP => 1,
         PROTO_UDP => 2,
         PROTO_ICMP | PROTO_ICMPV6 => 3,
+        PROTO_SCTP => 4,
+        PROTO_GRE => 5,
+        PROTO_ESP => 6,
+        PROTO_IPIP | PROTO_IPV6 => 7,
         _ => 0,
     }
+}
+
+/// Whether packets of `proto` carry ports where TCP has them (the first
+/// four bytes of the transport header), which is what the port filters
+/// and the port index match.
+#[inline(always)]
+pub fn has_ports(proto: u8) -> bool {
+    matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
 }
 
 /// Key of the packet rule map: (target, rule index 0..64).
@@ -126,12 +148,33 @@ pub const ACTION_DUPLICATE: u8 = 3;
 pub const ACTION_DELAY: u8 = 4;
 pub const ACTION_RATE: u8 = 5;
 
-/// IP protocol numbers a rule can filter on (0: any).
+/// IP protocol numbers (IANA) with a meaning here. A rule filters on any
+/// number but these: 0 stands for "any" in a rule (0 on the wire is
+/// IPv6's hop-by-hop header, which the parser walks past, as it does the
+/// other [`IPV6_EXT_HEADERS`]).
 pub const PROTO_ANY: u8 = 0;
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IPIP: u8 = 4;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_GRE: u8 = 47;
+pub const PROTO_ESP: u8 = 50;
 pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// IPv6 extension headers the parser walks past to find the protocol:
+/// hop-by-hop options, routing, fragment, destination options. A packet
+/// can never show them as its protocol, so no rule may ask for them.
+pub const IPV6_HOPOPTS: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DSTOPTS: u8 = 60;
+pub const IPV6_EXT_HEADERS: [u8; 4] = [IPV6_HOPOPTS, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_DSTOPTS];
+/// At most this many extension headers are walked past (one of each is
+/// the usual worst case); behind a longer chain the protocol reads as the
+/// extension header where the walk stopped, which only `any` matches.
+pub const IPV6_EXT_STEPS: usize = 4;
 
 /// Where `packet_corrupt` flips bits.
 pub const REGION_PAYLOAD: u8 = 0;

@@ -3,7 +3,7 @@
 //! re-times packets) and cgroup_skb (one cgroup's packets only).
 //!
 //! Per packet, after parsing: one hash lookup for the target's rule masks at
-//! this hook, two LPM-trie lookups (source and destination prefix) whose
+//! this hook (cut to the rules of the packet's protocol class), two LPM-trie lookups (source and destination prefix) whose
 //! values are masks of the rules covering the address, and then one rule
 //! lookup per candidate rule left in the intersection (in a bpf_loop). A
 //! packet that no rule aims at stops after the first lookup or the tries.
@@ -24,9 +24,9 @@ use injector_common::{
     FAMILY_INET6, MAX_FAULTS,
     packet::{
         ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DELAY_BUCKETS,
-        DelayHistogram, LPM_FULL_BITS, LpmData, MAX_PACKET_RULES, OFFSET_RANDOM, PacketRule,
-        PacketRuleKey, PacketTarget, PortKey, REGION_ANY, REGION_HEADERS, RULE_JITTER_NORMAL,
-        proto_class,
+        DelayHistogram, LPM_FULL_BITS, LpmData, MAX_PACKET_RULES, NR_PROTO_CLASSES, OFFSET_RANDOM,
+        PacketRule, PacketRuleKey, PacketTarget, PortKey, REGION_ANY, REGION_HEADERS,
+        RULE_JITTER_NORMAL, proto_class,
     },
 };
 pub use parse::Flow;
@@ -121,7 +121,8 @@ pub fn run<P: Packet>(hook: usize, target: u64, flow: &Flow, pkt: &mut P) -> Ver
     // SAFETY: NO_PREALLOC map value, valid for this RCU read section.
     let (mut mask, src_filtered, dst_filtered, port_indexed) = unsafe {
         (
-            (*masks).masks[hook & 7] & (*masks).proto_masks[proto_class(flow.proto) & 3],
+            (*masks).masks[hook & 7]
+                & (*masks).proto_masks[proto_class(flow.proto) & (NR_PROTO_CLASSES - 1)],
             (*masks).src_filtered,
             (*masks).dst_filtered,
             (*masks).port_indexed,

@@ -19,9 +19,10 @@ use injector_common::packet::{DUPLICATE_MARK, HOOK_TC_EGRESS, HOOK_TC_INGRESS, P
 
 use super::{Flow, Packet, Verdict, parse, run};
 
-/// Enough linear bytes for Ethernet, a VLAN tag, IPv6 and a TCP header with
-/// options.
-const HEADERS_MAX: u32 = 14 + 4 + 40 + 60;
+/// Enough linear bytes for Ethernet, a VLAN tag, IPv6 with 64 bytes of
+/// extension headers (hop-by-hop, destination options, a routing header
+/// with two addresses, a fragment header) and a TCP header with options.
+const HEADERS_MAX: u32 = 14 + 4 + 40 + 64 + 60;
 
 struct TcPacket {
     skb: *mut __sk_buff,

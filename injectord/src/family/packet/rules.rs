@@ -167,7 +167,8 @@ impl PacketMaps {
                 }
             }
             // `icmp` rules carry PROTO_ICMP and match ICMPv6 too: both are
-            // one class.
+            // one class. A rule for a protocol without a class of its own
+            // sits in class 0 and checks its number per packet.
             for (class, mask) in masks.proto_masks.iter_mut().enumerate() {
                 if entry.rule.proto == PROTO_ANY || class == proto_class(entry.rule.proto) {
                     *mask |= 1 << index;
