@@ -127,7 +127,7 @@ impl RpcError {
     ///
     /// serde's errors carry no code, only messages of fixed forms: serde
     /// derive writes "unknown field" and "unknown variant" (an enumerated
-    /// value, as `"protocol": "sctp"`), and our value types write "invalid
+    /// value, as `"direction": "up"`), and our value types write "invalid
     /// value" (through [`crate::spec::invalid`]) or "unknown errno".
     pub fn from_spec_error(
         err: serde_path_to_error::Error<serde_json::Error>,
@@ -146,7 +146,14 @@ impl RpcError {
         } else {
             ErrorCode::InvalidSpec
         };
-        let path = (path != ".").then_some(path);
+        // A missing or repeated field is reported at the object that lacks
+        // it; the field itself is the one to name.
+        let path = match (path.as_str(), named_field(&inner)) {
+            (".", Some(f)) => Some(f.to_string()),
+            (".", None) => None,
+            (p, Some(f)) => Some(format!("{p}.{f}")),
+            (_, None) => Some(path),
+        };
         let field = match (prefix, path) {
             (Some(p), Some(f)) => Some(format!("{p}.{f}")),
             (Some(p), None) => Some(p.to_string()),
@@ -164,6 +171,11 @@ impl RpcError {
         }
     }
 
+    /// An error naming `field`, its message starting with the field.
+    pub fn for_field(code: ErrorCode, field: &str, message: impl fmt::Display) -> Self {
+        Self::new(code, format!("{field}: {message}")).at(field)
+    }
+
     /// The JSON-RPC `error` object.
     pub fn to_json(&self) -> Value {
         let mut data = json!({ "code": self.code });
@@ -177,10 +189,26 @@ impl RpcError {
     }
 }
 
+/// The field serde names in "missing field `x`" and "duplicate field
+/// `x`": those errors carry the path of the enclosing object only.
+fn named_field(message: &str) -> Option<&str> {
+    let rest = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("duplicate field `"))?;
+    rest.split_once('`').map(|(f, _)| f)
+}
+
 /// What went wrong inside the daemon, typed; turned into an [`RpcError`]
 /// (the wire form) at the control socket only.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An error caused by one field of the spec (`target.netns`,
+    /// `fault.offset`): made by [`Error::at`].
+    #[error("{field}: {error}")]
+    At {
+        field: &'static str,
+        error: Box<Error>,
+    },
     /// The target (cgroup, process, namespace, interface) is not there.
     #[error("{0}")]
     TargetNotFound(String),
@@ -245,6 +273,31 @@ impl Error {
         }
     }
 
+    /// Names the spec field that caused the error, unless a more precise
+    /// one is named already (the innermost caller knows best).
+    pub fn at(self, field: &'static str) -> Self {
+        match self {
+            Self::At { .. } => self,
+            error => Self::At {
+                field,
+                error: Box::new(error),
+            },
+        }
+    }
+
+    /// For [`Result::map_err`]: `.map_err(Error::field("target.pid"))`.
+    pub fn field(field: &'static str) -> impl FnOnce(Self) -> Self {
+        move |e| e.at(field)
+    }
+
+    /// The spec field named by [`Error::at`], if any.
+    pub fn spec_field(&self) -> Option<&'static str> {
+        match self {
+            Self::At { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
     /// A map operation's error, for [`Result::map_err`].
     pub fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {
         move |source| Self::Map { map, source }
@@ -252,6 +305,7 @@ impl Error {
 
     pub fn code(&self) -> ErrorCode {
         match self {
+            Self::At { error, .. } => error.code(),
             Self::TargetNotFound(_) => ErrorCode::TargetNotFound,
             Self::ContainerNotFound(_) => ErrorCode::ContainerNotFound,
             Self::AmbiguousTarget { .. } => ErrorCode::AmbiguousTarget,
@@ -286,14 +340,18 @@ fn is_emfile(e: &(dyn std::error::Error + 'static)) -> bool {
 
 impl From<Error> for RpcError {
     fn from(e: Error) -> Self {
-        let code = e.code();
-        match e {
-            Error::AmbiguousTarget {
-                message,
-                candidates,
-            } => RpcError::new(code, message).with_details(json!({ "candidates": candidates })),
-            other => RpcError::new(code, other.to_string()),
+        // The message is the whole Display form, so it starts with the
+        // field when there is one.
+        let mut rpc = RpcError::new(e.code(), e.to_string());
+        rpc.field = e.spec_field().map(str::to_string);
+        let inner = match e {
+            Error::At { error, .. } => *error,
+            other => other,
+        };
+        if let Error::AmbiguousTarget { candidates, .. } = inner {
+            rpc.details = Some(json!({ "candidates": candidates }));
         }
+        rpc
     }
 }
 

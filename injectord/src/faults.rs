@@ -129,8 +129,9 @@ impl Faults {
             .unwrap_or_else(|| Name::generated(kind, id));
         if self.by_name.contains_key(name.as_str()) {
             return Err(Error::NameTaken(format!(
-                "a fault named {name:?} exists already; remove it or pick another name"
+                "a fault named \"{name}\" exists already; remove it or pick another name"
             ))
+            .at("name")
             .into());
         }
         let expires = spec.duration.map(|d| Instant::now() + d.get());
@@ -180,7 +181,7 @@ impl Faults {
             },
             other => {
                 let cgroup = self.cgroups.resolve(other)?;
-                target::check_guard(&cgroup, spec.force)?;
+                target::check_guard(&cgroup, spec.force).map_err(Error::field(other.field()))?;
                 Target::Cgroup(cgroup)
             }
         })

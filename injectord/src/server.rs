@@ -12,7 +12,10 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::rpc::{Shared, handle_line};
+use crate::{
+    error::{ErrorCode, RpcError},
+    rpc::{Shared, error_line, handle_line},
+};
 
 /// Longest request line accepted (a spec is a few hundred bytes).
 const MAX_LINE: usize = 1 << 20;
@@ -54,11 +57,10 @@ async fn connection(stream: UnixStream, state: Shared) -> anyhow::Result<()> {
     let me = unsafe { libc::geteuid() };
     if cred.uid() != 0 && cred.uid() != me {
         let (_, mut w) = stream.into_split();
-        let err = crate::error::RpcError::new(
-            crate::error::ErrorCode::PermissionDenied,
+        let line = error_line(RpcError::new(
+            ErrorCode::PermissionDenied,
             format!("uid {} may not control injectord (root only)", cred.uid()),
-        );
-        let line = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": err.to_json()});
+        ));
         w.write_all(format!("{line}\n").as_bytes()).await?;
         return Ok(());
     }
@@ -75,18 +77,19 @@ async fn connection(stream: UnixStream, state: Shared) -> anyhow::Result<()> {
             return Ok(());
         }
         let too_long = n > MAX_LINE && !buf.ends_with(b"\n");
-        let line = String::from_utf8_lossy(&buf);
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let response = if too_long {
-            Some(serde_json::json!({"jsonrpc": "2.0", "id": null, "error": crate::error::RpcError::new(
-                crate::error::ErrorCode::InvalidRequest,
+        // JSON text is UTF-8 (RFC 8259); a line that is not cannot be
+        // parsed, and is not repaired into something it did not say.
+        let response = match std::str::from_utf8(&buf).map(str::trim) {
+            Ok("") => continue,
+            _ if too_long => Some(error_line(RpcError::new(
+                ErrorCode::InvalidRequest,
                 format!("request line longer than {MAX_LINE} bytes"),
-            ).to_json()}).to_string())
-        } else {
-            handle_line(&state, line)
+            ))),
+            Ok(line) => handle_line(&state, line),
+            Err(e) => Some(error_line(RpcError::new(
+                ErrorCode::ParseError,
+                format!("the line is not valid UTF-8 ({e}), so not JSON"),
+            ))),
         };
         if let Some(mut response) = response {
             response.push('\n');

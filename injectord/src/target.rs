@@ -3,6 +3,7 @@
 
 use std::{
     fs,
+    io::ErrorKind,
     os::unix::fs::MetadataExt as _,
     path::{Component, Path, PathBuf},
 };
@@ -66,15 +67,18 @@ impl Cgroups {
         &self.mount
     }
 
+    /// The cgroup a target names. Errors name the target's field
+    /// (`target.cgroup`, `target.pid`, `target.container`).
     pub fn resolve(&self, target: &TargetSpec) -> Result<Cgroup, Error> {
         match target {
             TargetSpec::Cgroup(path) => self.by_path(path),
-            TargetSpec::Pid(pid) => self.by_pid(*pid),
+            TargetSpec::Pid(pid) => self.by_pid(pid.get()),
             TargetSpec::Container(id) => self.by_container(id),
             TargetSpec::Interface { .. } => Err(Error::UnsupportedTarget(
                 "an interface is not a cgroup target".into(),
             )),
         }
+        .map_err(Error::field(target.field()))
     }
 
     /// A path inside the cgroup2 mount: either a filesystem path under the
@@ -95,33 +99,64 @@ impl Cgroups {
             )));
         }
         let rel_str = format!("/{}", rel.display());
-        self.at(&rel_str).map_err(|_| {
-            Error::TargetNotFound(format!(
-                "cgroup {path:?} does not exist (looked for {}; cgroup2 is mounted at {})",
-                self.mount.join(&rel).display(),
-                self.mount.display()
-            ))
+        let full = self.mount.join(&rel);
+        self.at(&rel_str).map_err(|e| {
+            let (shown, mount) = (full.display(), self.mount.display());
+            match e {
+                NotCgroup::Missing => Error::TargetNotFound(format!(
+                    "cgroup {path:?} does not exist (looked for {shown}; cgroup2 is mounted at {mount})"
+                )),
+                NotCgroup::File => Error::InvalidValue(format!(
+                    "cgroup {path:?} is not a directory: {shown} (or a directory on the way to it) is a file; a cgroup is a directory under {mount}"
+                )),
+                NotCgroup::Plain => Error::InvalidValue(format!(
+                    "cgroup {path:?}: {shown} is a directory without cgroup.procs, so not a cgroup2 directory"
+                )),
+                NotCgroup::Io(e) => Error::io(format!("reading cgroup {shown}"), e),
+            }
         })
     }
 
     /// The cgroup at a mount-relative path like `/a/b`.
-    fn at(&self, rel: &str) -> std::io::Result<Cgroup> {
+    fn at(&self, rel: &str) -> Result<Cgroup, NotCgroup> {
         let rel = rel.trim_end_matches('/');
         let rel = if rel.is_empty() { "/" } else { rel };
         let dir = self.mount.join(rel.trim_start_matches('/'));
-        let meta = fs::metadata(dir.join("cgroup.procs")).and_then(|_| fs::metadata(&dir))?;
-        Ok(Cgroup {
-            path: rel.to_string(),
-            id: meta.ino(),
-        })
+        let meta = fs::metadata(&dir).map_err(NotCgroup::from)?;
+        if !meta.is_dir() {
+            return Err(NotCgroup::File);
+        }
+        match fs::metadata(dir.join("cgroup.procs")) {
+            Ok(_) => Ok(Cgroup {
+                path: rel.to_string(),
+                id: meta.ino(),
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(NotCgroup::Plain),
+            Err(e) => Err(NotCgroup::Io(e)),
+        }
     }
 
+    /// The cgroup of a process. Kernel threads are refused: they all sit
+    /// in the root cgroup, and no program of a cgroup target runs for them
+    /// (they make no connect() calls and own no sockets of a workload).
     pub fn by_pid(&self, pid: u32) -> Result<Cgroup, Error> {
-        let path = cgroup_of_pid(&pid.to_string())
-            .map_err(|e| Error::TargetNotFound(format!("process {pid} not found: {e}")))?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Error::TargetNotFound(format!("process {pid} does not exist")),
+            _ => Error::io(format!("reading /proc/{pid}/stat"), e),
+        })?;
+        if let Some(comm) = kernel_thread(&stat) {
+            return Err(Error::UnsupportedTarget(format!(
+                "process {pid} ({comm}) is a kernel thread: kernel threads have no cgroup of their own (they are all in the root cgroup) and make no calls a fault could fail; target a user-space process, a cgroup or a container"
+            )));
+        }
+        let path = cgroup_of_pid(&pid.to_string()).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Error::TargetNotFound(format!("process {pid} has exited")),
+            _ => Error::io(format!("reading /proc/{pid}/cgroup"), e),
+        })?;
         self.at(&path).map_err(|e| {
             Error::TargetNotFound(format!(
-                "process {pid} is in cgroup {path}, which is not readable: {e}"
+                "process {pid} is in cgroup {path}, which is not readable: {}",
+                e.reason()
             ))
         })
     }
@@ -184,6 +219,52 @@ impl Cgroups {
             }
         }
     }
+}
+
+/// Why a path is not a cgroup.
+#[derive(Debug)]
+enum NotCgroup {
+    Missing,
+    /// A file, or a path through a file.
+    File,
+    /// A directory, but not of cgroup2.
+    Plain,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for NotCgroup {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            ErrorKind::NotFound => Self::Missing,
+            ErrorKind::NotADirectory => Self::File,
+            _ => Self::Io(e),
+        }
+    }
+}
+
+impl NotCgroup {
+    fn reason(&self) -> String {
+        match self {
+            Self::Missing => "it does not exist".into(),
+            Self::File => "it is a file".into(),
+            Self::Plain => "it has no cgroup.procs".into(),
+            Self::Io(e) => e.to_string(),
+        }
+    }
+}
+
+/// PF_KTHREAD in the flags of /proc/PID/stat (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The name of the process whose /proc/PID/stat this is, if it is a
+/// kernel thread. The name (in parentheses) may hold spaces and
+/// parentheses itself, so fields are counted from the last ')'.
+fn kernel_thread(stat: &str) -> Option<&str> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(').map_or(head, |(_, c)| c);
+    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags: u64 = rest.split_whitespace().nth(6)?.parse().ok()?;
+    (flags & PF_KTHREAD != 0).then_some(comm)
 }
 
 /// The 64-hex-digit container id a cgroup directory is named after, if any.
@@ -300,5 +381,15 @@ mod tests {
         assert!(cg("/a").contains("/a"));
         assert!(!cg("/a").contains("/ab"));
         assert_eq!(unescape_mount("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn kernel_threads_by_their_flags() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 11 0 0";
+        assert_eq!(kernel_thread(kthreadd), Some("kthreadd"));
+        let odd = "77 (a) b (c)) S 1 77 77 0 -1 4194560 0 0";
+        assert_eq!(kernel_thread(odd), None);
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        assert_eq!(kernel_thread(&own), None);
     }
 }

@@ -49,8 +49,21 @@ pub struct Declaration {
     pub load: fn(&mut Load<'_>) -> Box<dyn Backend>,
 }
 
-/// A spec deserialization error with the path of the offending field.
-pub type SpecError = serde_path_to_error::Error<serde_json::Error>;
+/// Why a family refused a fault object.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A field does not parse: serde's error, with the field's path.
+    #[error(transparent)]
+    Field(#[from] serde_path_to_error::Error<serde_json::Error>),
+    /// Fields that each parse, but together describe a fault that could
+    /// never fire (e.g. an IPv4 `src` with an IPv6 `dst`). `field` is
+    /// relative to the fault object; the message says why.
+    #[error("{message}")]
+    Never {
+        field: &'static str,
+        message: String,
+    },
+}
 
 /// The outcome of a family's parse.
 pub type Parsed = Result<Box<dyn Params>, SpecError>;
@@ -103,7 +116,7 @@ pub trait Params: Any + fmt::Debug + Send + Sync {
 
 /// Parses `value` as `T` with exact field paths; for [`Declaration::parse`].
 pub fn parse_as<T: Params + DeserializeOwned>(value: Value) -> Result<Box<dyn Params>, SpecError> {
-    serde_path_to_error::deserialize::<_, T>(value).map(|p| Box::new(p) as Box<dyn Params>)
+    Ok(Box::new(serde_path_to_error::deserialize::<_, T>(value)?))
 }
 
 /// `value` serialized, with its fault type, for [`Params::to_json`].

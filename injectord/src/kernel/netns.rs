@@ -3,7 +3,11 @@
 
 use std::{
     fs::File,
-    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _},
+    },
+    path::Path,
     sync::Arc,
 };
 
@@ -61,21 +65,130 @@ pub struct DeviceKey {
     pub ifindex: u32,
 }
 
-/// Opens the namespace and finds the device's index there.
-pub fn resolve_device(
-    name: &IfName,
-    netns: Option<&Netns>,
-) -> Result<(NsHandle, DeviceKey), Error> {
+/// Why a path is not a network namespace the daemon can enter.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("{path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a namespace file at all (a FIFO, a directory, a plain file...).
+    #[error(
+        "{path} is {kind}, not a namespace file (nsfs); expected a name under /run/netns (made by `ip netns add`) or a path such as /proc/PID/ns/net"
+    )]
+    NotNamespace { path: String, kind: &'static str },
+    /// A namespace, of another type.
+    #[error("{path} is a {kind} namespace, not a network namespace (use /proc/PID/ns/net)")]
+    OtherNamespace { path: String, kind: &'static str },
+}
+
+impl NetnsError {
+    fn into_error(self) -> Error {
+        match &self {
+            Self::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Error::TargetNotFound(format!("network namespace not found: {self}"))
+            }
+            Self::Open { .. } => Error::TargetNotFound(self.to_string()),
+            Self::NotNamespace { .. } | Self::OtherNamespace { .. } => {
+                Error::InvalidValue(self.to_string())
+            }
+        }
+    }
+}
+
+/// Opens a network namespace file, checking what it is first.
+///
+/// A path is not opened for reading until it is known to be an nsfs file:
+/// opening a FIFO blocks until a writer comes, and opening a device may do
+/// anything. So the path is opened with O_PATH (which never blocks and
+/// runs no driver code), that descriptor's type and filesystem are
+/// checked, and only then the same inode is opened for real through
+/// /proc/self/fd, so no rename in between can swap the file.
+pub fn open_netns(path: &Path) -> Result<File, NetnsError> {
+    let shown = || path.display().to_string();
+    let open_err = |source| NetnsError::Open {
+        path: shown(),
+        source,
+    };
+    let probe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .map_err(open_err)?;
+    let meta = probe.metadata().map_err(open_err)?;
+    let ft = meta.file_type();
+    let kind = if ft.is_fifo() {
+        Some("a FIFO")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_char_device() {
+        Some("a character device")
+    } else if ft.is_block_device() {
+        Some("a block device")
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else {
+        None
+    };
+    if let Some(kind) = kind {
+        return Err(NetnsError::NotNamespace {
+            path: shown(),
+            kind,
+        });
+    }
+    let fs = nix::sys::statfs::fstatfs(&probe).map_err(|e| open_err(e.into()))?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(NetnsError::NotNamespace {
+            path: shown(),
+            kind: "a plain file (for a name under /run/netns: is the namespace still mounted?)",
+        });
+    }
+    let file = File::open(format!("/proc/self/fd/{}", probe.as_raw_fd())).map_err(open_err)?;
+    // NS_GET_NSTYPE (Linux 4.11+). setns would refuse another type with a
+    // bare EINVAL; this names it.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: the ioctl takes no argument and the descriptor is open.
+    let nstype = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if nstype >= 0 && nstype != libc::CLONE_NEWNET {
+        let kind = match nstype {
+            libc::CLONE_NEWNS => "mount",
+            libc::CLONE_NEWUTS => "UTS",
+            libc::CLONE_NEWIPC => "IPC",
+            libc::CLONE_NEWUSER => "user",
+            libc::CLONE_NEWPID => "PID",
+            libc::CLONE_NEWCGROUP => "cgroup",
+            0x80 => "time",
+            _ => "non-network",
+        };
+        return Err(NetnsError::OtherNamespace {
+            path: shown(),
+            kind,
+        });
+    }
+    Ok(file)
+}
+
+/// A device found in a namespace.
+#[derive(Debug)]
+pub struct Device {
+    pub ns: NsHandle,
+    pub key: DeviceKey,
+    /// Its MTU when it was found: the largest IP packet it sends or
+    /// receives (without GSO).
+    pub mtu: u32,
+}
+
+/// Opens the namespace and finds the device's index and MTU there. Errors
+/// name the field at fault: `target.netns` or `target.interface`.
+pub fn resolve_device(name: &IfName, netns: Option<&Netns>) -> Result<Device, Error> {
+    const NETNS: &str = "target.netns";
+    const INTERFACE: &str = "target.interface";
     let (file, path) = match netns {
         Some(ns) => {
             let path = ns.path();
-            let file = File::open(&path).map_err(|e| {
-                Error::TargetNotFound(format!(
-                    "network namespace {} not found ({}: {e})",
-                    ns.as_str(),
-                    path.display()
-                ))
-            })?;
+            let file = open_netns(&path).map_err(|e| e.into_error().at(NETNS))?;
             (Some(file), path)
         }
         None => (None, "/proc/self/ns/net".into()),
@@ -84,34 +197,72 @@ pub fn resolve_device(
         Some(f) => f.metadata(),
         None => std::fs::metadata(&path),
     }
-    .map_err(|e| Error::TargetNotFound(format!("{}: {e}", path.display())))?;
+    .map_err(|e| Error::io(path.display().to_string(), e).at(NETNS))?;
     let where_ = netns.map_or_else(
         || "the daemon's network namespace".to_string(),
         |ns| format!("network namespace {}", ns.as_str()),
     );
     let lookup = in_netns(file.as_ref(), || {
-        nix::net::if_::if_nametoindex(name.as_str()).map_err(|_| device_names().join(", "))
+        let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
+            return Err(device_names().join(", "));
+        };
+        Ok((index, mtu_of(name)))
     });
-    let ifindex = match lookup {
-        Ok(Ok(i)) => i,
+    let (ifindex, mtu) = match lookup {
+        Ok(Ok(found)) => found,
         Ok(Err(names)) => {
             return Err(Error::TargetNotFound(format!(
-                "no interface {:?} in {where_} (it has: {names})",
+                "no interface \"{}\" in {where_} (it has: {names})",
                 name.as_str()
-            )));
+            ))
+            .at(INTERFACE));
         }
-        Err(e) => return Err(Error::TargetNotFound(format!("entering {where_}: {e}"))),
+        Err(e) => return Err(Error::io(format!("entering {where_}"), e).at(NETNS)),
     };
+    let mtu = mtu.map_err(|e| {
+        Error::io(
+            format!("reading the MTU of {} in {where_}", name.as_str()),
+            e,
+        )
+        .at(INTERFACE)
+    })?;
     let key = DeviceKey {
         netns_dev: meta.dev(),
         netns_ino: meta.ino(),
         ifindex,
     };
-    let handle = NsHandle {
+    let ns = NsHandle {
         file: file.map(Arc::new),
         path: netns.map(|ns| ns.path().display().to_string()),
     };
-    Ok((handle, key))
+    Ok(Device { ns, key, mtu })
+}
+
+/// The MTU of a device of the calling thread's namespace (SIOCGIFMTU on a
+/// socket made here: a socket belongs to the namespace it was made in).
+fn mtu_of(name: &IfName) -> std::io::Result<u32> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // IfName is at most 15 bytes, so the name stays NUL-terminated.
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_str().bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifr_mtu of the ifreq
+    // it is given, which lives across the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU as _, &mut req) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFMTU filled the union's MTU member.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).map_err(|_| std::io::Error::other(format!("negative MTU {mtu}")))
 }
 
 /// The devices of the calling thread's namespace.

@@ -21,7 +21,7 @@ pub use self::{
 };
 use crate::{
     error::{ErrorCode, RpcError},
-    family::{self, Params},
+    family::{self, Params, SpecError},
 };
 
 /// A complete fault request, as accepted by `inject`.
@@ -45,11 +45,13 @@ pub struct FaultSpec {
 /// The envelope as it arrives, with the fault still raw: its family is
 /// known only once its `type` is read.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a fault spec object")]
 struct RawSpec {
     #[serde(default)]
     name: Option<Name>,
-    target: TargetSpec,
+    /// Parsed in a second step too, so a field that does not fit the
+    /// others is named exactly (see [`TargetSpec::parse`]).
+    target: Value,
     fault: serde_json::Map<String, Value>,
     #[serde(default)]
     trigger: TriggerSpec,
@@ -72,7 +74,7 @@ impl FaultSpec {
             .map_err(|e| RpcError::from_spec_error(e, None))?;
         Ok(Self {
             name: raw.name,
-            target: raw.target,
+            target: TargetSpec::parse(raw.target)?,
             fault: Fault::parse(raw.fault)?,
             trigger: raw.trigger,
             duration: raw.duration,
@@ -116,8 +118,14 @@ impl Fault {
             )));
         };
         // The family parses the rest, so field paths stay exact.
-        let params = (decl.parse)(&kind, Value::Object(object))
-            .map_err(|e| RpcError::from_spec_error(e, Some("fault")))?;
+        let params = (decl.parse)(&kind, Value::Object(object)).map_err(|e| match e {
+            SpecError::Field(e) => RpcError::from_spec_error(e, Some("fault")),
+            SpecError::Never { field, message } => RpcError::for_field(
+                ErrorCode::InvalidValue,
+                &format!("fault.{field}"),
+                format!("{message}; this fault could never fire"),
+            ),
+        })?;
         Ok(Self {
             family: index,
             params: Arc::from(params),
@@ -214,7 +222,7 @@ mod tests {
         assert_eq!(err.field.as_deref(), Some("fault.type"));
         assert_eq!(
             code(base(
-                json!({"type": "packet_drop", "protocol": "sctp"}),
+                json!({"type": "packet_drop", "protocol": "carrier-pigeon"}),
                 json!({})
             )),
             ErrorCode::InvalidValue
@@ -222,6 +230,87 @@ mod tests {
         assert_eq!(code(json!({"fault": ok_fault})), ErrorCode::InvalidSpec);
         let err = parse(base(ok_fault, json!({"every_nth": 0}))).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("trigger.every_nth"));
+    }
+
+    #[test]
+    fn every_fault_field_is_named_exactly() {
+        // A map is the wrong type for every field, and serde reads the
+        // only (bad) field before it checks for missing ones.
+        for (field, kinds) in family::fault_fields() {
+            for kind in kinds {
+                let err = parse(json!({"target": {"pid": 1},
+                    "fault": {"type": kind, field: {"bogus": {}}}}))
+                .unwrap_err();
+                let want = format!("fault.{field}");
+                assert_eq!(err.field.as_deref(), Some(want.as_str()), "{kind}: {err}");
+                assert!(err.message.starts_with(&want), "{kind}: {err}");
+            }
+        }
+        let err =
+            parse(json!({"target": {"pid": 1}, "fault": {"type": "packet_delay"}})).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("fault.delay"));
+        assert_eq!(err.code, ErrorCode::InvalidSpec);
+    }
+
+    #[test]
+    fn target_errors_name_the_target_field() {
+        let field = |target: Value| {
+            let err =
+                parse(json!({"target": target, "fault": {"type": "connect_error", "errno": 1}}))
+                    .unwrap_err();
+            (err.code, err.field.unwrap_or_default())
+        };
+        let invalid = |f: &str| (ErrorCode::InvalidValue, f.to_string());
+        assert_eq!(field(json!({"pid": 0})), invalid("target.pid"));
+        assert_eq!(
+            field(json!({"cgroup": "a", "netns": "b"})),
+            invalid("target.netns")
+        );
+        assert_eq!(field(json!({})), invalid("target"));
+        assert_eq!(
+            field(json!({"container": "xyz"})),
+            invalid("target.container")
+        );
+        assert_eq!(
+            field(json!({"interface": "a/b"})),
+            invalid("target.interface")
+        );
+        assert_eq!(
+            field(json!({"interface": "eth0", "netns": "/a/../b"})),
+            invalid("target.netns")
+        );
+        assert_eq!(
+            field(json!({"pid": 1, "extra": 1})),
+            (ErrorCode::UnknownField, "target.extra".to_string())
+        );
+    }
+
+    #[test]
+    fn filters_that_could_never_match_are_refused() {
+        let err = |fault: Value| parse(json!({"target": {"pid": 1}, "fault": fault})).unwrap_err();
+        let e = err(json!({"type": "packet_drop", "src": "10.0.0.1", "dst": "::1"}));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidValue, Some("fault.dst"))
+        );
+        assert!(e.message.contains("could never fire"), "{e}");
+        let e = err(json!({"type": "partition", "protocol": "icmp", "dst_port": 53}));
+        assert_eq!(e.field.as_deref(), Some("fault.dst_port"));
+        let e = err(json!({"type": "connect_error", "errno": "ERESTARTNOINTR"}));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidValue, Some("fault.errno"))
+        );
+        // Each alone, and of one family, is fine.
+        for ok in [
+            json!({"type": "packet_drop", "src": "10.0.0.1", "dst": "10.0.0.0/8"}),
+            json!({"type": "packet_drop", "src": "fd00::1", "dst": "::/0"}),
+            json!({"type": "packet_drop", "protocol": "udp", "dst_port": 53}),
+            json!({"type": "packet_drop", "protocol": "icmp"}),
+            json!({"type": "connect_error", "errno": "EWOULDBLOCK"}),
+        ] {
+            parse(json!({"target": {"pid": 1}, "fault": ok})).unwrap();
+        }
     }
 
     #[test]

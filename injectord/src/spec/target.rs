@@ -1,18 +1,21 @@
 //! Targets: what a fault is aimed at.
 
-use std::fmt;
+use std::{fmt, num::NonZeroU32};
 
 use serde::{Deserialize, Deserializer, Serialize, de};
+use serde_json::Value;
+
+use crate::error::{ErrorCode, RpcError};
 
 /// What a fault is aimed at: a cgroup (by path, pid or container id) or a
 /// network interface (in the daemon's network namespace or another one).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(try_from = "RawTarget", into = "RawTarget")]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(into = "RawTarget")]
 pub enum TargetSpec {
     /// A cgroup2 directory, absolute or relative to the cgroup2 mount.
     Cgroup(String),
     /// The cgroup of a process.
-    Pid(u32),
+    Pid(NonZeroU32),
     /// A container id or a unique prefix of at least 12 hex digits.
     Container(ContainerId),
     /// A network device, in `netns` (a name under /run/netns or a path such
@@ -21,20 +24,46 @@ pub enum TargetSpec {
 }
 
 impl TargetSpec {
+    /// Parses the spec's `target` object. Its fields are parsed with their
+    /// paths (`target.pid`); then the combination is checked, naming the
+    /// field that does not fit.
+    pub fn parse(value: Value) -> Result<Self, RpcError> {
+        let raw: RawTarget = serde_path_to_error::deserialize(value)
+            .map_err(|e| RpcError::from_spec_error(e, Some("target")))?;
+        Self::try_from(raw)
+            .map_err(|(field, why)| RpcError::for_field(ErrorCode::InvalidValue, field, why))
+    }
+
     pub fn is_cgroup(&self) -> bool {
         !matches!(self, Self::Interface { .. })
+    }
+
+    /// The spec field that names this target, for errors about it
+    /// (`target.cgroup`, `target.pid`, `target.container`,
+    /// `target.interface`).
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Cgroup(_) => "target.cgroup",
+            Self::Pid(_) => "target.pid",
+            Self::Container(_) => "target.container",
+            Self::Interface { .. } => "target.interface",
+        }
     }
 }
 
 /// The JSON shape of a target: one of `cgroup`, `pid`, `container`,
 /// `interface` (the last optionally with `netns`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a target object: {\"cgroup\": path}, {\"pid\": N}, {\"container\": id} or {\"interface\": name}"
+)]
 struct RawTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cgroup: Option<String>,
+    /// 0 is not a process (serde says "expected a nonzero u32").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pid: Option<u32>,
+    pid: Option<NonZeroU32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     container: Option<ContainerId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,9 +73,10 @@ struct RawTarget {
 }
 
 impl TryFrom<RawTarget> for TargetSpec {
-    type Error = String;
+    /// The field that does not fit, and why.
+    type Error = (&'static str, String);
 
-    fn try_from(raw: RawTarget) -> Result<Self, String> {
+    fn try_from(raw: RawTarget) -> Result<Self, Self::Error> {
         let RawTarget {
             cgroup,
             pid,
@@ -64,13 +94,23 @@ impl TryFrom<RawTarget> for TargetSpec {
         .filter(|b| **b)
         .count();
         if given != 1 {
-            return Err(
-                "invalid value: a target needs exactly one of \"cgroup\", \"pid\", \"container\" or \"interface\""
-                    .into(),
-            );
+            return Err((
+                "target",
+                format!(
+                    "a target needs exactly one of \"cgroup\", \"pid\", \"container\" or \"interface\"; {}",
+                    if given == 0 {
+                        "none is given".to_string()
+                    } else {
+                        format!("{given} are given")
+                    }
+                ),
+            ));
         }
         if netns.is_some() && interface.is_none() {
-            return Err("invalid value: \"netns\" goes with an \"interface\" target".into());
+            return Err((
+                "target.netns",
+                "\"netns\" goes with an \"interface\" target only: a cgroup, pid or container target already names its processes".into(),
+            ));
         }
         Ok(match (cgroup, pid, container, interface) {
             (Some(c), ..) => Self::Cgroup(c),

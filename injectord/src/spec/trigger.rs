@@ -10,7 +10,10 @@ use crate::sys;
 /// skip the first `after`, then take every `every_nth`, each with
 /// `probability`, until `max_activations` have fired.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a trigger object with probability, every_nth, after or max_activations"
+)]
 pub struct TriggerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probability: Option<Probability>,

@@ -86,11 +86,13 @@ impl<'de> Deserialize<'de> for Latency {
         let s = String::deserialize(d)?;
         match humantime::parse_duration(&s) {
             Ok(d) if !d.is_zero() && d <= Self::MAX => Ok(Self(d)),
+            // Also read for `jitter` and `max_delay`: the field path says
+            // which, so the message does not call it a delay.
             Ok(_) => Err(de::Error::custom(format_args!(
-                "invalid value: delay {s:?} must be above zero and at most 10s"
+                "invalid value: {s:?} must be above zero and at most 10s"
             ))),
             Err(e) => Err(de::Error::custom(format_args!(
-                "invalid value: delay {s:?}: {e} (write e.g. \"50ms\", \"250us\")"
+                "invalid value: {s:?} is not a duration: {e} (write e.g. \"50ms\", \"250us\")"
             ))),
         }
     }

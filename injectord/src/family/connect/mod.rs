@@ -127,7 +127,8 @@ impl Backend for Connect {
             return Err(Error::UnsupportedTarget(format!(
                 "{} needs a cgroup target (cgroup, pid or container): it acts on processes, not on a device",
                 ConnectError::KIND
-            )));
+            ))
+            .at("target"));
         };
         let rules = self.rules.as_ref().map_err(|why| {
             Error::UnsupportedKernel(format!(

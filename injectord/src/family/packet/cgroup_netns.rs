@@ -42,6 +42,7 @@ pub fn device_of(dir: &Path, label: &str, kind: &str) -> Result<Device, Error> {
         Error::UnsupportedTarget(format!(
             "{kind} on cgroup {label}: {why}. Aim it at an interface instead: {{\"interface\": \"eth0\", \"netns\": \"<name or /proc/PID/ns/net>\"}}"
         ))
+        .at("target")
     };
     let mut namespaces: BTreeMap<(u64, u64), u32> = BTreeMap::new();
     for pid in pids(dir) {

@@ -22,7 +22,7 @@ use self::{
     cgroup::{CgroupPackets, CgroupRules},
     interface::{Attach, InterfaceFault, Interfaces},
     plan::PacketPlan,
-    spec::PacketFault,
+    spec::{PacketFault, Partition},
 };
 use super::{
     Backend, Counters, Declaration, Installed, Load, Metric, Params, Request, Sample, SpecError,
@@ -99,6 +99,12 @@ impl Backend for Packets {
         let kind = fault.kind();
         match req.target {
             Target::Interface { name, netns } => {
+                if let PacketFault::Partition(Partition { errno: Some(e), .. }) = fault {
+                    return Err(Error::InvalidValue(format!(
+                        "errno {e} applies to cgroup targets only, where a partition also makes connect() fail; on an interface no process would ever get it, so this fault could never deliver it. Drop errno, or aim the partition at the cgroup"
+                    ))
+                    .at("fault.errno"));
+                }
                 let f = self.interfaces.install(
                     name,
                     netns.as_ref(),

@@ -12,8 +12,7 @@ use super::{
     rules::RuleEntry,
     spec::{Distribution, PacketFault, PacketFilter, Protocol, Region},
 };
-use crate::family::Params as _;
-use crate::spec::values::PortRange;
+use crate::{error::Error, family::Params as _, spec::values::PortRange};
 
 /// Default for `bandwidth_limit.max_delay`: a queue of 200 ms, like a
 /// shaper's (tbf's `latency`), rather than an unbounded backlog.
@@ -101,6 +100,55 @@ impl PacketPlan {
             needs_fq,
             install_fq,
         }
+    }
+
+    /// Refuses a corruption `offset` that lies outside its region in every
+    /// packet a device with this MTU can carry: the fault could never fire.
+    ///
+    /// The MTU bounds a packet from its IP header on (VLAN tags and the
+    /// Ethernet header are not counted in it, nor in the regions). The
+    /// regions, as the programs measure them (`corrupt_position`):
+    /// - `any`: the whole IP packet, so `offset` < MTU;
+    /// - `payload`: what follows the headers, so `offset` < MTU minus the
+    ///   shortest headers the filter lets through (IPv4's 20 bytes, IPv6's
+    ///   40 when the addresses are IPv6; TCP 20, UDP and ICMP 8, other
+    ///   protocols none);
+    /// - `headers`: the IP and transport headers, at most 60 + 60 bytes
+    ///   (IPv4 and TCP with all options; IPv6's fixed 40 with TCP's 60),
+    ///   and never more than the MTU.
+    ///
+    /// A GSO packet (TSO, GRO) is larger than the MTU on its way through
+    /// TC, but an offset means a byte of a packet on the wire, so the MTU
+    /// is the bound that matters.
+    pub fn check_mtu(&self, mtu: u32) -> Result<(), Error> {
+        if self.rule.action != ACTION_CORRUPT || self.rule.offset == OFFSET_RANDOM {
+            return Ok(());
+        }
+        let offset = self.rule.offset;
+        let ipv6_only = [self.filter.src, self.filter.dst]
+            .iter()
+            .flatten()
+            .any(|c| matches!(c.net(), ipnet::IpNet::V6(_)));
+        let (ip_min, ip_max) = if ipv6_only { (40, 40) } else { (20, 60) };
+        let (l4_min, l4_max) = match self.filter.protocol {
+            Protocol::Tcp => (20, 60),
+            Protocol::Udp | Protocol::Icmp => (8, 8),
+            // Any protocol: TCP's headers are the longest; a protocol the
+            // programs do not parse has none past IP.
+            Protocol::Any => (0, 60),
+        };
+        let (region, size) = match self.rule.region {
+            REGION_ANY => ("the packet", mtu),
+            REGION_HEADERS => ("the headers", mtu.min(ip_max + l4_max)),
+            _ => ("the payload", mtu.saturating_sub(ip_min + l4_min)),
+        };
+        if offset < size {
+            return Ok(());
+        }
+        Err(Error::InvalidValue(format!(
+            "offset {offset} lies past the end of {region}, which is at most {size} bytes on this device (MTU {mtu}); this fault could never fire"
+        ))
+        .at("fault.offset"))
     }
 
     pub fn delays(&self) -> bool {

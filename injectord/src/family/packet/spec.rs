@@ -1,6 +1,7 @@
 //! Packet fault parameters: each type's own fields plus the common
 //! filter (direction, protocol, addresses, ports).
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, de};
 use serde_json::Value;
 
@@ -33,11 +34,13 @@ pub const TYPES: &[&str] = &[
 
 impl PacketFault {
     /// Parses the fields of a fault of type `kind` (one of [`TYPES`]).
+    /// Fields that each parse but could never match a packet together are
+    /// refused here (see [`PacketFilter::check`]).
     pub fn parse(kind: &str, value: Value) -> Result<Self, SpecError> {
         fn p<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, SpecError> {
-            serde_path_to_error::deserialize(v)
+            Ok(serde_path_to_error::deserialize(v)?)
         }
-        Ok(match kind {
+        let fault = match kind {
             "packet_corrupt" => Self::Corrupt(p(value)?),
             "packet_duplicate" => Self::Duplicate(p(value)?),
             "packet_delay" => Self::Delay(p(value)?),
@@ -45,7 +48,9 @@ impl PacketFault {
             "partition" => Self::Partition(p(value)?),
             // The registry only hands us our own types.
             _ => Self::Drop(p(value)?),
-        })
+        };
+        fault.filter().check()?;
+        Ok(fault)
     }
 
     /// The fields of a fault of type `kind`.
@@ -109,6 +114,46 @@ pub struct PacketFilter {
     pub dst: Option<Cidr>,
     pub src_port: Option<PortRange>,
     pub dst_port: Option<PortRange>,
+}
+
+impl PacketFilter {
+    /// Refuses a filter no packet can match: addresses of two families (a
+    /// packet has one), or ports on ICMP (which has none; the programs
+    /// read ports from TCP and UDP only).
+    fn check(&self) -> Result<(), SpecError> {
+        if let (Some(src), Some(dst)) = (self.src, self.dst) {
+            let family = |c: Cidr| match c.net() {
+                IpNet::V4(_) => "IPv4",
+                IpNet::V6(_) => "IPv6",
+            };
+            if family(src) != family(dst) {
+                return Err(SpecError::Never {
+                    field: "dst",
+                    message: format!(
+                        "dst {} is {} but src {} is {}: a packet's addresses are of one family",
+                        dst.net(),
+                        family(dst),
+                        src.net(),
+                        family(src)
+                    ),
+                });
+            }
+        }
+        if self.protocol == Protocol::Icmp {
+            let port = [("src_port", self.src_port), ("dst_port", self.dst_port)]
+                .into_iter()
+                .find_map(|(field, range)| range.map(|_| field));
+            if let Some(field) = port {
+                return Err(SpecError::Never {
+                    field,
+                    message: format!(
+                        "{field} with \"protocol\": \"icmp\": ICMP has no ports (they apply to tcp and udp)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Declares a packet fault struct: its own fields plus the common filter

@@ -49,7 +49,7 @@ use crate::{
         self, Slot, SlotPool,
         lease::{Lease, LeaseMap},
         logs::{self, LogReader},
-        netns::{DeviceKey, NsHandle, resolve_device},
+        netns::{Device, DeviceKey, NsHandle, resolve_device},
         reaper::{NetlinkGuard, Reaper, Undo},
     },
     spec::target::{IfName, Netns},
@@ -139,9 +139,11 @@ impl Interfaces {
             return Err(Error::UnsupportedTarget(format!(
                 "{} cannot act on ingress: departure times (EDT) only hold on the way out, through sch_fq. Delay the peer's egress instead (e.g. the other end of the veth pair), with \"direction\": \"egress\"",
                 plan.kind
-            )));
+            ))
+            .at("fault.direction"));
         }
-        let (ns, key) = resolve_device(name, netns)?;
+        let Device { ns, key, mtu } = resolve_device(name, netns)?;
+        plan.check_mtu(mtu)?;
         self.by_key.retain(|_, i| i.strong_count() > 0);
         let iface = match self.by_key.get(&key).and_then(Weak::upgrade) {
             Some(i) => i,
