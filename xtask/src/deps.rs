@@ -20,6 +20,15 @@ const TOOLS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("iptables", "iptables"),
     ("nsenter", "util-linux"),
+    // Metrics tests: a real Prometheus scrapes the daemon and runs the
+    // dashboard's queries; promtool lints a scrape; Python's strict
+    // OpenMetrics parser reads one.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    (
+        "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py",
+        "python3-prometheus-client",
+    ),
 ];
 
 pub fn have(cmd: &str) -> bool {
