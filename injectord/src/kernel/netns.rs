@@ -275,3 +275,37 @@ pub fn device_names() -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_network_namespace_files_are_opened() {
+        assert!(open_netns(Path::new("/proc/self/ns/net")).is_ok());
+        let dir = std::env::temp_dir().join(format!("injectord-netns-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let plain = dir.join("plain");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::write(&plain, "x").unwrap();
+        // A FIFO without a writer: opening it for reading would block.
+        let kind = |p: &Path| match open_netns(p) {
+            Err(NetnsError::NotNamespace { kind, .. }) => kind,
+            other => panic!("{}: {other:?}", p.display()),
+        };
+        assert_eq!(kind(&fifo), "a FIFO");
+        assert_eq!(kind(&dir), "a directory");
+        assert!(kind(&plain).starts_with("a plain file"));
+        assert!(matches!(
+            open_netns(Path::new("/proc/self/ns/mnt")),
+            Err(NetnsError::OtherNamespace { kind: "mount", .. })
+        ));
+        assert!(matches!(
+            open_netns(&dir.join("missing")),
+            Err(NetnsError::Open { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
