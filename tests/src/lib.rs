@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 mod cgroup;
 mod daemon;
 pub mod net;
+pub mod workload;
 
 pub use cgroup::{Connects, TestCgroup, cgroup2_mount};
 pub use daemon::{

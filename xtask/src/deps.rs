@@ -29,6 +29,14 @@ const TOOLS: &[(&str, &str)] = &[
         "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py",
         "python3-prometheus-client",
     ),
+    // Fault-spec tests: the workloads of the library's FMEA rows, each run
+    // by the test in a network namespace of its own. dnsmasq-base is the
+    // daemon without Debian's service for it; nginx-light is the small
+    // build (it has WebDAV PUT, which the upload test uses).
+    ("/usr/sbin/nginx", "nginx-light"),
+    ("/usr/sbin/haproxy", "haproxy"),
+    ("/usr/sbin/dnsmasq", "dnsmasq-base"),
+    ("/usr/sbin/keepalived", "keepalived"),
 ];
 
 pub fn have(cmd: &str) -> bool {

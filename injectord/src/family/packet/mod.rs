@@ -12,6 +12,7 @@ mod interface;
 // drives the maps without a daemon).
 pub mod plan;
 mod probe;
+mod protocol;
 pub mod rules;
 pub mod spec;
 

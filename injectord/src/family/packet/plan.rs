@@ -4,8 +4,8 @@
 use injector_common::Trigger;
 use injector_common::packet::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, OFFSET_RANDOM,
-    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketRule, REGION_ANY, REGION_HEADERS,
-    REGION_PAYLOAD, RULE_FIX_CHECKSUM, RULE_JITTER_NORMAL, RULE_PROTO_ICMP_ANY,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PacketRule, REGION_ANY,
+    REGION_HEADERS, REGION_PAYLOAD, RULE_FIX_CHECKSUM, RULE_JITTER_NORMAL, RULE_PROTO_ICMP_ANY,
 };
 
 use super::{
@@ -37,12 +37,7 @@ impl PacketPlan {
     pub fn of(fault: &PacketFault) -> Self {
         let filter = fault.filter();
         let mut rule = PacketRule {
-            proto: match filter.protocol {
-                Protocol::Any => PROTO_ANY,
-                Protocol::Tcp => PROTO_TCP,
-                Protocol::Udp => PROTO_UDP,
-                Protocol::Icmp => PROTO_ICMP,
-            },
+            proto: filter.protocol.number(),
             flags: if filter.protocol == Protocol::Icmp {
                 RULE_PROTO_ICMP_ANY
             } else {
@@ -111,11 +106,11 @@ impl PacketPlan {
     /// - `any`: the whole IP packet, so `offset` < MTU;
     /// - `payload`: what follows the headers, so `offset` < MTU minus the
     ///   shortest headers the filter lets through (IPv4's 20 bytes, IPv6's
-    ///   40 when the addresses are IPv6; TCP 20, UDP and ICMP 8, other
-    ///   protocols none);
+    ///   40 when the addresses are IPv6; TCP 20, SCTP 12, UDP and ICMP 8,
+    ///   other protocols none);
     /// - `headers`: the IP and transport headers, at most 60 + 60 bytes
-    ///   (IPv4 and TCP with all options; IPv6's fixed 40 with TCP's 60),
-    ///   and never more than the MTU.
+    ///   for IPv4 (and TCP, both with all options), never more than the
+    ///   MTU; IPv6 extension headers can take up all of it.
     ///
     /// A GSO packet (TSO, GRO) is larger than the MTU on its way through
     /// TC, but an offset means a byte of a packet on the wire, so the MTU
@@ -125,17 +120,29 @@ impl PacketPlan {
             return Ok(());
         }
         let offset = self.rule.offset;
-        let ipv6_only = [self.filter.src, self.filter.dst]
-            .iter()
-            .flatten()
-            .any(|c| matches!(c.net(), ipnet::IpNet::V6(_)));
-        let (ip_min, ip_max) = if ipv6_only { (40, 40) } else { (20, 60) };
+        let family = |v6: bool| {
+            [self.filter.src, self.filter.dst]
+                .iter()
+                .flatten()
+                .any(|c| matches!(c.net(), ipnet::IpNet::V6(_)) == v6)
+        };
+        // IPv6 extension headers, which the programs walk past, count as
+        // headers: behind them an IPv6 header can be as long as the packet.
+        let (ip_min, ip_max) = match (family(false), family(true)) {
+            (true, _) => (20, 60),
+            (false, true) => (40, mtu),
+            (false, false) => (20, mtu),
+        };
         let (l4_min, l4_max) = match self.filter.protocol {
-            Protocol::Tcp => (20, 60),
-            Protocol::Udp | Protocol::Icmp => (8, 8),
             // Any protocol: TCP's headers are the longest; a protocol the
             // programs do not parse has none past IP.
             Protocol::Any => (0, 60),
+            p => match p.number() {
+                PROTO_TCP => (20, 60),
+                PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => (8, 8),
+                PROTO_SCTP => (12, 12),
+                _ => (0, 0),
+            },
         };
         let (region, size) = match self.rule.region {
             REGION_ANY => ("the packet", mtu),

@@ -118,8 +118,8 @@ pub struct PacketFilter {
 
 impl PacketFilter {
     /// Refuses a filter no packet can match: addresses of two families (a
-    /// packet has one), or ports on ICMP (which has none; the programs
-    /// read ports from TCP and UDP only).
+    /// packet has one), or ports on a protocol without them (ICMP, VRRP,
+    /// GRE, ...; the programs read ports from TCP, UDP and SCTP only).
     fn check(&self) -> Result<(), SpecError> {
         if let (Some(src), Some(dst)) = (self.src, self.dst) {
             let family = |c: Cidr| match c.net() {
@@ -139,15 +139,17 @@ impl PacketFilter {
                 });
             }
         }
-        if self.protocol == Protocol::Icmp {
+        if !self.protocol.has_ports() {
             let port = [("src_port", self.src_port), ("dst_port", self.dst_port)]
                 .into_iter()
                 .find_map(|(field, range)| range.map(|_| field));
             if let Some(field) = port {
+                let written = serde_json::to_string(&self.protocol).unwrap_or_default();
                 return Err(SpecError::Never {
                     field,
                     message: format!(
-                        "{field} with \"protocol\": \"icmp\": ICMP has no ports (they apply to tcp and udp)"
+                        "{field} with \"protocol\": {written}: {} has no ports (they apply to tcp, udp and sctp)",
+                        self.protocol.to_string().to_uppercase()
                     ),
                 });
             }
@@ -283,22 +285,9 @@ impl Direction {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    #[default]
-    Any,
-    Tcp,
-    Udp,
-    /// ICMP or ICMPv6.
-    Icmp,
-}
-
-impl Protocol {
-    fn is_any(&self) -> bool {
-        *self == Self::Any
-    }
-}
+/// `any`, `tcp`, `udp`, `icmp`, another protocol's name or any IP protocol
+/// number: see [`super::protocol`].
+pub use super::protocol::Protocol;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
