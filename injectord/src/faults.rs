@@ -2,9 +2,21 @@
 //! It knows no fault family: it resolves the target, hands the fault to
 //! the family that parsed it, and keeps the owned result, whose drop
 //! removes the fault.
+//!
+//! Two locks, never held together: the table (ids, names, installed
+//! faults; held for microseconds) and the installer (the kernel object,
+//! the families' backends; held through an install or a removal, which
+//! may load and verify programs or talk netlink for a hundred
+//! milliseconds). Reading counters, `list` and `get` take only the table,
+//! so a scrape never waits for an install; installs and removals are
+//! serialized on the installer, which orders every change to the kernel.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Instant, SystemTime},
 };
 
@@ -41,13 +53,26 @@ pub struct FaultCounters {
 }
 
 pub struct Faults {
+    table: Mutex<Table>,
+    installer: Mutex<Installer>,
+    /// The number of faults, for `status` (which takes no lock).
+    active: AtomicUsize,
+    cgroup2_mount: String,
+}
+
+#[derive(Default)]
+struct Table {
+    by_id: BTreeMap<FaultId, ActiveFault>,
+    /// Names in use; `None` while the fault is being installed.
+    by_name: HashMap<String, Option<FaultId>>,
+    next_id: FaultId,
+}
+
+struct Installer {
     kernel: Kernel,
     /// One per entry of `family::FAMILIES`, same order.
     backends: Vec<Box<dyn Backend>>,
     cgroups: Cgroups,
-    by_id: BTreeMap<FaultId, ActiveFault>,
-    by_name: HashMap<String, FaultId>,
-    next_id: FaultId,
 }
 
 /// How `get` and `remove` name a fault.
@@ -62,9 +87,15 @@ impl std::fmt::Display for Selector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Id(id) => write!(f, "id {id}"),
-            Self::Name(n) => write!(f, "name {n:?}"),
+            Self::Name(n) => write!(f, "name \"{n}\""),
         }
     }
+}
+
+/// A poisoned lock: a panic while holding it left the kernel state as it
+/// was, so it is not a reason to stop serving.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Faults {
@@ -85,72 +116,80 @@ impl Faults {
             })
             .collect();
         Self {
-            kernel,
-            backends,
-            cgroups,
-            by_id: BTreeMap::new(),
-            by_name: HashMap::new(),
-            next_id: 1,
+            table: Mutex::new(Table {
+                next_id: 1,
+                ..Table::default()
+            }),
+            cgroup2_mount: cgroups.mount().display().to_string(),
+            installer: Mutex::new(Installer {
+                kernel,
+                backends,
+                cgroups,
+            }),
+            active: AtomicUsize::new(0),
         }
     }
 
     /// What the families found this kernel can do for them.
     pub fn family_capabilities(&self) -> Vec<Capability> {
-        self.backends
+        lock(&self.installer)
+            .backends
             .iter()
             .flat_map(|b| b.capabilities())
             .collect()
     }
 
-    /// The main object, for probes that load programs of their own.
-    pub fn kernel_mut(&mut self) -> &mut Kernel {
-        &mut self.kernel
+    pub fn cgroup2_mount(&self) -> &str {
+        &self.cgroup2_mount
     }
 
-    pub fn cgroups(&self) -> &Cgroups {
-        &self.cgroups
-    }
-
+    /// The number of faults, without taking a lock.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.active.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.len() == 0
     }
 
-    /// Installs a fault; returns it and, when it has a TTL, its deadline.
-    pub fn inject(&mut self, spec: FaultSpec) -> Result<(&ActiveFault, Option<Instant>), RpcError> {
-        let id = self.next_id;
+    fn count(&self, table: &Table) {
+        self.active.store(table.by_id.len(), Ordering::Relaxed);
+    }
+
+    /// Installs a fault; returns its id, its name and, when it has a TTL,
+    /// its deadline.
+    pub fn inject(&self, spec: FaultSpec) -> Result<(FaultId, Name, Option<Instant>), RpcError> {
         let kind = spec.fault.kind();
-        let name = spec
-            .name
-            .clone()
-            .unwrap_or_else(|| Name::generated(kind, id));
-        if self.by_name.contains_key(name.as_str()) {
-            return Err(Error::NameTaken(format!(
-                "a fault named \"{name}\" exists already; remove it or pick another name"
-            ))
-            .at("name")
-            .into());
-        }
-        let expires = spec.duration.map(|d| Instant::now() + d.get());
-        let trigger = spec.trigger.to_kernel(spec.duration);
-        let target = self.resolve(&spec)?;
-        let installed = self.backends[spec.fault.family()].install(&mut Request {
-            name: name.as_str(),
-            params: spec.fault.params(),
-            target: &target,
-            trigger,
-            kernel: &mut self.kernel,
-            cgroups: &self.cgroups,
-        })?;
-        let cgroup = match target {
-            Target::Cgroup(c) => Some(c),
-            Target::Interface { .. } => None,
+        // Reserve the name and the id, so a concurrent inject of the same
+        // name is refused while this one installs.
+        let (id, name) = {
+            let mut t = lock(&self.table);
+            let id = t.next_id;
+            let name = spec
+                .name
+                .clone()
+                .unwrap_or_else(|| Name::generated(kind, id));
+            if t.by_name.contains_key(name.as_str()) {
+                return Err(Error::NameTaken(format!(
+                    "a fault named \"{name}\" exists already; remove it or pick another name"
+                ))
+                .at("name")
+                .into());
+            }
+            t.next_id += 1;
+            t.by_name.insert(name.to_string(), None);
+            (id, name)
         };
-        self.next_id += 1;
-        self.by_name.insert(name.to_string(), id);
+        let installed = self.install(&spec, name.as_str());
+        let mut t = lock(&self.table);
+        let (installed, cgroup) = match installed {
+            Ok(ok) => ok,
+            Err(e) => {
+                t.by_name.remove(name.as_str());
+                return Err(e);
+            }
+        };
+        let expires = spec.duration.map(|d| Instant::now() + d.get());
         tracing::info!(
             id,
             name = %name,
@@ -159,19 +198,135 @@ impl Faults {
             kind,
             "fault injected"
         );
-        let fault = ActiveFault {
+        t.by_name.insert(name.to_string(), Some(id));
+        t.by_id.insert(
             id,
-            name,
-            spec,
-            cgroup,
-            installed,
-            created: SystemTime::now(),
-            expires,
-        };
-        let fault = self.by_id.entry(id).or_insert(fault);
-        Ok((fault, expires))
+            ActiveFault {
+                id,
+                name: name.clone(),
+                spec,
+                cgroup,
+                installed,
+                created: SystemTime::now(),
+                expires,
+            },
+        );
+        self.count(&t);
+        Ok((id, name, expires))
     }
 
+    /// Resolves the target and hands the fault to its family, under the
+    /// installer lock.
+    fn install(
+        &self,
+        spec: &FaultSpec,
+        name: &str,
+    ) -> Result<(Box<dyn Installed>, Option<Cgroup>), RpcError> {
+        let mut guard = lock(&self.installer);
+        let inst = &mut *guard;
+        let target = inst.resolve(spec)?;
+        let installed = inst.backends[spec.fault.family()].install(&mut Request {
+            name,
+            params: spec.fault.params(),
+            target: &target,
+            trigger: spec.trigger.to_kernel(spec.duration),
+            kernel: &mut inst.kernel,
+            cgroups: &inst.cgroups,
+        })?;
+        let cgroup = match target {
+            Target::Cgroup(c) => Some(c),
+            Target::Interface { .. } => None,
+        };
+        Ok((installed, cgroup))
+    }
+
+    /// The view of one fault, for `get`.
+    pub fn get(&self, sel: &Selector) -> Result<Value, RpcError> {
+        let t = lock(&self.table);
+        find(&t, sel).map(view)
+    }
+
+    pub fn list(&self) -> Vec<Value> {
+        lock(&self.table).by_id.values().map(view).collect()
+    }
+
+    /// Removes a fault; returns its view as it was just before.
+    pub fn remove(&self, sel: &Selector) -> Result<Value, RpcError> {
+        let (fault, view) = {
+            let mut t = lock(&self.table);
+            let id = find(&t, sel)?.id;
+            let fault = self.take(&mut t, id).expect("found above");
+            let v = view(&fault);
+            (fault, v)
+        };
+        self.undo(fault);
+        Ok(view)
+    }
+
+    /// Removes every fault; returns how many there were.
+    pub fn clear(&self) -> usize {
+        let faults: Vec<ActiveFault> = {
+            let mut t = lock(&self.table);
+            let ids: Vec<_> = t.by_id.keys().copied().collect();
+            ids.into_iter()
+                .filter_map(|id| self.take(&mut t, id))
+                .collect()
+        };
+        let n = faults.len();
+        for f in faults {
+            self.undo(f);
+        }
+        n
+    }
+
+    /// Removes the fault if it is still there and its deadline has passed.
+    pub fn expire(&self, id: FaultId) -> bool {
+        let fault = {
+            let mut t = lock(&self.table);
+            let due = t
+                .by_id
+                .get(&id)
+                .and_then(|f| f.expires)
+                .is_some_and(|d| d <= Instant::now());
+            if !due {
+                return false;
+            }
+            self.take(&mut t, id)
+        };
+        fault.map(|f| self.undo(f)).is_some()
+    }
+
+    /// Takes a fault out of the table (it stops being listed at once).
+    fn take(&self, t: &mut Table, id: FaultId) -> Option<ActiveFault> {
+        let fault = t.by_id.remove(&id)?;
+        t.by_name.remove(fault.name.as_str());
+        self.count(t);
+        Some(fault)
+    }
+
+    /// Drops what a fault installed, which undoes it, under the installer
+    /// lock (so it never races an install on the same device).
+    fn undo(&self, fault: ActiveFault) {
+        let _installer = lock(&self.installer);
+        let (id, name) = (fault.id, fault.name.clone());
+        drop(fault);
+        tracing::info!(id, name = %name, "fault removed");
+    }
+
+    pub fn counters(&self) -> Vec<FaultCounters> {
+        lock(&self.table)
+            .by_id
+            .values()
+            .map(|f| FaultCounters {
+                name: f.name.to_string(),
+                kind: f.spec.fault.kind(),
+                counters: f.installed.counters(),
+            })
+            .collect()
+    }
+}
+
+impl Installer {
     /// The target, resolved, with the guards against hitting the host.
     fn resolve(&self, spec: &FaultSpec) -> Result<Target, Error> {
         Ok(match &spec.target {
@@ -186,106 +341,57 @@ impl Faults {
             }
         })
     }
-
-    pub fn find(&self, sel: &Selector) -> Result<&ActiveFault, RpcError> {
-        let id = match sel {
-            Selector::Id(id) => Some(*id),
-            Selector::Name(n) => self.by_name.get(n).copied(),
-        };
-        id.and_then(|id| self.by_id.get(&id)).ok_or_else(|| {
-            RpcError::new(
-                ErrorCode::NotFound,
-                format!("no active fault with {sel} (it may have expired or been removed)"),
-            )
-        })
-    }
-
-    /// Removes a fault: dropping what it installed undoes it.
-    pub fn remove(&mut self, id: FaultId) -> Option<ActiveFault> {
-        let mut fault = self.by_id.remove(&id)?;
-        self.by_name.remove(fault.name.as_str());
-        fault.installed = Box::new(Removed);
-        tracing::info!(id, name = %fault.name, "fault removed");
-        Some(fault)
-    }
-
-    /// Removes every fault; returns how many there were.
-    pub fn clear(&mut self) -> usize {
-        let ids: Vec<_> = self.by_id.keys().copied().collect();
-        ids.iter().filter(|id| self.remove(**id).is_some()).count()
-    }
-
-    /// Removes the fault if it is still there and its deadline has passed.
-    pub fn expire(&mut self, id: FaultId) -> bool {
-        let due = self
-            .by_id
-            .get(&id)
-            .and_then(|f| f.expires)
-            .is_some_and(|t| t <= Instant::now());
-        due && self.remove(id).is_some()
-    }
-
-    pub fn counters(&self) -> Vec<FaultCounters> {
-        self.by_id
-            .values()
-            .map(|f| FaultCounters {
-                name: f.name.to_string(),
-                kind: f.spec.fault.kind(),
-                counters: f.installed.counters(),
-            })
-            .collect()
-    }
-
-    pub fn view(&self, f: &ActiveFault) -> Value {
-        let c = f.installed.counters();
-        let exhausted = f
-            .spec
-            .trigger
-            .max_activations
-            .is_some_and(|m| c.activations >= m.get());
-        let created = f
-            .created
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut view = json!({
-            "id": f.id,
-            "name": f.name,
-            "type": f.spec.fault.kind(),
-            "state": if exhausted { "exhausted" } else { "active" },
-            "spec": f.spec,
-            "cgroup": f.cgroup.as_ref().map(|c| json!({ "path": c.path, "id": c.id })),
-            "evaluations": c.evaluations,
-            "activations": c.activations,
-            "created_unix_ms": created.as_millis() as u64,
-            "expires_in_ms": f.expires.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
-        });
-        if !c.samples.is_empty() {
-            // The family's own counters, e.g. {"outcome": {"dropped": 12}}.
-            let mut own = serde_json::Map::new();
-            for s in &c.samples {
-                let by_label = own
-                    .entry(s.label.0)
-                    .or_insert_with(|| Value::Object(serde_json::Map::new()));
-                by_label[s.label.1] = json!(s.value);
-            }
-            view["counters"] = Value::Object(own);
-        }
-        if let Value::Object(m) = &mut view {
-            m.extend(f.installed.describe());
-        }
-        view
-    }
-
-    pub fn list(&self) -> Vec<Value> {
-        self.by_id.values().map(|f| self.view(f)).collect()
-    }
 }
 
-/// What a removed fault holds: nothing.
-struct Removed;
+fn find<'t>(t: &'t Table, sel: &Selector) -> Result<&'t ActiveFault, RpcError> {
+    let id = match sel {
+        Selector::Id(id) => Some(*id),
+        Selector::Name(n) => t.by_name.get(n).copied().flatten(),
+    };
+    id.and_then(|id| t.by_id.get(&id)).ok_or_else(|| {
+        RpcError::new(
+            ErrorCode::NotFound,
+            format!("no active fault with {sel} (it may have expired or been removed)"),
+        )
+    })
+}
 
-impl Installed for Removed {
-    fn counters(&self) -> Counters {
-        Counters::default()
+fn view(f: &ActiveFault) -> Value {
+    let c = f.installed.counters();
+    let exhausted = f
+        .spec
+        .trigger
+        .max_activations
+        .is_some_and(|m| c.activations >= m.get());
+    let created = f
+        .created
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut view = json!({
+        "id": f.id,
+        "name": f.name,
+        "type": f.spec.fault.kind(),
+        "state": if exhausted { "exhausted" } else { "active" },
+        "spec": f.spec,
+        "cgroup": f.cgroup.as_ref().map(|c| json!({ "path": c.path, "id": c.id })),
+        "evaluations": c.evaluations,
+        "activations": c.activations,
+        "created_unix_ms": created.as_millis() as u64,
+        "expires_in_ms": f.expires.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+    });
+    if !c.samples.is_empty() {
+        // The family's own counters, e.g. {"outcome": {"dropped": 12}}.
+        let mut own = serde_json::Map::new();
+        for s in &c.samples {
+            let by_label = own
+                .entry(s.label.0)
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            by_label[s.label.1] = json!(s.value);
+        }
+        view["counters"] = Value::Object(own);
     }
+    if let Value::Object(m) = &mut view {
+        m.extend(f.installed.describe());
+    }
+    view
 }

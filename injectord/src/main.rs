@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,7 +18,7 @@ use injectord::{
     faults::Faults,
     kernel::{Kernel, journal, lease::Lease, logs, reaper},
     metrics,
-    rpc::{self, State},
+    rpc::State,
     server,
     target::Cgroups,
 };
@@ -164,7 +164,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the metrics endpoint {}", args.metrics_addr))?;
         let state = Arc::new(State {
-            faults: Mutex::new(faults),
+            faults,
             capabilities,
             started,
             recovery,
@@ -188,7 +188,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM"),
             _ = int.recv() => tracing::info!("SIGINT"),
         }
-        let removed = rpc::lock(&state).clear();
+        let removed = state.faults.clear();
         tracing::info!(removed, "all faults removed; exiting");
         let _ = std::fs::remove_file(&args.socket);
         anyhow::Ok(())

@@ -26,11 +26,7 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{
-    family::Metric,
-    faults::FaultCounters,
-    rpc::{Shared, lock},
-};
+use crate::{family::Metric, faults::FaultCounters, rpc::Shared};
 
 #[derive(Debug)]
 struct FaultCollector {
@@ -39,10 +35,7 @@ struct FaultCollector {
 
 impl Collector for FaultCollector {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (active, counters) = {
-            let faults = lock(&self.state);
-            (faults.len(), faults.counters())
-        };
+        let (active, counters) = (self.state.faults.len(), self.state.faults.counters());
         encode_faults(encoder, active, &counters)
     }
 }
@@ -266,7 +259,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
         let registry = registry.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(EXCHANGE_LIMIT, respond(stream, &registry)).await {
+            match tokio::time::timeout(EXCHANGE_LIMIT, respond(stream, registry)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection"),
                 Err(_) => tracing::debug!("metrics connection closed after {EXCHANGE_LIMIT:?}"),
@@ -321,7 +314,7 @@ fn fd_headroom(fd: i32) -> bool {
 
 /// A minimal HTTP/1.x responder: GET /metrics and GET /healthz, one
 /// request per connection. Prometheus needs nothing more.
-async fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+async fn respond(mut stream: TcpStream, registry: Arc<Registry>) -> std::io::Result<()> {
     let mut buf = vec![0u8; MAX_HEAD];
     let mut len = 0;
     // Read up to the end of the request head.
@@ -345,7 +338,11 @@ async fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<
     match (head.method.as_str(), head.path.as_str()) {
         ("GET", "/metrics") => {
             let format = Format::negotiate(&head.accept);
-            let Ok(body) = format.render(registry) else {
+            // Reading the counters takes the fault table's lock and the
+            // maps' (briefly, but an install may hold an interface's): off
+            // the runtime, so a scrape never stalls the control socket.
+            let rendered = tokio::task::spawn_blocking(move || format.render(&registry)).await;
+            let Ok(Ok(body)) = rendered else {
                 return write(&mut stream, "500 Internal Server Error", "text/plain", "").await;
             };
             write(&mut stream, "200 OK", format.content_type(), &body).await

@@ -1,10 +1,7 @@
 //! JSON-RPC 2.0 dispatch: one request object per line in, one response
 //! object per line out.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use serde_json::{Value, json};
 
@@ -18,7 +15,10 @@ use crate::{
 
 /// Everything a request handler may touch.
 pub struct State {
-    pub faults: Mutex<Faults>,
+    /// The fault table. Its methods take locks that an install may hold
+    /// for a while (program loads, netlink), so they run off the async
+    /// runtime (see [`serve_line`]); `status` and `capabilities` take none.
+    pub faults: Faults,
     pub capabilities: Capabilities,
     pub started: Instant,
     /// What the start-up recovery undid of a predecessor's journal.
@@ -37,6 +37,37 @@ impl std::fmt::Debug for State {
             .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
+}
+
+/// Serves one line without blocking the async runtime: `status` and
+/// `capabilities` (which take no lock) are answered at once; anything that
+/// takes the fault table's lock, which an install holds while it loads
+/// programs or talks netlink, runs on a blocking thread. Requests of one
+/// connection are served in order (the caller awaits each), and the lock
+/// orders operations on the table.
+pub async fn serve_line(state: &Shared, line: &str) -> Option<String> {
+    if is_lock_free(line) {
+        return handle_line(state, line);
+    }
+    let (state, line) = (Arc::clone(state), line.to_string());
+    match tokio::task::spawn_blocking(move || handle_line(&state, &line)).await {
+        Ok(response) => response,
+        Err(e) => Some(error_line(RpcError::new(
+            ErrorCode::Internal,
+            format!("the request's handler failed: {e}"),
+        ))),
+    }
+}
+
+/// Whether `line` is a single request for a method that takes no lock.
+fn is_lock_free(line: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Method<'a> {
+        #[serde(borrow)]
+        method: Option<&'a str>,
+    }
+    serde_json::from_str::<Method<'_>>(line)
+        .is_ok_and(|m| matches!(m.method, Some("status" | "capabilities")))
 }
 
 /// Handles one line: a request, or a batch of them (an array). Returns
@@ -210,47 +241,29 @@ fn dispatch(state: &Shared, method: &str, params: Value) -> Result<Value, RpcErr
     match method {
         "capabilities" => Ok(serde_json::to_value(&state.capabilities).unwrap_or_default()),
         "inject" => inject(state, params),
-        "list" => {
-            let faults = lock(state);
-            Ok(json!({ "faults": faults.list() }))
-        }
-        "get" => {
-            let sel = selector(params)?;
-            let faults = lock(state);
-            let f = faults.find(&sel)?;
-            Ok(faults.view(f))
-        }
+        "list" => Ok(json!({ "faults": state.faults.list() })),
+        "get" => state.faults.get(&selector(params)?),
         "remove" => {
-            let sel = selector(params)?;
-            let mut faults = lock(state);
-            let f = faults.find(&sel)?;
-            let (id, view) = (f.id, faults.view(f));
-            faults.remove(id);
+            let view = state.faults.remove(&selector(params)?)?;
             Ok(json!({ "removed": view }))
         }
-        "clear" => {
-            let n = lock(state).clear();
-            Ok(json!({ "removed": n }))
-        }
-        "status" => {
-            let faults = lock(state);
-            Ok(json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(),
-                "uptime_seconds": state.started.elapsed().as_secs_f64(),
-                "kernel": state.capabilities.kernel,
-                "cgroup2_mount": faults.cgroups().mount(),
-                "socket": state.socket,
-                "metrics_addr": state.metrics_addr,
-                "faults_active": faults.len(),
-                "lease_seconds": state.lease.as_secs_f64(),
-                "recovered": {
-                    "undone": state.recovery.undone,
-                    "gone": state.recovery.gone,
-                    "failed": state.recovery.failed,
-                },
-            }))
-        }
+        "clear" => Ok(json!({ "removed": state.faults.clear() })),
+        "status" => Ok(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_seconds": state.started.elapsed().as_secs_f64(),
+            "kernel": state.capabilities.kernel,
+            "cgroup2_mount": state.faults.cgroup2_mount(),
+            "socket": state.socket,
+            "metrics_addr": state.metrics_addr,
+            "faults_active": state.faults.len(),
+            "lease_seconds": state.lease.as_secs_f64(),
+            "recovered": {
+                "undone": state.recovery.undone,
+                "gone": state.recovery.gone,
+                "failed": state.recovery.failed,
+            },
+        })),
         other => Err(RpcError::new(
             ErrorCode::MethodNotFound,
             format!(
@@ -268,17 +281,17 @@ fn inject(state: &Shared, params: Value) -> Result<Value, RpcError> {
         ));
     }
     let spec = FaultSpec::from_params(params)?;
-    let mut faults = lock(state);
-    let (fault, expires) = faults.inject(spec)?;
-    let (id, name) = (fault.id, fault.name.clone());
-    drop(faults);
+    let (id, name, expires) = state.faults.inject(spec)?;
     if let Some(deadline) = expires {
         // The kernel also stops firing at the deadline (expires_at_ns), in
-        // case this task runs late.
+        // case this task runs late. The timer runs on the runtime (this
+        // handler runs where it is entered); the removal, which takes the
+        // lock, on a blocking thread.
         let state = Arc::clone(state);
         tokio::spawn(async move {
             tokio::time::sleep_until(deadline.into()).await;
-            if lock(&state).expire(id) {
+            let expired = tokio::task::spawn_blocking(move || state.faults.expire(id));
+            if expired.await.unwrap_or(false) {
                 tracing::info!(id, "fault expired");
             }
         });
@@ -293,49 +306,4 @@ fn selector(params: Value) -> Result<Selector, RpcError> {
             format!("expected {{\"id\": N}} or {{\"name\": \"...\"}}: {e}"),
         )
     })
-}
-
-/// The fault table lock. A panic while holding it would leave the kernel
-/// state as it was, so poisoning is not a reason to stop serving.
-pub fn lock(state: &State) -> std::sync::MutexGuard<'_, Faults> {
-    state
-        .faults
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn invalid(v: Value) -> (Value, String) {
-        let (id, err) = Request::parse(v).unwrap_err();
-        assert_eq!(err.code, ErrorCode::InvalidRequest);
-        (id, err.message)
-    }
-
-    #[test]
-    fn requests_as_json_rpc_2_0_defines_them() {
-        let r = Request::parse(json!({"jsonrpc": "2.0", "method": "list"})).unwrap();
-        assert!(r.id.is_none(), "no id: a notification");
-        for id in [json!(1), json!("x"), json!(null), json!(2.5)] {
-            let r =
-                Request::parse(json!({"jsonrpc": "2.0", "id": id, "method": "m", "params": []}))
-                    .unwrap();
-            assert_eq!(r.id, Some(Id(id)));
-        }
-        for id in [json!({}), json!([]), json!(true)] {
-            let (got, msg) = invalid(json!({"jsonrpc": "2.0", "id": id, "method": "m"}));
-            assert_eq!(got, Value::Null, "{msg}");
-        }
-        // A valid id is kept for the answer even when the rest is wrong.
-        assert_eq!(invalid(json!({"id": 4, "method": "m"})).0, json!(4));
-        assert_eq!(
-            invalid(json!({"jsonrpc": "2.0", "id": 4, "method": 1})).0,
-            json!(4)
-        );
-        let (_, msg) = invalid(json!({"jsonrpc": "2.0", "id": 4, "method": "m", "params": 3}));
-        assert!(msg.contains("params"), "{msg}");
-        assert_eq!(invalid(json!("status")).0, Value::Null);
-    }
 }

@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{
     error::{ErrorCode, RpcError},
-    rpc::{Shared, error_line, handle_line},
+    rpc::{Shared, error_line, serve_line},
 };
 
 /// Longest request line accepted (a spec is a few hundred bytes).
@@ -85,7 +85,7 @@ async fn connection(stream: UnixStream, state: Shared) -> anyhow::Result<()> {
                 ErrorCode::InvalidRequest,
                 format!("request line longer than {MAX_LINE} bytes"),
             ))),
-            Ok(line) => handle_line(&state, line),
+            Ok(line) => serve_line(&state, line).await,
             Err(e) => Some(error_line(RpcError::new(
                 ErrorCode::ParseError,
                 format!("the line is not valid UTF-8 ({e}), so not JSON"),

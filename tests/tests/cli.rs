@@ -150,7 +150,7 @@ fn packet_faults_from_flags_and_json_everywhere() {
             "--type",
             "packet-drop",
             "--protocol",
-            "sctp",
+            "carrier-pigeon",
         ],
     );
     assert_eq!(out.status.code(), Some(2));

@@ -186,7 +186,9 @@ pub fn recover(path: &Path) -> Recovery {
         let _span = tracing::info_span!("recover", ?undo, netns = netns.as_deref()).entered();
         let ns = match &netns {
             None => None,
-            Some(p) => match File::open(p) {
+            // Checked to be a network namespace before it is opened: the
+            // path may name anything by now (a FIFO would block us).
+            Some(p) => match super::netns::open_netns(Path::new(p)) {
                 Ok(f) if id.is_none() || NsId::of(&f) == id => Some(f),
                 Ok(_) => {
                     tracing::info!(path = %p, "the namespace is gone (its path names another one now)");

@@ -98,12 +98,42 @@ pub fn clsact_is_empty(dev: &str) -> bool {
     })
 }
 
-/// Runs tc(8) in the calling thread's network namespace.
+/// How long one tc(8) run may take: it answers in milliseconds, and a
+/// hung one must not hold up the request (or the reaper) for good.
+const TC_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs tc(8) in the calling thread's network namespace, killed after
+/// [`TC_LIMIT`].
 pub fn tc(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("tc")
+    let mut child = Command::new("tc")
         .args(args)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("running tc: {e}"))?;
+    let deadline = std::time::Instant::now() + TC_LIMIT;
+    // tc's output is small: it fits the pipes while we poll.
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "tc {} did not finish within {TC_LIMIT:?}",
+                    args.join(" ")
+                ));
+            }
+            Err(e) => return Err(format!("waiting for tc: {e}")),
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("reading tc's output: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -261,7 +291,7 @@ pub fn run(journal: Option<&Path>) -> ! {
             }) => {
                 // Opened now, while the namespace surely exists; holding it
                 // keeps it alive until we are done with it.
-                let ns = netns.and_then(|p| File::open(p).ok());
+                let ns = netns.and_then(|p| super::netns::open_netns(Path::new(&p)).ok());
                 pending.insert(add, (ns, undo));
             }
             Ok(Entry::Done { done }) => {

@@ -1,0 +1,113 @@
+//! No request blocks the daemon: while one client's request waits on
+//! something slow (a FIFO named as a network namespace, the first fault on
+//! a fresh interface, which loads and verifies programs), other clients'
+//! `status` and Prometheus scrapes keep answering at once.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use injectord_tests::{net::*, *};
+use serde_json::{Value, json};
+
+/// How fast `status` must answer while another request is in flight.
+const STATUS_WITHIN: Duration = Duration::from_millis(20);
+
+/// Round-trip times of `status` (and one scrape per five) from another
+/// client, sampled until `busy` turns false.
+struct Watch {
+    status: Vec<Duration>,
+    scrapes: Vec<Duration>,
+}
+
+fn watch_while(d: &Daemon, busy: &AtomicBool) -> Watch {
+    let mut c = d.client();
+    let mut w = Watch {
+        status: Vec::new(),
+        scrapes: Vec::new(),
+    };
+    while busy.load(Ordering::Acquire) {
+        let t = Instant::now();
+        c.call("status", Value::Null).unwrap();
+        w.status.push(t.elapsed());
+        if w.status.len() % 5 == 0 {
+            let t = Instant::now();
+            http_get(&d.metrics_addr, "/metrics").unwrap();
+            w.scrapes.push(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    w
+}
+
+/// Runs `slow` on one client while another watches; returns what `slow`
+/// returned, how long it took, and the watch.
+fn during<T: Send>(d: &Daemon, slow: impl FnOnce() -> T + Send) -> (T, Duration, Watch) {
+    let busy = AtomicBool::new(true);
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| watch_while(d, &busy));
+        // Let the watcher get going first.
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        let out = slow();
+        let took = t.elapsed();
+        busy.store(false, Ordering::Release);
+        (out, took, watcher.join().unwrap())
+    })
+}
+
+fn assert_responsive(w: &Watch, what: &str) {
+    let worst = w.status.iter().max().copied().unwrap_or_default();
+    assert!(
+        w.status.len() >= 5,
+        "{what}: too few status answers ({}) to tell",
+        w.status.len()
+    );
+    assert!(
+        worst <= STATUS_WITHIN,
+        "{what}: status took up to {worst:?} (limit {STATUS_WITHIN:?}) over {} calls",
+        w.status.len()
+    );
+    let worst_scrape = w.scrapes.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst_scrape <= Duration::from_millis(200),
+        "{what}: a scrape took {worst_scrape:?}"
+    );
+}
+
+#[test]
+fn a_fifo_named_as_netns_blocks_nobody() {
+    let d = Daemon::start();
+    let fifo = std::env::temp_dir().join(unique("netns-fifo"));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let spec = json!({"target": {"interface": "eth0", "netns": fifo.to_str().unwrap()},
+                      "fault": {"type": "packet_drop"}});
+    let (code, took, w) = during(&d, || d.error_code("inject", spec));
+    let _ = std::fs::remove_file(&fifo);
+    assert_eq!(code, "invalid_value", "a FIFO is not a network namespace");
+    assert!(took < Duration::from_secs(5), "the inject took {took:?}");
+    assert_responsive(&w, "FIFO as netns");
+}
+
+#[test]
+fn the_first_fault_on_a_fresh_interface_blocks_nobody() {
+    let d = Daemon::start();
+    let link = Link::new("resp");
+    let spec = json!({"name": "first", "target": {"interface": "eth0", "netns": link.a.name},
+                      "fault": {"type": "packet_corrupt", "direction": "both"}});
+    let (_, took, w) = during(&d, || d.inject(spec));
+    println!(
+        "first fault took {took:?}; {} status calls meanwhile, worst {:?}",
+        w.status.len(),
+        w.status.iter().max()
+    );
+    assert_responsive(&w, "first fault on an interface");
+    // And its removal (detaching, netlink) blocks nobody either.
+    let (_, _, w) = during(&d, || d.call("remove", json!({"name": "first"})).unwrap());
+    assert!(
+        w.status.iter().all(|t| *t <= STATUS_WITHIN),
+        "{:?}",
+        w.status
+    );
+}
