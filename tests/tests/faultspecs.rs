@@ -586,18 +586,8 @@ fn pod_egress_loss_hits_one_pod_and_spares_its_neighbour() {
     let (evaluated, dropped) = counts();
     assert!(evaluated >= 20, "{evaluated} segments of pod a evaluated");
     assert_binomial(dropped, evaluated, 0.2, "dropped / evaluated");
-    let retrans_before = br.containers[1].snmp("Tcp", "RetransSegs");
     assert_eq!(upload(&pod_b, &br.containers[1], "b"), "201\n".repeat(5));
-    assert_eq!(
-        counts(),
-        (evaluated, dropped),
-        "pod b's segments never match"
-    );
-    assert_eq!(
-        br.containers[1].snmp("Tcp", "RetransSegs"),
-        retrans_before,
-        "pod b loses nothing"
-    );
+    assert_eq!(counts(), (evaluated, dropped), "pod b's segments never match");
 }
 
 /// One slow pod: 100 ms ± 20 ms on its outgoing TCP, on its own veth; the
