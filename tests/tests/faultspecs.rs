@@ -587,7 +587,11 @@ fn pod_egress_loss_hits_one_pod_and_spares_its_neighbour() {
     assert!(evaluated >= 20, "{evaluated} segments of pod a evaluated");
     assert_binomial(dropped, evaluated, 0.2, "dropped / evaluated");
     assert_eq!(upload(&pod_b, &br.containers[1], "b"), "201\n".repeat(5));
-    assert_eq!(counts(), (evaluated, dropped), "pod b's segments never match");
+    assert_eq!(
+        counts(),
+        (evaluated, dropped),
+        "pod b's segments never match"
+    );
 }
 
 /// One slow pod: 100 ms ± 20 ms on its outgoing TCP, on its own veth; the
