@@ -31,7 +31,7 @@ fn watch_while(d: &Daemon, busy: &AtomicBool) -> Watch {
         let t = Instant::now();
         c.call("status", Value::Null).unwrap();
         w.status.push(t.elapsed());
-        if w.status.len() % 5 == 0 {
+        if w.status.len().is_multiple_of(5) {
             let t = Instant::now();
             http_get(&d.metrics_addr, "/metrics").unwrap();
             w.scrapes.push(t.elapsed());
