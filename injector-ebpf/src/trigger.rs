@@ -5,7 +5,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use injector_common::Trigger;
 
-use crate::maps::{FAULT_STATS, TRIGGER_STATE, leased};
+use crate::maps::{FAULT_STATS, TRIGGER_STATE, lease_checked, leased};
 
 /// Evaluates `trigger` for one event that matched the fault in `slot`.
 /// Returns whether the fault fires; updates the slot's counters either way.
@@ -15,10 +15,12 @@ use crate::maps::{FAULT_STATS, TRIGGER_STATE, leased};
 /// lease.
 #[inline(always)]
 pub fn evaluate(slot: u32, trigger: &Trigger) -> bool {
-    // SAFETY: helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if !leased(now) || (trigger.expires_at_ns != 0 && now >= trigger.expires_at_ns) {
-        return false;
+    if lease_checked() || trigger.expires_at_ns != 0 {
+        // SAFETY: helper without arguments or side effects.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if !leased(now) || (trigger.expires_at_ns != 0 && now >= trigger.expires_at_ns) {
+            return false;
+        }
     }
     let Some(stats) = FAULT_STATS.get_ptr_mut(slot) else {
         return false;
