@@ -225,6 +225,9 @@ pub fn run_in_vm(
         // are relayed instead.
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Its own process group, so that the time limit can kill QEMU (vng's
+    // child), whose end of the output pipes the relays below wait for.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
     let relays = [
         relay(child.stdout.take(), std::io::stdout),
@@ -240,7 +243,9 @@ pub fn run_in_vm(
                 "[x] {}: no exit after {VM_TIME_LIMIT:?}; killing the VM",
                 kernel.label
             );
-            let _ = child.kill();
+            // SAFETY: kill(2) on the process group our child leads: vng
+            // and the QEMU it started.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             break child.wait()?;
         }
         std::thread::sleep(Duration::from_millis(200));
