@@ -583,6 +583,20 @@ fn pod_egress_loss_hits_one_pod_and_spares_its_neighbour() {
     // A drop at cgroup_skb egress reaches TCP as local congestion: it
     // sends the segment again later, so the uploads complete.
     assert_eq!(upload(&pod_a, &br.containers[0], "a"), "201\n".repeat(5));
+    // curl returns before pod a's connections are done with: their last
+    // segments (FIN, a retransmission under TCG) still pass the fault.
+    // Wait until pod a's counters have been still for a second (at most
+    // 10 s), so that what follows can only be pod b's.
+    let settle = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = counts();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let now = counts();
+        if now == last || std::time::Instant::now() > settle {
+            break;
+        }
+        last = now;
+    }
     let (evaluated, dropped) = counts();
     assert!(evaluated >= 20, "{evaluated} segments of pod a evaluated");
     assert_binomial(dropped, evaluated, 0.2, "dropped / evaluated");
