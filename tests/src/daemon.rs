@@ -210,6 +210,16 @@ impl Daemon {
         }
     }
 
+    /// Whether `capabilities` reports `backend` available on this kernel.
+    pub fn has_backend(&self, backend: &str) -> bool {
+        let caps = self.call("capabilities", Value::Null).unwrap();
+        caps["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == backend && c["available"] == true)
+    }
+
     /// Starts a new daemon process on this daemon's socket (after the old
     /// one is gone) and waits until it answers.
     pub fn restart(&mut self) -> anyhow::Result<()> {

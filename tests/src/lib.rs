@@ -109,3 +109,15 @@ fn counts<C: FromIterator<(String, u64)>>(v: &Value) -> C {
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
         .collect()
 }
+
+/// Asserts that `x` successes of `n` trials with probability `p` lie within
+/// four standard deviations of `n p`: |x - n p| <= 4 sqrt(n p (1-p)).
+pub fn assert_binomial(x: u64, n: u64, p: f64, what: &str) {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    assert!(
+        (x as f64 - mean).abs() <= 4.0 * sd,
+        "{what}: {x} of {n}, expected {mean:.1} ± {:.1} (4 sigma)",
+        4.0 * sd
+    );
+}

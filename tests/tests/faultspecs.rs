@@ -32,19 +32,10 @@ fn name_of(spec: &Value) -> String {
         .to_string()
 }
 
-fn has(d: &Daemon, backend: &str) -> bool {
-    let caps = d.call("capabilities", json!(null)).unwrap();
-    caps["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c["name"] == backend && c["available"] == true)
-}
-
 /// On a kernel without sch_fq, a delay or rate spec must be refused,
 /// naming it; returns whether the kernel has it.
 fn fq_or_refused(d: &Daemon, spec: &Value) -> bool {
-    if has(d, "sch_fq") {
+    if d.has_backend("sch_fq") {
         return true;
     }
     let err = d.client().call("inject", spec.clone()).unwrap_err();
@@ -61,17 +52,6 @@ fn packets(d: &Daemon, name: &str, kind: &str, outcome: &str) -> u64 {
         "injectord_packets_total{{fault=\"{name}\",type=\"{kind}\",outcome=\"{outcome}\"}}"
     );
     d.metrics().get(&key).copied().unwrap_or(0.0) as u64
-}
-
-/// |x - n p| <= 4 sqrt(n p (1-p))
-fn assert_binomial(x: u64, n: u64, p: f64, what: &str) {
-    let mean = n as f64 * p;
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    assert!(
-        (x as f64 - mean).abs() <= 4.0 * sd,
-        "{what}: {x} of {n}, expected {mean:.1} ± {:.1} (4 sigma)",
-        4.0 * sd
-    );
 }
 
 #[test]

@@ -11,15 +11,6 @@ use serde_json::{Value, json};
 /// The lease the daemons here run with (the default).
 const LEASE: Duration = Duration::from_secs(1);
 
-fn has(d: &Daemon, backend: &str) -> bool {
-    let caps = d.call("capabilities", json!(null)).unwrap();
-    caps["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c["name"] == backend && c["available"] == true)
-}
-
 /// What the faults below leave on the devices: the partition's clsact
 /// filter at a.eth0's egress (its ingress half is an XDP link, which dies
 /// with the daemon) and the clsact qdisc, and on kernels with sch_fq an fq
@@ -103,7 +94,7 @@ fn a_killed_process_group_leaves_only_inert_state_and_the_next_start_undoes_it()
         .args(&["--tc-attach", "clsact"])
         .start()
         .unwrap();
-    let fq = has(&d, "sch_fq");
+    let fq = d.has_backend("sch_fq");
     inject_netlink_faults(&d, &link, fq);
     assert!(
         link.a
@@ -134,7 +125,7 @@ fn a_killed_cgroup_leaves_only_inert_state_and_the_next_start_undoes_it() {
         .args(&["--tc-attach", "clsact"])
         .start()
         .unwrap();
-    let fq = has(&d, "sch_fq");
+    let fq = d.has_backend("sch_fq");
     inject_netlink_faults(&d, &link, fq);
     let procs = std::fs::read_to_string(unit.path.join("cgroup.procs")).unwrap();
     assert_eq!(

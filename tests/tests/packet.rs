@@ -13,15 +13,6 @@ const IDLE: Duration = Duration::from_millis(1500);
 /// longer than [`IDLE`].
 const BETWEEN_SENDERS: Duration = Duration::from_secs(6);
 
-fn has(d: &Daemon, backend: &str) -> bool {
-    let caps = d.call("capabilities", json!(null)).unwrap();
-    caps["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c["name"] == backend && c["available"] == true)
-}
-
 /// Packets a fault evaluated and acted on, from /metrics.
 fn packets(d: &Daemon, name: &str, kind: &str, outcome: &str) -> u64 {
     let m = d.metrics();
@@ -31,17 +22,6 @@ fn packets(d: &Daemon, name: &str, kind: &str, outcome: &str) -> u64 {
     m.get(&key)
         .copied()
         .unwrap_or_else(|| panic!("{key} missing: {m:?}")) as u64
-}
-
-/// |x - n p| <= 4 sqrt(n p (1-p))
-fn assert_binomial(x: u64, n: u64, p: f64, what: &str) {
-    let mean = n as f64 * p;
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    assert!(
-        (x as f64 - mean).abs() <= 4.0 * sd,
-        "{what}: {x} of {n}, expected {mean:.0} ± {:.0} (4 sigma)",
-        4.0 * sd
-    );
 }
 
 #[test]
@@ -212,7 +192,7 @@ fn delay_moves_ping_rtt_or_is_refused_without_sch_fq() {
         "target": {"interface": "eth0", "netns": link.a.name},
         "fault": {"type": "packet_delay", "delay": "50ms", "jitter": "10ms", "install_fq": true},
     });
-    if !has(&d, "sch_fq") {
+    if !d.has_backend("sch_fq") {
         let err = d.client().call("inject", spec).unwrap_err();
         let err = err.downcast_ref::<ErrorResponse>().expect("error response");
         assert_eq!(err.code, "unsupported_kernel");
@@ -250,7 +230,7 @@ fn rate_limit_holds_or_is_refused_without_sch_fq() {
         "target": {"interface": "eth0", "netns": link.a.name},
         "fault": {"type": "bandwidth_limit", "rate": "20mbit", "install_fq": true},
     });
-    if !has(&d, "sch_fq") {
+    if !d.has_backend("sch_fq") {
         let err = d.client().call("inject", spec).unwrap_err();
         let err = err.downcast_ref::<ErrorResponse>().expect("error response");
         assert_eq!(err.code, "unsupported_kernel");
@@ -532,7 +512,7 @@ fn container_cgroup_takes_rewrites_and_delay_on_its_own_device() {
         "target": {"cgroup": pod_a.rel},
         "fault": {"type": "packet_delay", "delay": "50ms", "protocol": "icmp", "install_fq": true},
     });
-    if has(&d, "sch_fq") {
+    if d.has_backend("sch_fq") {
         d.inject(delay);
         let (_, rx, slow, _) = ping(c0, HUB_IP, 10, "0.1");
         let (_, _, fast, _) = ping(&br.containers[1], HUB_IP, 10, "0.1");

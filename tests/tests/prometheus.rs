@@ -84,15 +84,6 @@ fn needs_sch_fq(exprs: &[String]) -> bool {
         .any(|e| e.contains("injectord_injected_delay_seconds"))
 }
 
-fn has(d: &Daemon, backend: &str) -> bool {
-    let caps = d.call("capabilities", json!(null)).expect("capabilities");
-    caps["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .any(|c| c["name"] == backend && c["available"] == true)
-}
-
 /// One GET /metrics with this `Accept` header: (Content-Type, body).
 fn scrape(addr: &str, accept: Option<&str>) -> anyhow::Result<(String, String)> {
     let mut s = TcpStream::connect(addr)?;
@@ -445,7 +436,7 @@ fn inject_experiment(d: &Daemon, cg: &TestCgroup, port: u16, link: &Link) -> boo
         "target": on_a,
         "fault": {"type": "packet_delay", "delay": "2ms", "jitter": "1ms", "protocol": "icmp", "install_fq": true},
     });
-    if has(d, "sch_fq") {
+    if d.has_backend("sch_fq") {
         d.inject(delay);
         return true;
     }
