@@ -17,6 +17,7 @@
 pub mod connect;
 pub mod packet;
 pub mod probe;
+pub mod syscall;
 
 /// Every program name of the object, by family (a new family adds its
 /// list here, next to its `pub mod` line).
@@ -24,11 +25,13 @@ pub const PROGRAMS: &[&[&str]] = &[
     connect::PROGRAMS,
     packet::PROGRAMS,
     probe::PROGRAMS,
+    syscall::PROGRAMS,
+    syscall::LSM_PROGRAM_NAMES,
     bench::PROGRAMS,
 ];
 
 /// Every map name of the object, by family.
-pub const MAPS: &[&[&str]] = &[maps::ALL, connect::MAPS, packet::MAPS];
+pub const MAPS: &[&[&str]] = &[maps::ALL, connect::MAPS, packet::MAPS, syscall::MAPS];
 
 /// Names of the maps every family shares.
 pub mod maps {

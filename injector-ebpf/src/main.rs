@@ -11,6 +11,7 @@ mod log;
 mod maps;
 mod packet;
 mod probe;
+mod syscall;
 mod trigger;
 
 #[cfg(not(test))]

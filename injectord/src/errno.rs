@@ -80,6 +80,8 @@ fn describe(name: Option<&'static str>, number: i64) -> String {
 }
 
 impl Errno {
+    pub const EIO: Self = Self(libc::EIO);
+
     /// An errno by its C name, aliases included (`EWOULDBLOCK` is EAGAIN).
     pub fn from_name(name: &str) -> Result<Self, ErrnoError> {
         if let Some(&(name, n)) = KERNEL_INTERNAL.iter().find(|(k, _)| *k == name) {

@@ -13,6 +13,7 @@
 
 pub mod connect;
 pub mod packet;
+pub mod syscall;
 
 use std::{any::Any, fmt};
 
@@ -30,7 +31,7 @@ use crate::{
 
 /// Every family, in load order (a family may use services that an earlier
 /// one published in [`Services`]). Adding a family adds one line here.
-pub static FAMILIES: &[Declaration] = &[connect::FAMILY, packet::FAMILY];
+pub static FAMILIES: &[Declaration] = &[connect::FAMILY, packet::FAMILY, syscall::FAMILY];
 
 /// What a family tells the registry about itself.
 pub struct Declaration {

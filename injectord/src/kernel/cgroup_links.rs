@@ -13,10 +13,15 @@ use std::{
 };
 
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, ProgramError,
-    cgroup_skb::CgroupSkbLink, cgroup_sock_addr::CgroupSockAddrLink,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt,
+    CgroupSysctl, Program, ProgramError, cgroup_skb::CgroupSkbLink, cgroup_sock::CgroupSockLink,
+    cgroup_sock_addr::CgroupSockAddrLink, cgroup_sockopt::CgroupSockoptLink,
+    cgroup_sysctl::CgroupSysctlLink,
 };
-use aya_obj::{generated::bpf_attach_type, programs::CgroupSockAddrAttachType};
+use aya_obj::{
+    generated::bpf_attach_type,
+    programs::{CgroupSockAddrAttachType, CgroupSockAttachType, CgroupSockoptAttachType},
+};
 
 use super::Kernel;
 use crate::{error::Error, target::Cgroup};
@@ -38,21 +43,6 @@ pub trait CgroupProgram {
     ) -> Result<Self::Link, ProgramError>;
 }
 
-impl CgroupProgram for CgroupSockAddr {
-    type AttachType = CgroupSockAddrAttachType;
-    type Link = CgroupSockAddrLink;
-
-    fn attach_cgroup(
-        &mut self,
-        cgroup: BorrowedFd<'_>,
-        _attach_type: Self::AttachType,
-    ) -> Result<Self::Link, ProgramError> {
-        // The attach type comes from the program's section.
-        let id = self.attach(cgroup, LINK_MODE)?;
-        self.take_link(id)
-    }
-}
-
 impl CgroupProgram for CgroupSkb {
     type AttachType = CgroupSkbAttachType;
     type Link = CgroupSkbLink;
@@ -64,6 +54,42 @@ impl CgroupProgram for CgroupSkb {
     ) -> Result<Self::Link, ProgramError> {
         let id = self.attach(cgroup, attach_type, LINK_MODE)?;
         self.take_link(id)
+    }
+}
+
+/// Programs whose section fixes their attach type (all but cgroup_skb).
+macro_rules! sectioned {
+    ($($program:ty, $attach:ty, $link:ty;)*) => {$(
+        impl CgroupProgram for $program {
+            type AttachType = $attach;
+            type Link = $link;
+
+            fn attach_cgroup(
+                &mut self,
+                cgroup: BorrowedFd<'_>,
+                _attach_type: Self::AttachType,
+            ) -> Result<Self::Link, ProgramError> {
+                let id = self.attach(cgroup, LINK_MODE)?;
+                self.take_link(id)
+            }
+        }
+    )*};
+}
+
+sectioned! {
+    CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAddrLink;
+    CgroupSock, CgroupSockAttachType, CgroupSockLink;
+    CgroupSockopt, CgroupSockoptAttachType, CgroupSockoptLink;
+    CgroupSysctl, SysctlAttach, CgroupSysctlLink;
+}
+
+/// cgroup/sysctl has a single attach type, which aya leaves unnamed.
+#[derive(Clone, Copy, Debug)]
+pub struct SysctlAttach;
+
+impl From<SysctlAttach> for bpf_attach_type {
+    fn from(_: SysctlAttach) -> Self {
+        bpf_attach_type::BPF_CGROUP_SYSCTL
     }
 }
 

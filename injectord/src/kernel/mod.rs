@@ -2,6 +2,7 @@
 //! object and its fault slots, cgroup attachments, network namespaces, the
 //! reaper that undoes netlink state after a crash, and the eBPF log.
 
+pub mod btf;
 pub mod cgroup_links;
 pub mod journal;
 pub mod lease;

@@ -14,7 +14,7 @@ use injector_common::connect::{CONNECT4, CONNECT6};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use self::rules::{ConnectRules, InstalledRule, RuleSpec};
+pub use self::rules::{ConnectRules, InstalledRule, RuleSpec, prefix_of};
 use super::{
     Backend, Counters, Declaration, Installed, Load, Params, Request, SpecError, Target, fields_of,
     json_with_type, params_as, parse_as,

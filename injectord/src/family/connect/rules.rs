@@ -146,7 +146,8 @@ impl Drop for InstalledRule {
     }
 }
 
-fn prefix_of(cidr: Cidr) -> Prefix {
+/// The kernel's form of a CIDR.
+pub fn prefix_of(cidr: Cidr) -> Prefix {
     let net = cidr.net();
     let mut addr = [0u32; 4];
     let family = match net.network() {

@@ -1,0 +1,227 @@
+//! Syscall and process faults: a syscall returns a chosen errno, or the
+//! calling task gets a signal, in one cgroup (its descendants included).
+//!
+//! Three backends reach the syscalls, best first: a kprobe on the
+//! syscall's entry with `bpf_override_return`, BPF LSM hooks, and cgroup
+//! programs with `bpf_set_retval`. All of them find their rule the same
+//! way: by (target cgroup, syscall number, action) in one hash map.
+
+use crate::{MAX_FAULTS, Prefix, Trigger};
+
+/// kprobe on `__x64_sys_*`: returns the errno with `bpf_override_return`.
+pub const SYSCALL_KPROBE: &str = "syscall_kprobe";
+/// raw tracepoint sys_enter: sends a signal to the caller (process faults
+/// at a syscall).
+pub const SYSCALL_SIGNAL: &str = "syscall_signal";
+/// cgroup programs with `bpf_set_retval`.
+pub const SYSCALL_SOCK_CREATE: &str = "syscall_sock_create";
+pub const SYSCALL_BIND4: &str = "syscall_bind4";
+pub const SYSCALL_BIND6: &str = "syscall_bind6";
+pub const SYSCALL_SENDMSG4: &str = "syscall_sendmsg4";
+pub const SYSCALL_SENDMSG6: &str = "syscall_sendmsg6";
+pub const SYSCALL_GETSOCKOPT: &str = "syscall_getsockopt";
+pub const SYSCALL_SETSOCKOPT: &str = "syscall_setsockopt";
+pub const SYSCALL_SYSCTL: &str = "syscall_sysctl";
+
+/// A BPF LSM program: its name, the LSM hook it attaches to, and how many
+/// arguments that hook takes (the previous program's verdict comes after
+/// them; the daemon checks the count against the kernel's BTF before it
+/// loads the program, so a hook whose signature changed is refused rather
+/// than misread).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LsmHook {
+    pub program: &'static str,
+    pub hook: &'static str,
+    pub arity: u8,
+}
+
+macro_rules! lsm_hooks {
+    ($($konst:ident = $program:literal, $hook:literal, $arity:literal;)*) => {
+        $(pub const $konst: LsmHook = LsmHook { program: $program, hook: $hook, arity: $arity };)*
+        /// Every LSM hook the syscall family attaches to.
+        pub const LSM_HOOKS: &[LsmHook] = &[$($konst),*];
+        const LSM_PROGRAMS: &[&str] = &[$($program),*];
+    };
+}
+
+lsm_hooks! {
+    LSM_FILE_OPEN = "lsm_file_open", "file_open", 1;
+    LSM_FILE_PERMISSION = "lsm_file_permission", "file_permission", 2;
+    LSM_MMAP_FILE = "lsm_mmap_file", "mmap_file", 4;
+    LSM_FILE_MPROTECT = "lsm_file_mprotect", "file_mprotect", 3;
+    LSM_FILE_IOCTL = "lsm_file_ioctl", "file_ioctl", 3;
+    LSM_FILE_LOCK = "lsm_file_lock", "file_lock", 2;
+    LSM_FILE_FCNTL = "lsm_file_fcntl", "file_fcntl", 3;
+    LSM_BPRM_CHECK = "lsm_bprm_check", "bprm_check_security", 1;
+    LSM_TASK_ALLOC = "lsm_task_alloc", "task_alloc", 2;
+    LSM_TASK_KILL = "lsm_task_kill", "task_kill", 4;
+    LSM_SOCKET_CREATE = "lsm_socket_create", "socket_create", 4;
+    LSM_SOCKET_BIND = "lsm_socket_bind", "socket_bind", 3;
+    LSM_SOCKET_CONNECT = "lsm_socket_connect", "socket_connect", 3;
+    LSM_SOCKET_LISTEN = "lsm_socket_listen", "socket_listen", 2;
+    LSM_SOCKET_ACCEPT = "lsm_socket_accept", "socket_accept", 2;
+    LSM_SOCKET_SENDMSG = "lsm_socket_sendmsg", "socket_sendmsg", 3;
+    LSM_SOCKET_RECVMSG = "lsm_socket_recvmsg", "socket_recvmsg", 4;
+    LSM_SOCKET_GETSOCKOPT = "lsm_socket_getsockopt", "socket_getsockopt", 3;
+    LSM_SOCKET_SETSOCKOPT = "lsm_socket_setsockopt", "socket_setsockopt", 3;
+    LSM_SOCKET_SHUTDOWN = "lsm_socket_shutdown", "socket_shutdown", 2;
+    LSM_INODE_MKDIR = "lsm_inode_mkdir", "inode_mkdir", 3;
+    LSM_INODE_RMDIR = "lsm_inode_rmdir", "inode_rmdir", 2;
+    LSM_INODE_UNLINK = "lsm_inode_unlink", "inode_unlink", 2;
+    LSM_INODE_RENAME = "lsm_inode_rename", "inode_rename", 4;
+    LSM_INODE_LINK = "lsm_inode_link", "inode_link", 3;
+    LSM_INODE_SYMLINK = "lsm_inode_symlink", "inode_symlink", 3;
+    LSM_INODE_GETATTR = "lsm_inode_getattr", "inode_getattr", 1;
+}
+
+/// Program names (the eBPF functions).
+pub const PROGRAMS: &[&str] = &[
+    SYSCALL_KPROBE,
+    SYSCALL_SIGNAL,
+    SYSCALL_SOCK_CREATE,
+    SYSCALL_BIND4,
+    SYSCALL_BIND6,
+    SYSCALL_SENDMSG4,
+    SYSCALL_SENDMSG6,
+    SYSCALL_GETSOCKOPT,
+    SYSCALL_SETSOCKOPT,
+    SYSCALL_SYSCTL,
+];
+
+/// The LSM programs' names, listed apart (see [`LSM_HOOKS`]).
+pub const LSM_PROGRAM_NAMES: &[&str] = LSM_PROGRAMS;
+
+/// Map names (the eBPF statics).
+pub const SYSCALL_RULES: &str = "SYSCALL_RULES";
+pub const SYSCALL_LEVELS: &str = "SYSCALL_LEVELS";
+pub const SYSCALL_EVENTS: &str = "SYSCALL_EVENTS";
+pub const MAPS: &[&str] = &[SYSCALL_RULES, SYSCALL_LEVELS, SYSCALL_EVENTS];
+
+/// Maximum number of rules.
+pub const MAX_SYSCALL_RULES: u32 = MAX_FAULTS;
+
+/// Longest `path` prefix a rule can hold.
+pub const PATH_PREFIX_MAX: usize = 128;
+
+/// Distinct cgroup depths that targets may sit at, at once.
+pub const MAX_LEVELS: usize = 15;
+
+/// The rule's action: the call fails with `errno`.
+pub const ACTION_ERROR: u32 = 0;
+/// The rule's action: the calling task gets `signal` (the call runs).
+pub const ACTION_SIGNAL: u32 = 1;
+
+/// Which program family serves a rule (a syscall reachable by several
+/// programs is served by one, so it never fires twice).
+pub const BACKEND_KPROBE: u8 = 1;
+pub const BACKEND_LSM: u8 = 2;
+pub const BACKEND_CGROUP: u8 = 3;
+pub const BACKEND_TRACEPOINT: u8 = 4;
+
+/// `path_arg` of a rule without a path filter.
+pub const NO_PATH_ARG: u8 = u8::MAX;
+
+/// Pseudo syscall numbers for cgroup hooks that cannot tell which syscall
+/// they run in: sysctl reads (read, pread64, readv...) and writes.
+pub const NR_SYSCTL_READ: u32 = 0x1000_0000;
+pub const NR_SYSCTL_WRITE: u32 = 0x1000_0001;
+/// UDP sendmsg hooks, whichever of sendto, sendmsg and sendmmsg called.
+pub const NR_UDP_SEND: u32 = 0x1000_0002;
+
+/// Key of [`SYSCALL_RULES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SyscallKey {
+    /// cgroup2 id of the target (its descendants match too).
+    pub cgroup_id: u64,
+    /// x86_64 syscall number, or one of the `NR_*` pseudo numbers.
+    pub nr: u32,
+    /// `ACTION_ERROR` or `ACTION_SIGNAL`.
+    pub action: u32,
+}
+
+/// A syscall fault rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallRule {
+    /// Fault slot: index into the stats and trigger maps.
+    pub slot: u32,
+    /// Positive errno (`ACTION_ERROR`).
+    pub errno: u32,
+    /// `BACKEND_*`: the program family that serves this rule.
+    pub backend: u8,
+    /// Signal number (`ACTION_SIGNAL`).
+    pub signal: u8,
+    /// Which syscall argument is the path (`NO_PATH_ARG`: no path filter).
+    pub path_arg: u8,
+    /// Length of `path` (0: any path).
+    pub path_len: u8,
+    /// Inclusive port range for socket hooks that see an address
+    /// (`[0, 65535]`: any).
+    pub ports: [u16; 2],
+    /// 1: deliver the signal to the whole process, 0: the calling thread.
+    pub whole_process: u8,
+    pub _pad: [u8; 3],
+    /// Address filter for socket hooks that see an address.
+    pub addr: Prefix,
+    /// Path prefix, matched against the path the call passes (or the
+    /// sysctl name, for sysctl rules). A prefix matches whole components:
+    /// `/data` matches `/data` and `/data/x`, not `/database`.
+    pub path: [u8; PATH_PREFIX_MAX],
+    pub trigger: Trigger,
+}
+
+impl Default for SyscallRule {
+    fn default() -> Self {
+        Self {
+            slot: 0,
+            errno: 0,
+            backend: 0,
+            signal: 0,
+            path_arg: NO_PATH_ARG,
+            path_len: 0,
+            ports: [0, u16::MAX],
+            whole_process: 0,
+            _pad: [0; 3],
+            addr: Prefix::ANY,
+            path: [0; PATH_PREFIX_MAX],
+            trigger: Trigger::default(),
+        }
+    }
+}
+
+/// The cgroup depths targets sit at, deepest first (value of
+/// [`SYSCALL_LEVELS`]); programs look up the caller's ancestor at each.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Levels {
+    pub count: u32,
+    pub levels: [u32; MAX_LEVELS],
+}
+
+/// What a signal rule reports when it fires (ring buffer record), so the
+/// daemon can resume a task it stopped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalEvent {
+    pub slot: u32,
+    /// Thread group id (the process) and thread id of the caller.
+    pub tgid: u32,
+    pub tid: u32,
+    pub signal: u32,
+    /// `bpf_ktime_get_ns()` when it fired.
+    pub at_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)] plain data with explicit padding and no invalid
+    // bit patterns.
+    unsafe impl aya::Pod for super::SyscallKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SyscallRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Levels {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SignalEvent {}
+}

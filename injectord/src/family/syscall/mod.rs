@@ -1,0 +1,457 @@
+//! `syscall_error`: a syscall returns a chosen errno in one cgroup (and its
+//! descendants), optionally only for a path prefix or, for socket calls,
+//! an address and port.
+//!
+//! The backend is chosen per fault, best first: a kprobe on the syscall's
+//! entry with `bpf_override_return` (any syscall, where the kernel has
+//! `CONFIG_BPF_KPROBE_OVERRIDE`), then the BPF LSM hook that runs inside
+//! the syscall, then a cgroup program with `bpf_set_retval` (socket,
+//! bind, connect, UDP sends, get/setsockopt, /proc/sys reads and writes).
+//! A syscall no backend reaches here is refused, naming why for each.
+//!
+//! Kernel side: `injector-ebpf/src/syscall/`; shared types:
+//! `injector_common::syscall`.
+
+mod cgroup;
+mod kprobe;
+mod lsm;
+mod rules;
+mod table;
+
+use std::any::Any;
+
+use injector_common::syscall::{
+    ACTION_ERROR, BACKEND_CGROUP, BACKEND_KPROBE, BACKEND_LSM, NO_PATH_ARG, PATH_PREFIX_MAX,
+    SyscallRule,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use self::{
+    cgroup::CgroupHooks,
+    kprobe::Kprobes,
+    lsm::LsmHooks,
+    rules::SyscallRules,
+    table::{CgroupHook, GROUPS, Syscall},
+};
+use super::{
+    Backend, Counters, Declaration, Installed, Load, Params, Request, SpecError, Target,
+    connect::{self, ConnectRules, RuleSpec},
+    fields_of, json_with_type, params_as,
+};
+use crate::{
+    capabilities::Capability,
+    errno::Errno,
+    error::Error,
+    kernel::Slot,
+    spec::values::{Cidr, Port},
+};
+
+pub const FAMILY: Declaration = Declaration {
+    name: "syscall",
+    types: &[SyscallError::KIND],
+    parse,
+    fields: |_| fields_of::<SyscallError>(),
+    load,
+};
+
+/// `syscall` returns `errno` in the target.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyscallError {
+    pub syscall: Syscall,
+    pub errno: Errno,
+    /// Only calls whose path argument starts with this prefix (whole
+    /// components), as the caller passes it; for read and write, only
+    /// /proc/sys files under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathPrefix>,
+    /// connect, bind and UDP sends: only towards (or on) this prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Cidr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<Port>,
+}
+
+impl SyscallError {
+    pub const KIND: &str = "syscall_error";
+}
+
+impl Params for SyscallError {
+    fn kind(&self) -> &'static str {
+        Self::KIND
+    }
+
+    fn to_json(&self) -> Value {
+        json_with_type(Self::KIND, self)
+    }
+}
+
+/// A path prefix: non-empty, at most [`PATH_PREFIX_MAX`] bytes, no NUL.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct PathPrefix(String);
+
+impl<'de> Deserialize<'de> for PathPrefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(D::Error::custom("a path prefix must not be empty"));
+        }
+        if s.len() > PATH_PREFIX_MAX {
+            return Err(D::Error::custom(format!(
+                "a path prefix is at most {PATH_PREFIX_MAX} bytes; this one has {}",
+                s.len()
+            )));
+        }
+        if s.contains('\0') {
+            return Err(D::Error::custom("a path prefix must not contain NUL"));
+        }
+        Ok(Self(s))
+    }
+}
+
+/// Where /proc/sys files live; sysctl rules hold the name after it.
+const PROC_SYS: &str = "/proc/sys/";
+
+fn parse(_kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
+    let f: SyscallError = serde_path_to_error::deserialize(value)?;
+    let name = f.syscall.name();
+    let sysctl = matches!(
+        f.syscall.cgroup_hook(),
+        Some(CgroupHook::SysctlRead | CgroupHook::SysctlWrite)
+    );
+    if let Some(path) = &f.path {
+        if sysctl && f.syscall.path_arg().is_none() && !path.0.starts_with(PROC_SYS) {
+            return Err(SpecError::Never {
+                field: "path",
+                message: format!(
+                    "{name} takes a file descriptor, not a path: a path filter on it works for /proc/sys files only (a path starting with {PROC_SYS})"
+                ),
+            });
+        }
+        if !sysctl && f.syscall.path_arg().is_none() {
+            return Err(SpecError::Never {
+                field: "path",
+                message: format!(
+                    "{name} takes no path argument; path filters work on syscalls that take one (openat, mkdir, unlink, execve...) and on reads and writes of /proc/sys files"
+                ),
+            });
+        }
+    }
+    let addressed = matches!(
+        f.syscall.cgroup_hook(),
+        Some(CgroupHook::Connect | CgroupHook::Bind | CgroupHook::UdpSend)
+    );
+    if !addressed {
+        for (field, given) in [("address", f.address.is_some()), ("port", f.port.is_some())] {
+            if given {
+                return Err(SpecError::Never {
+                    field,
+                    message: format!(
+                        "{field} filters work on connect, bind, sendto, sendmsg and sendmmsg only, not on {name}"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(Box::new(f))
+}
+
+/// The backend serving a fault.
+#[derive(Debug)]
+enum Choice {
+    /// The kprobe on this entry function.
+    Kprobe(String),
+    Lsm(injector_common::syscall::LsmHook),
+    Cgroup(CgroupHook),
+}
+
+struct Syscalls {
+    rules: Result<SyscallRules, String>,
+    kprobe: Kprobes,
+    lsm: LsmHooks,
+    cgroup: CgroupHooks,
+}
+
+fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
+    let rules = SyscallRules::take(load.kernel).map_err(|e| format!("{e:#}"));
+    let connect = load.services.get::<ConnectRules>();
+    let kprobe = Kprobes::load(load.kernel);
+    let lsm = LsmHooks::load(load.kernel);
+    let cgroup = CgroupHooks::load(load.kernel, connect);
+    Box::new(Syscalls {
+        rules,
+        kprobe,
+        lsm,
+        cgroup,
+    })
+}
+
+impl Syscalls {
+    /// The best backend for this fault here, or why none serves it.
+    fn choose(&self, f: &SyscallError) -> Result<Choice, Error> {
+        let sc = f.syscall;
+        let name = sc.name();
+        let hook = sc.cgroup_hook();
+        let sysctl = f.path.is_some()
+            && sc.path_arg().is_none()
+            && matches!(hook, Some(CgroupHook::SysctlRead | CgroupHook::SysctlWrite));
+        let addressed = f.address.is_some() || f.port.is_some();
+        let mut why = Vec::new();
+        let filter = if sysctl {
+            Some("a /proc/sys path")
+        } else if addressed {
+            Some("an address or port")
+        } else {
+            None
+        };
+
+        match (filter, self.kprobe.ready()) {
+            (Some(what), _) => why.push(format!("kprobe override cannot filter by {what}")),
+            (None, Err(e)) => why.push(format!("kprobe override: {e}")),
+            (None, Ok(())) => match self.kprobe.entry(sc) {
+                Some(function) => return Ok(Choice::Kprobe(function)),
+                None => why.push(format!(
+                    "kprobe override: no entry point __x64_sys_{name} in /proc/kallsyms"
+                )),
+            },
+        }
+        match (filter, sc.lsm_hook()) {
+            (Some(what), _) => why.push(format!("BPF LSM cannot filter by {what}")),
+            (None, None) => why.push(format!("BPF LSM: no LSM hook runs inside {name}")),
+            (None, Some(h)) => match self.lsm.hook_ready(&h) {
+                Ok(()) => return Ok(Choice::Lsm(h)),
+                Err(e) => why.push(format!("BPF LSM: {e}")),
+            },
+        }
+        match hook {
+            None => why.push(format!("cgroup programs: none runs inside {name}")),
+            Some(CgroupHook::SysctlRead | CgroupHook::SysctlWrite) if !sysctl => why.push(format!(
+                "cgroup programs: {name} is reachable for /proc/sys files only (give a path starting with {PROC_SYS})"
+            )),
+            Some(_) if f.path.is_some() && !sysctl => {
+                why.push("cgroup programs cannot filter by path".into());
+            }
+            Some(h) => match self.cgroup.ready(h) {
+                Ok(()) => return Ok(Choice::Cgroup(h)),
+                Err(e) => why.push(format!("cgroup programs: {e}")),
+            },
+        }
+        Err(Error::UnsupportedKernel(format!(
+            "no backend of this kernel can make {name} fail{}: {}. A kernel with CONFIG_BPF_KPROBE_OVERRIDE reaches every syscall",
+            if filter.is_some() || f.path.is_some() {
+                " with these filters"
+            } else {
+                ""
+            },
+            why.join("; ")
+        )))
+    }
+
+    /// What serves each syscall of a capability group here.
+    fn group_capability(&self, cap: &'static str, members: &[&str]) -> Capability {
+        let mut by_backend: Vec<(&str, Vec<&str>)> = Vec::new();
+        for name in members {
+            let Ok(sc) = name.parse::<Syscall>() else {
+                continue;
+            };
+            // With a /proc/sys path, reads and writes reach the cgroup hook.
+            let path = matches!(
+                sc.cgroup_hook(),
+                Some(CgroupHook::SysctlRead | CgroupHook::SysctlWrite)
+            )
+            .then(|| PathPrefix(format!("{PROC_SYS}kernel")));
+            let probe = SyscallError {
+                syscall: sc,
+                errno: Errno::EIO,
+                path: None,
+                address: None,
+                port: None,
+            };
+            let backend = match self.choose(&probe) {
+                Ok(c) => backend_name(&c),
+                Err(_) if path.is_some() => match self.choose(&SyscallError { path, ..probe }) {
+                    Ok(_) => "cgroup (/proc/sys only)",
+                    Err(_) => "none",
+                },
+                Err(_) => "none",
+            };
+            match by_backend.iter_mut().find(|(b, _)| *b == backend) {
+                Some((_, names)) => names.push(name),
+                None => by_backend.push((backend, vec![name])),
+            }
+        }
+        let detail = by_backend
+            .iter()
+            .map(|(b, names)| format!("{b}: {}", names.join(" ")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let any = by_backend.iter().any(|(b, _)| *b != "none");
+        Capability::probe(cap, if any { Ok(detail) } else { Err(detail) })
+    }
+}
+
+fn backend_name(c: &Choice) -> &'static str {
+    match c {
+        Choice::Kprobe(_) => "kprobe",
+        Choice::Lsm(_) => "lsm",
+        Choice::Cgroup(_) => "cgroup",
+    }
+}
+
+impl Backend for Syscalls {
+    fn capabilities(&self) -> Vec<Capability> {
+        let mut caps = vec![
+            Capability::probe(
+                "syscall_kprobe_override",
+                self.kprobe
+                    .ready()
+                    .map(|()| "any syscall fails through bpf_override_return on its entry".into())
+                    .map_err(str::to_string),
+            ),
+            Capability::probe(
+                "syscall_lsm",
+                self.lsm
+                    .ready()
+                    .map(|()| "syscalls fail through the BPF LSM hook inside them".into())
+                    .map_err(str::to_string),
+            ),
+            Capability::probe(
+                "syscall_cgroup",
+                self.cgroup
+                    .ready(CgroupHook::SockCreate)
+                    .map(|()| {
+                        "socket, bind, connect, UDP sends, get/setsockopt and /proc/sys reads and writes fail through cgroup programs".into()
+                    }),
+            ),
+        ];
+        caps.extend(
+            GROUPS
+                .iter()
+                .map(|(cap, members)| self.group_capability(cap, members)),
+        );
+        caps
+    }
+
+    fn install(&mut self, req: &mut Request<'_>) -> Result<Box<dyn Installed>, Error> {
+        let fault = params_as::<SyscallError>(req.params)?.clone();
+        let Target::Cgroup(cgroup) = req.target else {
+            return Err(Error::UnsupportedTarget(format!(
+                "{} needs a cgroup target (cgroup, pid or container): it acts on processes, not on a device",
+                SyscallError::KIND
+            ))
+            .at("target"));
+        };
+        let cgroup = cgroup.clone();
+        let rules = self.rules.as_ref().map_err(|why| {
+            Error::UnsupportedKernel(format!("the syscall rule table is unavailable: {why}"))
+        })?;
+        let choice = self.choose(&fault)?;
+        let slot = req.kernel.slots.alloc()?;
+        let sc = fault.syscall;
+        let mut rule = SyscallRule {
+            slot: slot.index(),
+            errno: fault.errno.get(),
+            trigger: req.trigger,
+            ..SyscallRule::default()
+        };
+        if let Some(path) = &fault.path {
+            let bytes = path.0.strip_prefix(PROC_SYS).filter(|_| sc.path_arg().is_none());
+            let bytes = bytes.unwrap_or(&path.0).as_bytes();
+            rule.path[..bytes.len()].copy_from_slice(bytes);
+            rule.path_len = bytes.len() as u8;
+            rule.path_arg = sc.path_arg().unwrap_or(NO_PATH_ARG);
+        }
+        let what = format!("{} fail", sc.name());
+        let mut describe = serde_json::Map::new();
+        let (installed, attachment): (Box<dyn Any + Send>, Option<Box<dyn Any + Send>>) =
+            match &choice {
+                Choice::Kprobe(function) => {
+                    rule.backend = BACKEND_KPROBE;
+                    let a = self.kprobe.attach(req.kernel, function)?;
+                    describe.insert("hook".into(), json!(format!("kprobe {function}")));
+                    let r = rules.install(req.name, &cgroup, sc.nr(), ACTION_ERROR, rule, true, &what)?;
+                    (Box::new(r), Some(Box::new(a)))
+                }
+                Choice::Lsm(hook) => {
+                    rule.backend = BACKEND_LSM;
+                    let a = self.lsm.attach(req.kernel, hook)?;
+                    describe.insert("hook".into(), json!(format!("lsm {}", hook.hook)));
+                    let r = rules.install(req.name, &cgroup, sc.nr(), ACTION_ERROR, rule, true, &what)?;
+                    (Box::new(r), Some(Box::new(a)))
+                }
+                Choice::Cgroup(CgroupHook::Connect) => {
+                    let connect = self.cgroup.connect().ok_or_else(|| {
+                        Error::Internal("connect rules unavailable after the check".into())
+                    })?;
+                    describe.insert("hook".into(), json!(CgroupHook::Connect.describe()));
+                    let spec = RuleSpec {
+                        errno: fault.errno.get(),
+                        address: fault.address,
+                        ports: fault.port.map(|p| (p.get(), p.get())),
+                    };
+                    let r = connect.install(req, &cgroup, spec, slot.index())?;
+                    (Box::new(r), None)
+                }
+                Choice::Cgroup(hook) => {
+                    rule.backend = BACKEND_CGROUP;
+                    if let Some(a) = fault.address {
+                        rule.addr = connect::prefix_of(a);
+                    }
+                    if let Some(p) = fault.port {
+                        rule.ports = [p.get(), p.get()];
+                    }
+                    let a = self.cgroup.attach(req, &cgroup, *hook)?;
+                    describe.insert("hook".into(), json!(hook.describe()));
+                    let also = hook.also_hits(sc);
+                    if !also.is_empty() {
+                        describe.insert("also_hits".into(), json!(also));
+                    }
+                    let r = rules.install(
+                        req.name,
+                        &cgroup,
+                        hook.key_nr(sc),
+                        ACTION_ERROR,
+                        rule,
+                        false,
+                        &what,
+                    )?;
+                    (Box::new(r), Some(Box::new(a)))
+                }
+            };
+        describe.insert("backend".into(), json!(backend_name(&choice)));
+        tracing::info!(fault = req.name, syscall = sc.name(), backend = backend_name(&choice), "syscall fault installed");
+        Ok(Box::new(SyscallFault {
+            _rule: installed,
+            _attachment: attachment,
+            slot,
+            describe,
+        }))
+    }
+}
+
+/// An installed syscall fault: its rule, then the attachment it uses
+/// (detached once no rule needs it), then its slot.
+struct SyscallFault {
+    _rule: Box<dyn Any + Send>,
+    _attachment: Option<Box<dyn Any + Send>>,
+    slot: Slot,
+    describe: serde_json::Map<String, Value>,
+}
+
+impl Installed for SyscallFault {
+    fn counters(&self) -> Counters {
+        let s = self.slot.stats();
+        Counters {
+            evaluations: s.evaluations,
+            activations: s.activations,
+            ..Counters::default()
+        }
+    }
+
+    fn describe(&self) -> serde_json::Map<String, Value> {
+        self.describe.clone()
+    }
+}
