@@ -4,7 +4,7 @@
 use injectord_tests::*;
 use serde_json::{Value, json};
 
-const BACKENDS: [&str; 13] = [
+const BACKENDS: [&str; 16] = [
     "cgroup_sock_addr",
     "bpf_set_retval",
     "cgroup_skb",
@@ -18,6 +18,9 @@ const BACKENDS: [&str; 13] = [
     "tracepoints",
     "bpf_send_signal",
     "bpf_loop",
+    "syscall_kprobe_override",
+    "syscall_lsm",
+    "syscall_cgroup",
 ];
 
 #[test]

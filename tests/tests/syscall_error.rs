@@ -1,0 +1,315 @@
+//! syscall_error: a named syscall fails with the errno in one cgroup and
+//! its descendants, on whichever backend this kernel has (kprobe
+//! override, BPF LSM, cgroup programs); where none reaches a syscall the
+//! fault is refused, naming why.
+
+use injectord_tests::{workload::Scratch, *};
+use serde_json::{Value, json};
+
+/// Runs each operation in a python process in `cg` and returns, per
+/// operation, "ok" or the errno's name. Operations: `open:PATH` (create),
+/// `read:PATH`, `mkdir:PATH`, `socket`, `udp:HOST:PORT` (sendto),
+/// `bind:HOST:PORT` (UDP), `getsockopt`, `getrandom`, `uname`.
+fn ops(cg: &TestCgroup, ops: &[&str]) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import errno, json, os, socket, sys
+res = []
+for op in sys.argv[1:]:
+    kind, _, arg = op.partition(":")
+    try:
+        if kind == "open":
+            os.close(os.open(arg, os.O_RDONLY | os.O_CREAT, 0o644))
+        elif kind == "read":
+            open(arg).read()
+        elif kind == "mkdir":
+            os.mkdir(arg)
+        elif kind == "socket":
+            socket.socket().close()
+        elif kind == "getsockopt":
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 0)
+            s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        elif kind == "udp":
+            host, port = arg.rsplit(":", 1)
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", (host, int(port)))
+        elif kind == "bind":
+            host, port = arg.rsplit(":", 1)
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind((host, int(port)))
+        elif kind == "getrandom":
+            os.getrandom(8)
+        elif kind == "uname":
+            os.uname()
+        res.append("ok")
+    except OSError as e:
+        res.append(errno.errorcode.get(e.errno, str(e.errno)))
+print(json.dumps(res))
+"#;
+    let mut args = vec!["-c", SCRIPT];
+    args.extend_from_slice(ops);
+    // A fixed hash seed: python must not need getrandom() to start.
+    let out = cg
+        .command("python3", &args)
+        .env("PYTHONHASHSEED", "0")
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "python failed: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+fn fault(name: &str, cg: &TestCgroup, fault: Value) -> Value {
+    json!({"name": name, "target": {"cgroup": cg.rel}, "fault": fault})
+}
+
+fn backend_of(d: &Daemon, name: &str) -> String {
+    let f = d.call("get", json!({"name": name})).unwrap();
+    f["backend"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no backend in {f}"))
+        .to_string()
+}
+
+#[test]
+fn socket_fails_in_the_target_and_its_descendants_only() {
+    let d = Daemon::start();
+    let parent = TestCgroup::new("sc-socket");
+    let target = parent.child("target");
+    let nested = target.child("a/b");
+    let sibling = parent.child("sibling");
+    d.inject(fault(
+        "sock",
+        &target,
+        json!({"type": "syscall_error", "syscall": "socket", "errno": "EACCES"}),
+    ));
+    println!("socket() backend: {}", backend_of(&d, "sock"));
+    assert_eq!(ops(&target, &["socket", "socket"]), ["EACCES", "EACCES"]);
+    assert_eq!(ops(&nested, &["socket"]), ["EACCES"]);
+    // Only socket(): other calls in the target are untouched.
+    assert_eq!(ops(&target, &["uname", "getrandom"]), ["ok", "ok"]);
+    assert_eq!(ops(&sibling, &["socket"]), ["ok"]);
+    let outside = std::process::Command::new("python3")
+        .args(["-c", "import socket; socket.socket()"])
+        .status()
+        .unwrap();
+    assert!(outside.success());
+    assert_eq!(d.counters("sock", "syscall_error"), (3, 3));
+}
+
+#[test]
+fn a_proc_sys_read_fails_for_that_name_only_through_the_sysctl_hook() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-sysctl");
+    let sibling = TestCgroup::new("sc-sysctl-sibling");
+    d.inject(fault(
+        "hostname",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "read", "errno": "EIO",
+               "path": "/proc/sys/kernel/hostname"}),
+    ));
+    let f = d.call("get", json!({"name": "hostname"})).unwrap();
+    assert_eq!(f["backend"], "cgroup", "{f}");
+    assert_eq!(f["hook"], "cgroup/sysctl", "{f}");
+    assert!(f["also_hits"].to_string().contains("pread64"), "{f}");
+    assert_eq!(
+        ops(
+            &cg,
+            &[
+                "read:/proc/sys/kernel/hostname",
+                "read:/proc/sys/kernel/ostype",
+                "read:/etc/hostname"
+            ]
+        ),
+        ["EIO", "ok", "ok"]
+    );
+    assert_eq!(ops(&sibling, &["read:/proc/sys/kernel/hostname"]), ["ok"]);
+    assert_eq!(d.counters("hostname", "syscall_error"), (1, 1));
+}
+
+#[test]
+fn udp_sends_bind_and_getsockopt_fail_with_their_filters() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-sock-calls");
+    d.inject(fault(
+        "send",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "sendto", "errno": "ENETDOWN",
+               "address": "127.0.0.2/32", "port": 5353}),
+    ));
+    d.inject(fault(
+        "bind",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "bind", "errno": "EADDRINUSE", "port": 5454}),
+    ));
+    d.inject(fault(
+        "sockopt",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "getsockopt", "errno": "ENOPROTOOPT"}),
+    ));
+    for name in ["send", "bind"] {
+        assert_eq!(backend_of(&d, name), "cgroup", "address filters are the cgroup hooks'");
+    }
+    assert_eq!(
+        ops(
+            &cg,
+            &[
+                "udp:127.0.0.2:5353",
+                "udp:127.0.0.3:5353",
+                "udp:127.0.0.2:5354",
+                "bind:127.0.0.1:5454",
+                "bind:127.0.0.1:5455",
+                "getsockopt",
+            ]
+        ),
+        ["ENETDOWN", "ok", "ok", "EADDRINUSE", "ok", "ENOPROTOOPT"]
+    );
+    assert_eq!(d.counters("send", "syscall_error"), (1, 1));
+    assert_eq!(d.counters("bind", "syscall_error"), (1, 1));
+}
+
+#[test]
+fn a_trigger_after_n_fails_exactly_the_later_calls() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-after");
+    d.inject(json!({
+        "name": "third", "target": {"cgroup": cg.rel},
+        "trigger": {"after": 2, "max_activations": 2},
+        "fault": {"type": "syscall_error", "syscall": "socket", "errno": "EMFILE"},
+    }));
+    assert_eq!(
+        ops(&cg, &["socket", "socket", "socket", "socket", "socket"]),
+        ["ok", "ok", "EMFILE", "EMFILE", "ok"]
+    );
+    assert_eq!(d.counters("third", "syscall_error"), (5, 2));
+}
+
+#[test]
+fn openat_fails_under_a_path_prefix_where_kprobe_or_lsm_exist() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-openat");
+    let sibling = TestCgroup::new("sc-openat-sibling");
+    let dir = Scratch::new("sc-openat");
+    let data = dir.file("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let spec = fault(
+        "open",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "openat", "errno": "EIO", "path": data}),
+    );
+    if !d.has_backend("syscall_kprobe_override") && !d.has_backend("syscall_lsm") {
+        let err = d.call("inject", spec).unwrap_err().to_string();
+        assert!(err.contains("unsupported_kernel"), "{err}");
+        assert!(err.contains("openat") && err.contains("CONFIG_BPF_KPROBE_OVERRIDE"), "{err}");
+        return;
+    }
+    d.inject(spec);
+    println!("openat backend: {}", backend_of(&d, "open"));
+    let inside = format!("open:{data}/f");
+    let deeper = format!("open:{data}/sub");
+    let beside = format!("open:{data}base");
+    let other = format!("open:{}", dir.file("other"));
+    assert_eq!(
+        ops(&cg, &[&inside, &beside, &other, &deeper]),
+        ["EIO", "ok", "ok", "EIO"]
+    );
+    assert_eq!(ops(&sibling, &[&inside]), ["ok"]);
+    // Evaluations count every openat whose path matched.
+    assert_eq!(d.counters("open", "syscall_error"), (2, 2));
+}
+
+#[test]
+fn mkdir_fails_on_lsm_and_override_kernels_and_is_refused_elsewhere() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-mkdir");
+    let dir = Scratch::new("sc-mkdir");
+    let spec = fault(
+        "mkdir",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "mkdir", "errno": "ENOSPC"}),
+    );
+    if !d.has_backend("syscall_kprobe_override") && !d.has_backend("syscall_lsm") {
+        let err = d.call("inject", spec).unwrap_err().to_string();
+        assert!(err.contains("mkdir") && err.contains("BPF LSM"), "{err}");
+        return;
+    }
+    d.inject(spec);
+    let a = format!("mkdir:{}", dir.file("a"));
+    assert_eq!(ops(&cg, &[&a]), ["ENOSPC"]);
+    assert!(!std::path::Path::new(&dir.file("a")).exists());
+}
+
+#[test]
+fn a_syscall_without_a_hook_fails_only_where_override_exists() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-getrandom");
+    let spec = fault(
+        "rng",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "getrandom", "errno": "EAGAIN"}),
+    );
+    if !d.has_backend("syscall_kprobe_override") {
+        let err = d.call("inject", spec).unwrap_err().to_string();
+        assert!(err.contains("unsupported_kernel"), "{err}");
+        assert!(
+            err.contains("getrandom") && err.contains("no LSM hook runs inside getrandom"),
+            "{err}"
+        );
+        return;
+    }
+    d.inject(spec);
+    assert_eq!(backend_of(&d, "rng"), "kprobe");
+    assert_eq!(ops(&cg, &["getrandom", "uname"]), ["EAGAIN", "ok"]);
+    d.inject(fault(
+        "uname",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "uname", "errno": "EFAULT"}),
+    ));
+    assert_eq!(ops(&cg, &["uname"]), ["EFAULT"]);
+}
+
+#[test]
+fn impossible_syscall_specs_get_specific_errors_and_nothing_else_breaks() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-bad");
+    d.inject(fault(
+        "keep",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "socket", "errno": "EACCES"}),
+    ));
+    let cases = [
+        (json!({"syscall": "opnat", "errno": "EIO"}), "unknown syscall \"opnat\""),
+        (
+            json!({"syscall": "getrandom", "errno": "EIO", "path": "/x"}),
+            "getrandom takes no path argument",
+        ),
+        (
+            json!({"syscall": "read", "errno": "EIO", "path": "/etc"}),
+            "for /proc/sys files only",
+        ),
+        (
+            json!({"syscall": "openat", "errno": "EIO", "port": 80}),
+            "port filters work on connect",
+        ),
+        (json!({"syscall": "openat", "errno": "EIO", "path": ""}), "must not be empty"),
+        (json!({"syscall": "openat", "errno": "EIO", "device": "8:1"}), "device"),
+    ];
+    for (mut f, want) in cases {
+        f["type"] = json!("syscall_error");
+        let err = d
+            .call("inject", fault("bad", &cg, f.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{f}: {err}");
+    }
+    // A second rule for the same syscall and cgroup is a conflict.
+    let err = d
+        .call(
+            "inject",
+            fault(
+                "again",
+                &cg,
+                json!({"type": "syscall_error", "syscall": "socket", "errno": "EPERM"}),
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("conflict") && err.contains("keep"), "{err}");
+    assert_eq!(ops(&cg, &["socket"]), ["EACCES"]);
+}
