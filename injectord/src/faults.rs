@@ -107,12 +107,15 @@ impl Faults {
             .iter()
             .map(|decl| {
                 let _span = tracing::debug_span!("load", family = decl.name).entered();
-                (decl.load)(&mut Load {
+                let started = std::time::Instant::now();
+                let backend = (decl.load)(&mut Load {
                     kernel: &mut kernel,
                     reaper: &reaper,
                     options: &options,
                     services: &mut services,
-                })
+                });
+                tracing::debug!(family = decl.name, elapsed_ms = started.elapsed().as_millis() as u64, "family loaded");
+                backend
             })
             .collect();
         Self {

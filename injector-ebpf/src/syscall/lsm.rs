@@ -3,41 +3,78 @@
 //! their vector forms); the syscall number in the caller's registers tells
 //! them apart, so a rule fires for its own syscall only.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
-    macros::lsm,
     programs::LsmContext,
 };
 use injector_common::syscall::BACKEND_LSM;
 
 use super::{error_for, syscall_nr};
 
+/// The largest errno (the kernel's MAX_ERRNO).
+const MAX_ERRNO: u64 = 4095;
+
 /// The verdict for the current call: 0, or minus the errno of the rule
 /// that fires.
 #[inline(always)]
-fn verdict() -> i32 {
+fn verdict() -> i64 {
     // SAFETY: both helpers are valid in LSM programs (Linux 5.15+); the
     // registers of the current task always exist.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     let Some(nr) = syscall_nr(regs) else {
         return 0;
     };
-    error_for(nr, BACKEND_LSM, regs).map_or(0, |errno| -(errno as i32))
+    error_for(nr, BACKEND_LSM, regs).map_or(0, |errno| deny(u64::from(errno)))
+}
+
+/// `-errno`, or 0 if `errno` is not one (above MAX_ERRNO), computed so
+/// that the verifier sees the result within [-MAX_ERRNO, 0]: kernels
+/// before the 32-bit return range fix check all 64 bits of R0. The bound
+/// is a one-sided check on `errno` itself; the volatile accesses keep the
+/// compiler from folding the subtraction into a negation, which the
+/// verifier does not bound.
+#[inline(always)]
+fn deny(errno: u64) -> i64 {
+    let mut slots = [0u64; 3];
+    // A round trip through the stack first, so the compiler cannot merge
+    // the check below into the arithmetic that made `errno` (it did,
+    // checking a negated value the verifier cannot bound).
+    // SAFETY: writes and reads of a local array.
+    let errno = unsafe {
+        write_volatile(&mut slots[2], errno);
+        read_volatile(&slots[2])
+    };
+    if errno > MAX_ERRNO {
+        return 0;
+    }
+    // Stored only after the check (a volatile write is not moved above
+    // it), so the spilled copy the verifier sees is the bounded one.
+    // SAFETY: as above.
+    unsafe {
+        write_volatile(&mut slots[0], errno);
+        write_volatile(&mut slots[1], 0);
+        read_volatile(&slots[1]) as i64 - read_volatile(&slots[0]) as i64
+    }
 }
 
 /// One LSM program: keeps an earlier BPF LSM program's denial (its verdict
 /// comes after the hook's `$arity` arguments; the daemon checks the arity
-/// against the kernel's BTF before loading), else gives ours.
+/// against the kernel's BTF before loading), else gives ours. Written out
+/// rather than with `#[lsm]`, whose programs return an i32 (see
+/// [`deny`]).
 macro_rules! lsm_program {
     ($($name:ident, $hook:literal, $arity:literal;)*) => {$(
-        #[lsm(hook = $hook)]
-        pub fn $name(ctx: LsmContext) -> i32 {
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = concat!("lsm/", $hook))]
+        pub fn $name(ctx: *mut core::ffi::c_void) -> i64 {
             // Argument $arity of an LSM program is the verdict of the
             // programs before it on this hook.
-            let previous: i32 = ctx.arg($arity);
-            if previous != 0 {
-                return previous;
+            let previous: i32 = LsmContext::new(ctx).arg($arity);
+            if previous < 0 {
+                return deny(u64::from(previous.unsigned_abs()));
             }
             verdict()
         }

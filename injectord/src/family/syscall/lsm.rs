@@ -22,8 +22,11 @@ use crate::{
 pub struct LsmHooks {
     /// Why BPF LSM is unavailable here, if it is.
     ready: Result<(), String>,
-    /// Each hook's program, loaded, or why not.
+    /// Each hook: loaded (`Some(Ok)`), refused (`Some(Err)`: its arity
+    /// differs, or the kernel refused the program), or not tried yet.
     loaded: HashMap<&'static str, Result<(), String>>,
+    /// The kernel's BTF, parsed at the first load after start-up.
+    btf: Option<Btf>,
     attached: HashMap<&'static str, Weak<Attachment>>,
 }
 
@@ -40,24 +43,30 @@ impl Drop for Attachment {
 }
 
 impl LsmHooks {
+    /// Checks every hook's arity against the kernel's BTF and loads the
+    /// first one (file_open) to learn whether BPF LSM works here. The
+    /// others load at their first use: verifying all of them at every
+    /// start-up would cost seconds on slow machines.
     pub fn load(kernel: &mut Kernel) -> Self {
         let mut loaded = HashMap::new();
         let ready = active().and_then(|()| {
-            let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
-            let arities = Arities::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
+            let arities =
+                Arities::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
             for hook in LSM_HOOKS {
-                loaded.insert(hook.program, load_hook(kernel, &btf, &arities, hook));
+                if let Err(e) = arity(&arities, hook) {
+                    loaded.insert(hook.program, Err(e));
+                }
             }
-            // Where no hook loads, BPF LSM itself is missing: say why once.
-            let first = LSM_HOOKS.first().and_then(|h| loaded.get(h.program));
-            match first {
-                Some(Err(e)) if loaded.values().all(Result::is_err) => Err(e.clone()),
-                _ => Ok(()),
-            }
+            let first = LSM_HOOKS.first().ok_or("no LSM hooks")?;
+            let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+            let outcome = load_program(kernel, &btf, first);
+            loaded.insert(first.program, outcome.clone());
+            outcome
         });
         Self {
             ready,
             loaded,
+            btf: None,
             attached: HashMap::new(),
         }
     }
@@ -66,21 +75,29 @@ impl LsmHooks {
         self.ready.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
-    /// Whether `hook`'s program is loaded, or why not.
+    /// Whether `hook`'s program is (or can be) loaded, or why not.
     pub fn hook_ready(&self, hook: &LsmHook) -> Result<(), String> {
         self.ready().map_err(str::to_string)?;
-        match self.loaded.get(hook.program) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err(format!("the {} hook's program was not loaded", hook.hook)),
-        }
+        self.loaded.get(hook.program).cloned().unwrap_or(Ok(()))
     }
 
-    /// The hook's program attached, now if needed.
+    /// The hook's program attached, loaded and attached now if needed.
     pub fn attach(&mut self, kernel: &mut Kernel, hook: &LsmHook) -> Result<Arc<Attachment>, Error> {
         self.attached.retain(|_, a| a.strong_count() > 0);
         if let Some(a) = self.attached.get(hook.program).and_then(Weak::upgrade) {
             return Ok(a);
+        }
+        self.hook_ready(hook).map_err(Error::UnsupportedKernel)?;
+        if !self.loaded.contains_key(hook.program) {
+            if self.btf.is_none() {
+                self.btf = Some(Btf::from_sys_fs().map_err(|e| {
+                    Error::UnsupportedKernel(format!("reading the kernel's BTF: {e}"))
+                })?);
+            }
+            let btf = self.btf.as_ref().ok_or_else(|| Error::Internal("BTF".into()))?;
+            let outcome = load_program(kernel, btf, hook);
+            self.loaded.insert(hook.program, outcome.clone());
+            outcome.map_err(Error::UnsupportedKernel)?;
         }
         let prog = program(kernel, hook)?;
         let link = prog
@@ -121,18 +138,19 @@ fn program<'a>(kernel: &'a mut Kernel, hook: &LsmHook) -> Result<&'a mut Lsm, Er
         .ok_or_else(|| Error::Internal(format!("program {} is not in the eBPF object", hook.program)))
 }
 
-fn load_hook(kernel: &mut Kernel, btf: &Btf, arities: &Arities, hook: &LsmHook) -> Result<(), String> {
-    let function = format!("bpf_lsm_{}", hook.hook);
-    match arities.of(&function) {
-        Some(n) if n == usize::from(hook.arity) => {}
-        Some(n) => {
-            return Err(format!(
-                "LSM hook {} takes {n} arguments on this kernel, the program was built for {}",
-                hook.hook, hook.arity
-            ));
-        }
-        None => return Err(format!("this kernel has no LSM hook {}", hook.hook)),
+/// Whether the hook takes as many arguments here as the program expects.
+fn arity(arities: &Arities, hook: &LsmHook) -> Result<(), String> {
+    match arities.of(&format!("bpf_lsm_{}", hook.hook)) {
+        Some(n) if n == usize::from(hook.arity) => Ok(()),
+        Some(n) => Err(format!(
+            "LSM hook {} takes {n} arguments on this kernel, the program was built for {}",
+            hook.hook, hook.arity
+        )),
+        None => Err(format!("this kernel has no LSM hook {}", hook.hook)),
     }
+}
+
+fn load_program(kernel: &mut Kernel, btf: &Btf, hook: &LsmHook) -> Result<(), String> {
     let prog = program(kernel, hook).map_err(|e| e.to_string())?;
     prog.load(hook.hook, btf)
         .map_err(|e| format!("loading the {} LSM program failed: {}", hook.hook, chain(&e)))
