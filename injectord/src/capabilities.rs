@@ -41,7 +41,46 @@ impl Capability {
 pub struct Capabilities {
     pub kernel: String,
     pub backends: Vec<Capability>,
+    /// The kinds of target a spec can name ([`TARGETS`]).
+    pub targets: &'static [TargetKind],
 }
+
+/// A kind of target, for `capabilities`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TargetKind {
+    /// The key of the spec's `target` object.
+    pub name: &'static str,
+    /// What it names.
+    pub detail: &'static str,
+}
+
+/// Every kind of target, in the order the README lists them.
+pub const TARGETS: &[TargetKind] = &[
+    TargetKind {
+        name: "cgroup",
+        detail: "a cgroup2 directory, absolute or relative to the cgroup2 mount, and everything below it",
+    },
+    TargetKind {
+        name: "pid",
+        detail: "the cgroup of a process",
+    },
+    TargetKind {
+        name: "container",
+        detail: "a container's cgroup, by id or unique prefix of 12+ hex digits (docker, containerd, cri-o, podman; systemd or cgroupfs driver)",
+    },
+    TargetKind {
+        name: "pod",
+        detail: "a Kubernetes pod's cgroup, by uid, with all its containers (kubelet's cgroupfs or systemd driver, any QoS class, under any --cgroup-root)",
+    },
+    TargetKind {
+        name: "vm",
+        detail: "a libvirt QEMU domain, by name: its machine cgroup (a machine.slice scope, or machine/qemu-<id>-<name>.libvirt-qemu without systemd) with every process of the VM; get and list show its qemu pid",
+    },
+    TargetKind {
+        name: "interface",
+        detail: "a network device, in the daemon's network namespace or in \"netns\" (packet faults)",
+    },
+];
 
 fn program_type(t: ProgramType, what: &str) -> Result<(), String> {
     match is_program_supported(t) {

@@ -12,10 +12,12 @@
 //! serialized on the installer, which orders every change to the kernel.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
     sync::{
-        Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Instant, SystemTime},
 };
@@ -57,6 +59,8 @@ pub struct Faults {
     installer: Mutex<Installer>,
     /// The number of faults, for `status` (which takes no lock).
     active: AtomicUsize,
+    /// Faults that ended, by [`End`] (in its order).
+    ended: [AtomicU64; End::ALL.len()],
     cgroup2_mount: String,
 }
 
@@ -65,7 +69,38 @@ struct Table {
     by_id: BTreeMap<FaultId, ActiveFault>,
     /// Names in use; `None` while the fault is being installed.
     by_name: HashMap<String, Option<FaultId>>,
+    /// The cgroups faults are aimed at, by cgroup id: their directory
+    /// (for [`Faults::end_gone_targets`]) and how many faults aim there.
+    targets: HashMap<u64, (Arc<PathBuf>, usize)>,
     next_id: FaultId,
+}
+
+/// Why a fault ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// `remove`.
+    Removed,
+    /// `clear` (and the daemon's shutdown).
+    Cleared,
+    /// Its `duration` ran out.
+    Ttl,
+    /// Its target cgroup was removed (the pod, the VM, the container
+    /// ended), or replaced by another at the same path.
+    TargetGone,
+}
+
+impl End {
+    pub const ALL: [Self; 4] = [Self::Removed, Self::Cleared, Self::Ttl, Self::TargetGone];
+
+    /// The `reason` label of `injectord_faults_ended_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Removed => "removed",
+            Self::Cleared => "cleared",
+            Self::Ttl => "ttl",
+            Self::TargetGone => "target_gone",
+        }
+    }
 }
 
 struct Installer {
@@ -130,7 +165,17 @@ impl Faults {
                 cgroups,
             }),
             active: AtomicUsize::new(0),
+            ended: Default::default(),
         }
+    }
+
+    /// How many faults ended, by why, since the daemon started.
+    pub fn ended(&self) -> Vec<(End, u64)> {
+        End::ALL
+            .iter()
+            .zip(&self.ended)
+            .map(|(end, n)| (*end, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// What the families found this kernel can do for them.
@@ -202,6 +247,14 @@ impl Faults {
             "fault injected"
         );
         t.by_name.insert(name.to_string(), Some(id));
+        if let Some(cg) = &cgroup {
+            let dir =
+                std::path::Path::new(&self.cgroup2_mount).join(cg.path.trim_start_matches('/'));
+            t.targets
+                .entry(cg.id)
+                .or_insert_with(|| (Arc::new(dir), 0))
+                .1 += 1;
+        }
         t.by_id.insert(
             id,
             ActiveFault {
@@ -262,7 +315,7 @@ impl Faults {
             let v = view(&fault);
             (fault, v)
         };
-        self.undo(fault);
+        self.undo(fault, End::Removed);
         Ok(view)
     }
 
@@ -277,7 +330,7 @@ impl Faults {
         };
         let n = faults.len();
         for f in faults {
-            self.undo(f);
+            self.undo(f, End::Cleared);
         }
         n
     }
@@ -296,24 +349,100 @@ impl Faults {
             }
             self.take(&mut t, id)
         };
-        fault.map(|f| self.undo(f)).is_some()
+        fault.map(|f| self.undo(f, End::Ttl)).is_some()
+    }
+
+    /// Ends every fault whose target cgroup is gone: its directory no
+    /// longer exists, or holds another cgroup (a new inode, so a new
+    /// cgroup id: the programs attached to the old one never run for the
+    /// new one's processes). Each is logged (a warning naming the fault
+    /// and the cgroup) and counted (`target_gone`). One `stat` per
+    /// targeted cgroup, outside the table's lock; returns how many faults
+    /// ended.
+    ///
+    /// A cgroup with our programs attached can still be removed once it
+    /// has no processes and no children: the kernel keeps the cgroup
+    /// itself alive while the links hold it, and nothing in it can run
+    /// again. Ending the fault drops what it installed, which detaches
+    /// the links and frees the dead cgroup.
+    pub fn end_gone_targets(&self) -> usize {
+        let targets: Vec<(u64, Arc<PathBuf>)> = lock(&self.table)
+            .targets
+            .iter()
+            .map(|(id, (dir, _))| (*id, Arc::clone(dir)))
+            .collect();
+        let gone: HashSet<u64> = targets
+            .into_iter()
+            .filter(|(id, dir)| match std::fs::metadata(dir.as_path()) {
+                Ok(meta) => meta.ino() != *id,
+                Err(e) => matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ),
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        let faults: Vec<ActiveFault> = {
+            let mut t = lock(&self.table);
+            let ids: Vec<FaultId> = t
+                .by_id
+                .values()
+                .filter(|f| f.cgroup.as_ref().is_some_and(|c| gone.contains(&c.id)))
+                .map(|f| f.id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| self.take(&mut t, id))
+                .collect()
+        };
+        let n = faults.len();
+        for f in faults {
+            self.undo(f, End::TargetGone);
+        }
+        n
     }
 
     /// Takes a fault out of the table (it stops being listed at once).
     fn take(&self, t: &mut Table, id: FaultId) -> Option<ActiveFault> {
         let fault = t.by_id.remove(&id)?;
         t.by_name.remove(fault.name.as_str());
+        if let Some(cg) = &fault.cgroup
+            && let Some((_, n)) = t.targets.get_mut(&cg.id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                t.targets.remove(&cg.id);
+            }
+        }
         self.count(t);
         Some(fault)
     }
 
     /// Drops what a fault installed, which undoes it, under the installer
-    /// lock (so it never races an install on the same device).
-    fn undo(&self, fault: ActiveFault) {
+    /// lock (so it never races an install on the same device), and counts
+    /// why it ended.
+    fn undo(&self, fault: ActiveFault, end: End) {
         let _installer = lock(&self.installer);
         let (id, name) = (fault.id, fault.name.clone());
+        let cgroup = fault.cgroup.clone();
+        let target = fault.spec.target.to_string();
         drop(fault);
-        tracing::info!(id, name = %name, "fault removed");
+        if let Some(n) = End::ALL.iter().position(|e| *e == end) {
+            self.ended[n].fetch_add(1, Ordering::Relaxed);
+        }
+        match (end, cgroup) {
+            (End::TargetGone, Some(cg)) => tracing::warn!(
+                id,
+                name = %name,
+                target = %target,
+                cgroup = %cg.path,
+                cgroup_id = cg.id,
+                "fault ended: its target cgroup is gone (removed, or replaced by another at the same path)"
+            ),
+            _ => tracing::info!(id, name = %name, reason = end.as_str(), "fault removed"),
+        }
     }
 
     pub fn counters(&self) -> Vec<FaultCounters> {
@@ -392,6 +521,12 @@ fn view(f: &ActiveFault) -> Value {
             by_label[s.label.1] = json!(s.value);
         }
         view["counters"] = Value::Object(own);
+    }
+    if let Some(w) = f.cgroup.as_ref().and_then(|c| c.workload.as_ref()) {
+        // What a pod or vm target found: {"pod": {"uid", "driver", "qos"}}
+        // or {"vm": {"name", "machine", "domain_id", "driver", "qemu_pid"}}.
+        let (key, detail) = w.to_json();
+        view[key] = detail;
     }
     if let Value::Object(m) = &mut view {
         m.extend(f.installed.describe());

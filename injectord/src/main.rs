@@ -18,7 +18,7 @@ use injectord::{
     faults::Faults,
     kernel::{Kernel, journal, lease::Lease, logs, reaper},
     metrics,
-    rpc::State,
+    rpc::{self, State},
     server,
     target::Cgroups,
 };
@@ -157,6 +157,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let capabilities = Capabilities {
             kernel: capabilities::kernel_release(),
             backends,
+            targets: capabilities::TARGETS,
         };
 
         let listener = server::bind(&args.socket)?;
@@ -174,6 +175,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         });
         let registry = Arc::new(metrics::registry(state.clone()));
         tokio::spawn(server::serve(listener, state.clone()));
+        // Faults whose cgroup is removed (a pod or VM that ended) end too.
+        tokio::spawn(rpc::watch_targets(state.clone()));
         tokio::spawn(metrics::serve(metrics_listener, registry));
         tracing::info!(
             socket = %args.socket.display(),

@@ -26,7 +26,11 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{family::Metric, faults::FaultCounters, rpc::Shared};
+use crate::{
+    family::Metric,
+    faults::{End, FaultCounters},
+    rpc::Shared,
+};
 
 #[derive(Debug)]
 struct FaultCollector {
@@ -35,8 +39,9 @@ struct FaultCollector {
 
 impl Collector for FaultCollector {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (active, counters) = (self.state.faults.len(), self.state.faults.counters());
-        encode_faults(encoder, active, &counters)
+        let faults = &self.state.faults;
+        let (active, ended, counters) = (faults.len(), faults.ended(), faults.counters());
+        encode_faults(encoder, active, &ended, &counters)
     }
 }
 
@@ -46,6 +51,7 @@ impl Collector for FaultCollector {
 fn encode_faults(
     mut encoder: DescriptorEncoder,
     active: usize,
+    ended: &[(End, u64)],
     counters: &[FaultCounters],
 ) -> Result<(), std::fmt::Error> {
     let gauge = ConstGauge::new(active as i64);
@@ -55,6 +61,15 @@ fn encode_faults(
         None,
         gauge.metric_type(),
     )?)?;
+    let mut family = encoder.encode_descriptor(
+        "injectord_faults_ended",
+        "Faults that ended, by reason: removed (remove), cleared (clear), ttl (their duration ran out), target_gone (their target cgroup was removed: the pod, VM or container ended)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (end, n) in ended {
+        ConstCounter::new(*n).encode(family.encode_family(&[("reason", end.as_str())])?)?;
+    }
     for (metric, help, pick) in [
         (
             "injectord_fault_evaluations",
@@ -525,7 +540,8 @@ mod tests {
 
     impl Collector for Fixed {
         fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-            encode_faults(encoder, self.0.len(), &self.0)
+            let ended: Vec<_> = End::ALL.iter().map(|e| (*e, 2)).collect();
+            encode_faults(encoder, self.0.len(), &ended, &self.0)
         }
     }
 
@@ -635,6 +651,9 @@ mod tests {
             "# HELP injectord_packets_total Packets\n",
             "# TYPE injectord_injected_delay_seconds histogram\n",
             "injectord_packets_total{fault=\"slow\",type=\"packet_delay\",outcome=\"delayed\"} 4\n",
+            "# TYPE injectord_faults_ended_total counter\n",
+            "injectord_faults_ended_total{reason=\"target_gone\"} 2\n",
+            "injectord_faults_ended_total{reason=\"ttl\"} 2\n",
         ] {
             assert!(body.contains(expected), "{expected:?} missing: {body}");
         }

@@ -1,7 +1,10 @@
 //! JSON-RPC 2.0 dispatch: one request object per line in, one response
 //! object per line out.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde_json::{Value, json};
 
@@ -257,6 +260,12 @@ fn dispatch(state: &Shared, method: &str, params: Value) -> Result<Value, RpcErr
             "socket": state.socket,
             "metrics_addr": state.metrics_addr,
             "faults_active": state.faults.len(),
+            "faults_ended": state
+                .faults
+                .ended()
+                .into_iter()
+                .map(|(end, n)| (end.as_str().to_string(), json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
             "lease_seconds": state.lease.as_secs_f64(),
             "recovered": {
                 "undone": state.recovery.undone,
@@ -297,6 +306,29 @@ fn inject(state: &Shared, params: Value) -> Result<Value, RpcError> {
         });
     }
     Ok(json!({ "id": id, "name": name }))
+}
+
+/// How often the cgroups faults are aimed at are checked for having gone
+/// (see [`crate::faults::Faults::end_gone_targets`]): a fault on a pod
+/// that ended, or a VM that stopped, ends within this (plus its removal).
+pub const TARGET_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Ends the faults whose target cgroup is gone, checking every
+/// [`TARGET_CHECK_INTERVAL`]. The check (a `stat` per targeted cgroup, a
+/// few microseconds each) runs on a blocking thread, since ending a fault
+/// takes the installer's lock. With thousands of targeted cgroups a pass
+/// takes milliseconds; the pause after it is then 50 times its length
+/// (at most 5 s), so the checks never take more than 2% of a CPU.
+pub async fn watch_targets(state: Shared) {
+    loop {
+        let started = Instant::now();
+        let pass = Arc::clone(&state);
+        if let Err(e) = tokio::task::spawn_blocking(move || pass.faults.end_gone_targets()).await {
+            tracing::warn!(error = %e, "checking the target cgroups failed");
+        }
+        let pause = (started.elapsed() * 50).clamp(TARGET_CHECK_INTERVAL, Duration::from_secs(5));
+        tokio::time::sleep(pause).await;
+    }
 }
 
 fn selector(params: Value) -> Result<Selector, RpcError> {

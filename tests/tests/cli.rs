@@ -70,6 +70,12 @@ fn inject_list_get_remove_from_flags_and_files() {
     assert_eq!(cg.connects("udp", "127.0.0.1", 7, 2).ok, 2);
     let caps = stdout(&ctl(&d, &["capabilities"]));
     assert!(caps.contains("bpf_set_retval"), "{caps}");
+    for target in ["cgroup", "pid", "container", "pod", "vm", "interface"] {
+        assert!(
+            caps.lines().any(|l| l.starts_with(&format!("{target} "))),
+            "target {target} missing from:\n{caps}"
+        );
+    }
     assert!(stdout(&ctl(&d, &["clear"])).contains("removed 1"));
 }
 
@@ -84,6 +90,23 @@ fn errors_exit_2_with_the_code() {
     let out = ctl(&d, &["get", "nothing-here"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+    // --pod and --vm reach the daemon as pod and vm targets.
+    for (flag, value, field) in [
+        (
+            "--pod",
+            "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0",
+            "target.pod",
+        ),
+        ("--vm", "no-such-domain", "target.vm"),
+    ] {
+        let out = ctl(&d, &["inject", flag, value, "--errno", "EPERM"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("target_not_found") && err.contains(field) && err.contains(value),
+            "{err}"
+        );
+    }
 }
 
 /// Every fault type's fields are flags, derived from the daemon's spec

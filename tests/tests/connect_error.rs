@@ -106,6 +106,8 @@ fn probability_lands_within_four_sigma_and_matches_metrics() {
 #[test]
 fn every_nth_after_and_max_activations_are_exact() {
     let d = Daemon::start();
+    // Kept to the end: a fault ends when its cgroup is removed.
+    let mut cgroups = Vec::new();
     for (name, trigger, expected) in [
         (
             "nth",
@@ -140,6 +142,7 @@ fn every_nth_after_and_max_activations_are_exact() {
         let fired = expected.matches('X').count() as u64;
         assert_eq!(r.failed("ECONNREFUSED"), fired, "{name}");
         assert_eq!(d.counters(name, "connect_error"), (30, fired), "{name}");
+        cgroups.push(cg);
     }
     let list = d.call("list", json!(null)).unwrap();
     let max = list["faults"]

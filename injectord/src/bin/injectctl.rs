@@ -47,7 +47,7 @@ enum Command {
 #[derive(Args)]
 struct InjectArgs {
     /// JSON spec file ("-" reads stdin); the flags below are ignored then.
-    #[arg(short, long, conflicts_with_all = ["cgroup", "pid", "container", "interface"])]
+    #[arg(short, long, conflicts_with_all = ["cgroup", "pid", "container", "pod", "vm", "interface"])]
     file: Option<PathBuf>,
     /// Unique fault name (generated when absent).
     #[arg(long)]
@@ -61,6 +61,16 @@ struct InjectArgs {
     /// Target a container by id or unique prefix (12+ hex digits).
     #[arg(long, group = "target")]
     container: Option<String>,
+    /// Target a Kubernetes pod by uid (kubectl get pod NAME -o
+    /// jsonpath='{.metadata.uid}'): the pod's cgroup under kubepods, all
+    /// its containers, with either kubelet cgroup driver.
+    #[arg(long, group = "target")]
+    pod: Option<String>,
+    /// Target a libvirt QEMU domain by name (as `virsh list` shows it): its
+    /// machine scope, every process of the VM (the QEMU process, its vCPU
+    /// and I/O threads, helpers libvirt put there).
+    #[arg(long, group = "target")]
+    vm: Option<String>,
     /// Target a network interface (packet faults).
     #[arg(long, group = "target")]
     interface: Option<String>,
@@ -163,17 +173,25 @@ impl InjectArgs {
             };
             return serde_json::from_str(&text).context("the spec file is not valid JSON");
         }
-        let target = match (&self.cgroup, self.pid, &self.container, &self.interface) {
-            (Some(c), ..) => json!({"cgroup": c}),
-            (_, Some(p), ..) => json!({"pid": p}),
-            (_, _, Some(c), _) => json!({"container": c}),
-            (.., Some(i)) => match &self.netns {
+        let target = if let Some(c) = &self.cgroup {
+            json!({"cgroup": c})
+        } else if let Some(p) = self.pid {
+            json!({"pid": p})
+        } else if let Some(c) = &self.container {
+            json!({"container": c})
+        } else if let Some(p) = &self.pod {
+            json!({"pod": p})
+        } else if let Some(v) = &self.vm {
+            json!({"vm": v})
+        } else if let Some(i) = &self.interface {
+            match &self.netns {
                 Some(ns) => json!({"interface": i, "netns": ns}),
                 None => json!({"interface": i}),
-            },
-            _ => anyhow::bail!(
-                "give a target: --cgroup, --pid, --container or --interface (or -f FILE)"
-            ),
+            }
+        } else {
+            anyhow::bail!(
+                "give a target: --cgroup, --pid, --container, --pod, --vm or --interface (or -f FILE)"
+            )
         };
         let mut fault = Map::new();
         fault.insert("type".into(), json!(self.kind.replace('-', "_")));
@@ -288,6 +306,10 @@ fn run(cli: &Cli, fault_fields: Map<String, Value>) -> anyhow::Result<()> {
                 let yes = if c["available"] == true { "yes" } else { "no" };
                 println!("{:<20} {yes:<9} {}", text(&c["name"]), text(&c["detail"]));
             }
+            println!("\n{:<20} WHAT IT NAMES", "TARGET");
+            for t in result["targets"].as_array().into_iter().flatten() {
+                println!("{:<20} {}", text(&t["name"]), text(&t["detail"]));
+            }
         }
         Command::Status => {
             for (k, v) in result.as_object().into_iter().flatten() {
@@ -341,6 +363,18 @@ fn print_faults(faults: &[Value]) {
     }
 }
 
+/// A pod or vm target's resolution, on one line (`-` for other targets).
+fn workload(w: &Value) -> String {
+    match w.as_object() {
+        Some(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => "-".into(),
+    }
+}
+
 fn print_fault(f: &Value) {
     for (label, value) in [
         ("id", text(&f["id"])),
@@ -349,6 +383,8 @@ fn print_fault(f: &Value) {
         ("state", text(&f["state"])),
         ("target", target(f)),
         ("cgroup", text(&f["cgroup"]["path"])),
+        ("pod", workload(&f["pod"])),
+        ("vm", workload(&f["vm"])),
         ("evaluations", text(&f["evaluations"])),
         ("activations", text(&f["activations"])),
         ("expires", expires(f)),

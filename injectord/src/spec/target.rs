@@ -7,8 +7,9 @@ use serde_json::Value;
 
 use crate::error::{ErrorCode, RpcError};
 
-/// What a fault is aimed at: a cgroup (by path, pid or container id) or a
-/// network interface (in the daemon's network namespace or another one).
+/// What a fault is aimed at: a cgroup (by path, pid, container id, pod uid
+/// or libvirt domain name) or a network interface (in the daemon's network
+/// namespace or another one).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(into = "RawTarget")]
 pub enum TargetSpec {
@@ -18,6 +19,12 @@ pub enum TargetSpec {
     Pid(NonZeroU32),
     /// A container id or a unique prefix of at least 12 hex digits.
     Container(ContainerId),
+    /// A Kubernetes pod, by its uid: the pod's cgroup under kubelet's
+    /// kubepods tree (either cgroup driver, any QoS class).
+    Pod(PodUid),
+    /// A libvirt (QEMU) domain, by name: its machine scope, with every
+    /// process of the VM in it.
+    Vm(VmName),
     /// A network device, in `netns` (a name under /run/netns or a path such
     /// as /proc/PID/ns/net) or else in the daemon's own namespace.
     Interface { name: IfName, netns: Option<Netns> },
@@ -46,17 +53,19 @@ impl TargetSpec {
             Self::Cgroup(_) => "target.cgroup",
             Self::Pid(_) => "target.pid",
             Self::Container(_) => "target.container",
+            Self::Pod(_) => "target.pod",
+            Self::Vm(_) => "target.vm",
             Self::Interface { .. } => "target.interface",
         }
     }
 }
 
 /// The JSON shape of a target: one of `cgroup`, `pid`, `container`,
-/// `interface` (the last optionally with `netns`).
+/// `pod`, `vm`, `interface` (the last optionally with `netns`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a target object: {\"cgroup\": path}, {\"pid\": N}, {\"container\": id} or {\"interface\": name}"
+    expecting = "a target object: {\"cgroup\": path}, {\"pid\": N}, {\"container\": id}, {\"pod\": uid}, {\"vm\": name} or {\"interface\": name}"
 )]
 struct RawTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +75,10 @@ struct RawTarget {
     pid: Option<NonZeroU32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     container: Option<ContainerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod: Option<PodUid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vm: Option<VmName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     interface: Option<IfName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +94,8 @@ impl TryFrom<RawTarget> for TargetSpec {
             cgroup,
             pid,
             container,
+            pod,
+            vm,
             interface,
             netns,
         } = raw;
@@ -88,6 +103,8 @@ impl TryFrom<RawTarget> for TargetSpec {
             cgroup.is_some(),
             pid.is_some(),
             container.is_some(),
+            pod.is_some(),
+            vm.is_some(),
             interface.is_some(),
         ]
         .iter()
@@ -97,7 +114,7 @@ impl TryFrom<RawTarget> for TargetSpec {
             return Err((
                 "target",
                 format!(
-                    "a target needs exactly one of \"cgroup\", \"pid\", \"container\" or \"interface\"; {}",
+                    "a target needs exactly one of \"cgroup\", \"pid\", \"container\", \"pod\", \"vm\" or \"interface\"; {}",
                     if given == 0 {
                         "none is given".to_string()
                     } else {
@@ -109,15 +126,23 @@ impl TryFrom<RawTarget> for TargetSpec {
         if netns.is_some() && interface.is_none() {
             return Err((
                 "target.netns",
-                "\"netns\" goes with an \"interface\" target only: a cgroup, pid or container target already names its processes".into(),
+                "\"netns\" goes with an \"interface\" target only: a cgroup, pid, container, pod or vm target already names its processes".into(),
             ));
         }
-        Ok(match (cgroup, pid, container, interface) {
-            (Some(c), ..) => Self::Cgroup(c),
-            (_, Some(p), ..) => Self::Pid(p),
-            (_, _, Some(c), _) => Self::Container(c),
-            (.., Some(name)) => Self::Interface { name, netns },
-            _ => unreachable!("exactly one is set"),
+        Ok(if let Some(c) = cgroup {
+            Self::Cgroup(c)
+        } else if let Some(p) = pid {
+            Self::Pid(p)
+        } else if let Some(c) = container {
+            Self::Container(c)
+        } else if let Some(p) = pod {
+            Self::Pod(p)
+        } else if let Some(v) = vm {
+            Self::Vm(v)
+        } else if let Some(name) = interface {
+            Self::Interface { name, netns }
+        } else {
+            unreachable!("exactly one is set")
         })
     }
 }
@@ -137,6 +162,14 @@ impl From<TargetSpec> for RawTarget {
                 container: Some(c),
                 ..Self::default()
             },
+            TargetSpec::Pod(p) => Self {
+                pod: Some(p),
+                ..Self::default()
+            },
+            TargetSpec::Vm(v) => Self {
+                vm: Some(v),
+                ..Self::default()
+            },
             TargetSpec::Interface { name, netns } => Self {
                 interface: Some(name),
                 netns,
@@ -152,6 +185,8 @@ impl fmt::Display for TargetSpec {
             Self::Cgroup(p) => write!(f, "cgroup {p}"),
             Self::Pid(p) => write!(f, "pid {p}"),
             Self::Container(c) => write!(f, "container {}", c.0),
+            Self::Pod(p) => write!(f, "pod {}", p.0),
+            Self::Vm(v) => write!(f, "vm {:?}", v.0),
             Self::Interface { name, netns: None } => write!(f, "interface {}", name.0),
             Self::Interface {
                 name,
@@ -256,5 +291,151 @@ impl<'de> Deserialize<'de> for ContainerId {
             )));
         }
         Ok(Self(lower))
+    }
+}
+
+/// A Kubernetes pod uid in its RFC 4122 text form (8-4-4-4-12 hex digits,
+/// as the API server generates it and `kubectl get pod -o
+/// jsonpath='{.metadata.uid}'` prints it), in lower case.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct PodUid(String);
+
+impl PodUid {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The uid as kubelet's systemd cgroup driver writes it in a slice
+    /// name: `-` is the slice hierarchy separator there, so each becomes
+    /// `_` (kubelet's `escapeSystemdCgroupName`).
+    pub fn systemd_form(&self) -> String {
+        self.0.replace('-', "_")
+    }
+}
+
+impl TryFrom<String> for PodUid {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        let groups: Vec<&str> = lower.split('-').collect();
+        let ok = groups.len() == 5
+            && groups
+                .iter()
+                .zip([8, 4, 4, 4, 12])
+                .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
+        if ok {
+            Ok(Self(lower))
+        } else {
+            Err(format!(
+                "invalid value: pod uid {s:?} must be a UUID such as 1b2c3d4e-5f60-4182-93a4-b5c6d7e8f901 (8-4-4-4-12 hex digits; `kubectl get pod NAME -o jsonpath='{{.metadata.uid}}'` prints it)"
+            ))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PodUid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::try_from(String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+/// A libvirt domain name, as `virsh list` shows it: not empty, no `/` (which
+/// libvirt refuses in a name) and no control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct VmName(String);
+
+impl VmName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for VmName {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 1024 || s.contains('/') || s.chars().any(char::is_control) {
+            Err(format!(
+                "invalid value: vm {s:?} must be a libvirt domain name (as `virsh list` shows it): 1 to 1024 bytes, without '/' or control characters"
+            ))
+        } else {
+            Ok(Self(s))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for VmName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::try_from(String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(v: Value) -> Result<TargetSpec, RpcError> {
+        TargetSpec::parse(v)
+    }
+
+    #[test]
+    fn pod_uids_are_uuids_in_lower_case() {
+        let t = parse(json!({"pod": "1B2C3D4E-5F60-4182-93A4-B5C6D7E8F901"})).unwrap();
+        let TargetSpec::Pod(uid) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(uid.as_str(), "1b2c3d4e-5f60-4182-93a4-b5c6d7e8f901");
+        assert_eq!(uid.systemd_form(), "1b2c3d4e_5f60_4182_93a4_b5c6d7e8f901");
+        assert_eq!(t.field(), "target.pod");
+        // Reads back as it is kept.
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            json!({"pod": "1b2c3d4e-5f60-4182-93a4-b5c6d7e8f901"})
+        );
+        for bad in [
+            "",
+            "1b2c3d4e5f60418293a4b5c6d7e8f901",
+            "1b2c3d4e_5f60_4182_93a4_b5c6d7e8f901",
+            "1b2c3d4e-5f60-4182-93a4-b5c6d7e8f90",
+            "1b2c3d4e-5f60-4182-93a4-b5c6d7e8f9012",
+            "1b2c3d4e-5f60-4182-93a4b-5c6d7e8f901",
+            "gb2c3d4e-5f60-4182-93a4-b5c6d7e8f901",
+            "pod1b2c3d4e-5f60-4182-93a4-b5c6d7e8f901",
+            "../../../../1b2c-5f60-4182-93a4-b5c6d7e8f901",
+        ] {
+            let e = parse(json!({ "pod": bad })).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidValue, "{bad}: {e:?}");
+            assert_eq!(e.field.as_deref(), Some("target.pod"), "{bad}");
+            assert!(e.message.contains("must be a UUID"), "{}", e.message);
+        }
+        let e = parse(json!({ "pod": 7 })).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("target.pod"));
+    }
+
+    #[test]
+    fn vm_names_are_libvirt_domain_names() {
+        let t = parse(json!({"vm": "vnf_edge.01 (Ωmega)"})).unwrap();
+        assert_eq!(t, TargetSpec::Vm(VmName("vnf_edge.01 (Ωmega)".into())));
+        assert_eq!(t.field(), "target.vm");
+        assert!(t.is_cgroup());
+        assert_eq!(t.to_string(), "vm \"vnf_edge.01 (Ωmega)\"");
+        for bad in ["", "a/b", "line\nbreak"] {
+            let e = parse(json!({ "vm": bad })).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidValue, "{bad:?}: {e:?}");
+            assert_eq!(e.field.as_deref(), Some("target.vm"));
+        }
+    }
+
+    #[test]
+    fn one_target_kind_only() {
+        let e =
+            parse(json!({"pod": "1b2c3d4e-5f60-4182-93a4-b5c6d7e8f901", "vm": "a"})).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("target"));
+        assert!(e.message.contains("2 are given"), "{}", e.message);
+        let e = parse(json!({"vm": "a", "netns": "x"})).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("target.netns"));
     }
 }
