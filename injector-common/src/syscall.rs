@@ -33,11 +33,13 @@ pub struct LsmHook {
     pub program: &'static str,
     pub hook: &'static str,
     pub arity: u8,
+    /// The value of [`SyscallRule::hook`] for rules this hook serves.
+    pub id: u8,
 }
 
 macro_rules! lsm_hooks {
-    ($($konst:ident = $program:literal, $hook:literal, $arity:literal;)*) => {
-        $(pub const $konst: LsmHook = LsmHook { program: $program, hook: $hook, arity: $arity };)*
+    ($($konst:ident = $id:literal, $program:literal, $hook:literal, $arity:literal;)*) => {
+        $(pub const $konst: LsmHook = LsmHook { program: $program, hook: $hook, arity: $arity, id: $id };)*
         /// Every LSM hook the syscall family attaches to.
         pub const LSM_HOOKS: &[LsmHook] = &[$($konst),*];
         const LSM_PROGRAMS: &[&str] = &[$($program),*];
@@ -45,33 +47,34 @@ macro_rules! lsm_hooks {
 }
 
 lsm_hooks! {
-    LSM_FILE_OPEN = "lsm_file_open", "file_open", 1;
-    LSM_FILE_PERMISSION = "lsm_file_permission", "file_permission", 2;
-    LSM_MMAP_FILE = "lsm_mmap_file", "mmap_file", 4;
-    LSM_FILE_MPROTECT = "lsm_file_mprotect", "file_mprotect", 3;
-    LSM_FILE_IOCTL = "lsm_file_ioctl", "file_ioctl", 3;
-    LSM_FILE_LOCK = "lsm_file_lock", "file_lock", 2;
-    LSM_FILE_FCNTL = "lsm_file_fcntl", "file_fcntl", 3;
-    LSM_BPRM_CHECK = "lsm_bprm_check", "bprm_check_security", 1;
-    LSM_TASK_ALLOC = "lsm_task_alloc", "task_alloc", 2;
-    LSM_TASK_KILL = "lsm_task_kill", "task_kill", 4;
-    LSM_SOCKET_CREATE = "lsm_socket_create", "socket_create", 4;
-    LSM_SOCKET_BIND = "lsm_socket_bind", "socket_bind", 3;
-    LSM_SOCKET_CONNECT = "lsm_socket_connect", "socket_connect", 3;
-    LSM_SOCKET_LISTEN = "lsm_socket_listen", "socket_listen", 2;
-    LSM_SOCKET_ACCEPT = "lsm_socket_accept", "socket_accept", 2;
-    LSM_SOCKET_SENDMSG = "lsm_socket_sendmsg", "socket_sendmsg", 3;
-    LSM_SOCKET_RECVMSG = "lsm_socket_recvmsg", "socket_recvmsg", 4;
-    LSM_SOCKET_GETSOCKOPT = "lsm_socket_getsockopt", "socket_getsockopt", 3;
-    LSM_SOCKET_SETSOCKOPT = "lsm_socket_setsockopt", "socket_setsockopt", 3;
-    LSM_SOCKET_SHUTDOWN = "lsm_socket_shutdown", "socket_shutdown", 2;
-    LSM_INODE_MKDIR = "lsm_inode_mkdir", "inode_mkdir", 3;
-    LSM_INODE_RMDIR = "lsm_inode_rmdir", "inode_rmdir", 2;
-    LSM_INODE_UNLINK = "lsm_inode_unlink", "inode_unlink", 2;
-    LSM_INODE_RENAME = "lsm_inode_rename", "inode_rename", 4;
-    LSM_INODE_LINK = "lsm_inode_link", "inode_link", 3;
-    LSM_INODE_SYMLINK = "lsm_inode_symlink", "inode_symlink", 3;
-    LSM_INODE_GETATTR = "lsm_inode_getattr", "inode_getattr", 1;
+    LSM_FILE_OPEN = 1, "lsm_file_open", "file_open", 1;
+    LSM_FILE_PERMISSION = 2, "lsm_file_permission", "file_permission", 2;
+    LSM_MMAP_FILE = 3, "lsm_mmap_file", "mmap_file", 4;
+    LSM_FILE_MPROTECT = 4, "lsm_file_mprotect", "file_mprotect", 3;
+    LSM_FILE_IOCTL = 5, "lsm_file_ioctl", "file_ioctl", 3;
+    LSM_FILE_LOCK = 6, "lsm_file_lock", "file_lock", 2;
+    LSM_FILE_FCNTL = 7, "lsm_file_fcntl", "file_fcntl", 3;
+    LSM_BPRM_CHECK = 8, "lsm_bprm_check", "bprm_check_security", 1;
+    LSM_TASK_ALLOC = 9, "lsm_task_alloc", "task_alloc", 2;
+    LSM_TASK_KILL = 10, "lsm_task_kill", "task_kill", 4;
+    LSM_SOCKET_CREATE = 11, "lsm_socket_create", "socket_create", 4;
+    LSM_SOCKET_BIND = 12, "lsm_socket_bind", "socket_bind", 3;
+    LSM_SOCKET_CONNECT = 13, "lsm_socket_connect", "socket_connect", 3;
+    LSM_SOCKET_LISTEN = 14, "lsm_socket_listen", "socket_listen", 2;
+    LSM_SOCKET_ACCEPT = 15, "lsm_socket_accept", "socket_accept", 2;
+    LSM_SOCKET_SENDMSG = 16, "lsm_socket_sendmsg", "socket_sendmsg", 3;
+    LSM_SOCKET_RECVMSG = 17, "lsm_socket_recvmsg", "socket_recvmsg", 4;
+    LSM_SOCKET_GETSOCKOPT = 18, "lsm_socket_getsockopt", "socket_getsockopt", 3;
+    LSM_SOCKET_SETSOCKOPT = 19, "lsm_socket_setsockopt", "socket_setsockopt", 3;
+    LSM_SOCKET_SHUTDOWN = 20, "lsm_socket_shutdown", "socket_shutdown", 2;
+    LSM_INODE_MKDIR = 21, "lsm_inode_mkdir", "inode_mkdir", 3;
+    LSM_INODE_RMDIR = 22, "lsm_inode_rmdir", "inode_rmdir", 2;
+    LSM_INODE_UNLINK = 23, "lsm_inode_unlink", "inode_unlink", 2;
+    LSM_INODE_RENAME = 24, "lsm_inode_rename", "inode_rename", 4;
+    LSM_INODE_LINK = 25, "lsm_inode_link", "inode_link", 3;
+    LSM_INODE_SYMLINK = 26, "lsm_inode_symlink", "inode_symlink", 3;
+    LSM_INODE_GETATTR = 27, "lsm_inode_getattr", "inode_getattr", 1;
+    LSM_MMAP_ADDR = 28, "lsm_mmap_addr", "mmap_addr", 1;
 }
 
 /// Program names (the eBPF functions).
@@ -161,7 +164,10 @@ pub struct SyscallRule {
     pub ports: [u16; 2],
     /// 1: deliver the signal to the whole process, 0: the calling thread.
     pub whole_process: u8,
-    pub _pad: [u8; 3],
+    /// LSM rules: the one hook that serves it ([`LsmHook::id`]), so a
+    /// syscall that runs several hooks fires once; 0: any.
+    pub hook: u8,
+    pub _pad: [u8; 2],
     /// Address filter for socket hooks that see an address.
     pub addr: Prefix,
     /// Path prefix, matched against the path the call passes (or the
@@ -182,7 +188,8 @@ impl Default for SyscallRule {
             path_len: 0,
             ports: [0, u16::MAX],
             whole_process: 0,
-            _pad: [0; 3],
+            hook: 0,
+            _pad: [0; 2],
             addr: Prefix::ANY,
             path: [0; PATH_PREFIX_MAX],
             trigger: Trigger::default(),

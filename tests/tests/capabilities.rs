@@ -49,6 +49,22 @@ fn capabilities_cover_every_backend_and_are_recorded() {
         let c = backends.iter().find(|c| c["name"] == needed).unwrap();
         assert_eq!(c["available"], true, "{needed}: {}", c["detail"]);
     }
+    // The syscall family's backends stand on the kernel-wide probes: where
+    // those say a mechanism works, the family's programs must load too.
+    let available = |name: &str| {
+        backends
+            .iter()
+            .any(|c| c["name"] == name && c["available"] == true)
+    };
+    for (family_backend, needs) in [
+        ("syscall_lsm", &["bpf_lsm"][..]),
+        ("syscall_kprobe_override", &["kprobe", "bpf_override_return"][..]),
+        ("syscall_cgroup", &["bpf_set_retval"][..]),
+    ] {
+        if needs.iter().all(|n| available(n)) {
+            assert!(available(family_backend), "{family_backend} must load where {needs:?} do: {caps}");
+        }
+    }
     if let Some(dir) = matrix_dir() {
         let label = std::env::var("INJECTORD_KERNEL_LABEL")
             .unwrap_or_else(|_| caps["kernel"].as_str().unwrap_or("unknown").to_string());

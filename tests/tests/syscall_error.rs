@@ -313,3 +313,58 @@ fn impossible_syscall_specs_get_specific_errors_and_nothing_else_breaks() {
     assert!(err.contains("conflict") && err.contains("keep"), "{err}");
     assert_eq!(ops(&cg, &["socket"]), ["EACCES"]);
 }
+
+#[test]
+fn memory_growth_fails_with_enomem_where_bpf_lsm_exists() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-memory");
+    let sibling = TestCgroup::new("sc-memory-sibling");
+    let spec = fault("mem", &cg, json!({"type": "memory_error"}));
+    if !d.has_backend("syscall_lsm") {
+        let err = d.call("inject", spec).unwrap_err().to_string();
+        assert!(
+            err.contains("unsupported_kernel") && err.contains("memory_error needs BPF LSM"),
+            "{err}"
+        );
+        return;
+    }
+    // Each process waits for the flag, then maps 1 MiB and allocates
+    // 64 MiB (both mmap); python itself started before the fault.
+    const SCRIPT: &str = r#"
+import errno, mmap, os, sys, time
+print("ready", flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.01)
+res = []
+try:
+    mmap.mmap(-1, 1 << 20)
+    res.append("ok")
+except OSError as e:
+    res.append(errno.errorcode[e.errno])
+try:
+    bytearray(64 << 20)
+    res.append("ok")
+except MemoryError:
+    res.append("MemoryError")
+print(" ".join(res), flush=True)
+"#;
+    let dir = Scratch::new("sc-memory");
+    let flag = dir.file("go");
+    // Started, and past their imports, before the fault exists.
+    let started = |cg: &TestCgroup| {
+        use std::io::BufRead as _;
+        let mut child = cg.spawn("python3", &["-c", SCRIPT, &flag]);
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        (child, lines)
+    };
+    let (mut hit, mut hit_out) = started(&cg);
+    let (mut miss, mut miss_out) = started(&sibling);
+    d.inject(spec);
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(hit_out.next().unwrap().unwrap(), "ENOMEM MemoryError");
+    assert_eq!(miss_out.next().unwrap().unwrap(), "ok ok");
+    let _ = (hit.wait(), miss.wait());
+    let (evaluations, activations) = d.counters("mem", "memory_error");
+    assert!(activations >= 2 && evaluations == activations, "{evaluations} {activations}");
+}

@@ -17,7 +17,7 @@ pub fn syscall_kprobe(ctx: ProbeContext) -> u32 {
     let Some(nr) = syscall_nr(regs) else {
         return 0;
     };
-    if let Some(errno) = error_for(nr, BACKEND_KPROBE, regs) {
+    if let Some(errno) = error_for(nr, BACKEND_KPROBE, 0, regs) {
         // SAFETY: the program is attached only to functions on the error
         // injection list (the kernel refuses the attachment otherwise), so
         // skipping them and returning this value is safe.

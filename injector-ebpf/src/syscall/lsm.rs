@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
     programs::LsmContext,
 };
-use injector_common::syscall::BACKEND_LSM;
+use injector_common::syscall::*;
 
 use super::{error_for, syscall_nr};
 
@@ -20,14 +20,14 @@ const MAX_ERRNO: u64 = 4095;
 /// The verdict for the current call: 0, or minus the errno of the rule
 /// that fires.
 #[inline(always)]
-fn verdict() -> i64 {
+fn verdict(hook: u8) -> i64 {
     // SAFETY: both helpers are valid in LSM programs (Linux 5.15+); the
     // registers of the current task always exist.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     let Some(nr) = syscall_nr(regs) else {
         return 0;
     };
-    error_for(nr, BACKEND_LSM, regs).map_or(0, |errno| deny(u64::from(errno)))
+    error_for(nr, BACKEND_LSM, hook, regs).map_or(0, |errno| deny(u64::from(errno)))
 }
 
 /// `-errno`, or 0 if `errno` is not one (above MAX_ERRNO), computed so
@@ -66,7 +66,7 @@ fn deny(errno: u64) -> i64 {
 /// rather than with `#[lsm]`, whose programs return an i32 (see
 /// [`deny`]).
 macro_rules! lsm_program {
-    ($($name:ident, $hook:literal, $arity:literal;)*) => {$(
+    ($($name:ident, $hook:literal, $arity:literal, $id:ident;)*) => {$(
         #[unsafe(no_mangle)]
         #[unsafe(link_section = concat!("lsm/", $hook))]
         pub fn $name(ctx: *mut core::ffi::c_void) -> i64 {
@@ -76,37 +76,38 @@ macro_rules! lsm_program {
             if previous < 0 {
                 return deny(u64::from(previous.unsigned_abs()));
             }
-            verdict()
+            verdict($id.id)
         }
     )*};
 }
 
 lsm_program! {
-    lsm_file_open, "file_open", 1;
-    lsm_file_permission, "file_permission", 2;
-    lsm_mmap_file, "mmap_file", 4;
-    lsm_file_mprotect, "file_mprotect", 3;
-    lsm_file_ioctl, "file_ioctl", 3;
-    lsm_file_lock, "file_lock", 2;
-    lsm_file_fcntl, "file_fcntl", 3;
-    lsm_bprm_check, "bprm_check_security", 1;
-    lsm_task_alloc, "task_alloc", 2;
-    lsm_task_kill, "task_kill", 4;
-    lsm_socket_create, "socket_create", 4;
-    lsm_socket_bind, "socket_bind", 3;
-    lsm_socket_connect, "socket_connect", 3;
-    lsm_socket_listen, "socket_listen", 2;
-    lsm_socket_accept, "socket_accept", 2;
-    lsm_socket_sendmsg, "socket_sendmsg", 3;
-    lsm_socket_recvmsg, "socket_recvmsg", 4;
-    lsm_socket_getsockopt, "socket_getsockopt", 3;
-    lsm_socket_setsockopt, "socket_setsockopt", 3;
-    lsm_socket_shutdown, "socket_shutdown", 2;
-    lsm_inode_mkdir, "inode_mkdir", 3;
-    lsm_inode_rmdir, "inode_rmdir", 2;
-    lsm_inode_unlink, "inode_unlink", 2;
-    lsm_inode_rename, "inode_rename", 4;
-    lsm_inode_link, "inode_link", 3;
-    lsm_inode_symlink, "inode_symlink", 3;
-    lsm_inode_getattr, "inode_getattr", 1;
+    lsm_file_open, "file_open", 1, LSM_FILE_OPEN;
+    lsm_file_permission, "file_permission", 2, LSM_FILE_PERMISSION;
+    lsm_mmap_file, "mmap_file", 4, LSM_MMAP_FILE;
+    lsm_file_mprotect, "file_mprotect", 3, LSM_FILE_MPROTECT;
+    lsm_file_ioctl, "file_ioctl", 3, LSM_FILE_IOCTL;
+    lsm_file_lock, "file_lock", 2, LSM_FILE_LOCK;
+    lsm_file_fcntl, "file_fcntl", 3, LSM_FILE_FCNTL;
+    lsm_bprm_check, "bprm_check_security", 1, LSM_BPRM_CHECK;
+    lsm_task_alloc, "task_alloc", 2, LSM_TASK_ALLOC;
+    lsm_task_kill, "task_kill", 4, LSM_TASK_KILL;
+    lsm_socket_create, "socket_create", 4, LSM_SOCKET_CREATE;
+    lsm_socket_bind, "socket_bind", 3, LSM_SOCKET_BIND;
+    lsm_socket_connect, "socket_connect", 3, LSM_SOCKET_CONNECT;
+    lsm_socket_listen, "socket_listen", 2, LSM_SOCKET_LISTEN;
+    lsm_socket_accept, "socket_accept", 2, LSM_SOCKET_ACCEPT;
+    lsm_socket_sendmsg, "socket_sendmsg", 3, LSM_SOCKET_SENDMSG;
+    lsm_socket_recvmsg, "socket_recvmsg", 4, LSM_SOCKET_RECVMSG;
+    lsm_socket_getsockopt, "socket_getsockopt", 3, LSM_SOCKET_GETSOCKOPT;
+    lsm_socket_setsockopt, "socket_setsockopt", 3, LSM_SOCKET_SETSOCKOPT;
+    lsm_socket_shutdown, "socket_shutdown", 2, LSM_SOCKET_SHUTDOWN;
+    lsm_inode_mkdir, "inode_mkdir", 3, LSM_INODE_MKDIR;
+    lsm_inode_rmdir, "inode_rmdir", 2, LSM_INODE_RMDIR;
+    lsm_inode_unlink, "inode_unlink", 2, LSM_INODE_UNLINK;
+    lsm_inode_rename, "inode_rename", 4, LSM_INODE_RENAME;
+    lsm_inode_link, "inode_link", 3, LSM_INODE_LINK;
+    lsm_inode_symlink, "inode_symlink", 3, LSM_INODE_SYMLINK;
+    lsm_inode_getattr, "inode_getattr", 1, LSM_INODE_GETATTR;
+    lsm_mmap_addr, "mmap_addr", 1, LSM_MMAP_ADDR;
 }

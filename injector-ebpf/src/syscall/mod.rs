@@ -151,12 +151,13 @@ fn prefix_matches(prefix: &[u8; PATH_PREFIX_MAX], len: usize, seen: &[u8; PATH_P
     false
 }
 
-/// The errno a rule served by `backend` makes syscall `nr` fail with, if
-/// the calling task is in its target and its filter and trigger agree.
+/// The errno a rule served by `backend` (and LSM `hook`, 0 elsewhere)
+/// makes syscall `nr` fail with, if the calling task is in its target and
+/// its filter and trigger agree.
 #[inline(always)]
-fn error_for(nr: u32, backend: u8, regs: *const pt_regs) -> Option<u32> {
+fn error_for(nr: u32, backend: u8, hook: u8, regs: *const pt_regs) -> Option<u32> {
     let rule = rule_for_caller(nr, injector_common::syscall::ACTION_ERROR)?;
-    if rule.backend != backend || !path_matches(rule, regs) {
+    if rule.backend != backend || (rule.hook != 0 && rule.hook != hook) || !path_matches(rule, regs) {
         return None;
     }
     trigger::evaluate(rule.slot, &rule.trigger).then_some(rule.errno)

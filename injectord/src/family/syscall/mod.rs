@@ -21,8 +21,8 @@ mod table;
 use std::any::Any;
 
 use injector_common::syscall::{
-    ACTION_ERROR, BACKEND_CGROUP, BACKEND_KPROBE, BACKEND_LSM, NO_PATH_ARG, PATH_PREFIX_MAX,
-    SyscallRule,
+    ACTION_ERROR, BACKEND_CGROUP, BACKEND_KPROBE, BACKEND_LSM, LSM_MMAP_ADDR, NO_PATH_ARG,
+    PATH_PREFIX_MAX, SyscallRule,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -37,7 +37,7 @@ use self::{
 use super::{
     Backend, Counters, Declaration, Installed, Load, Params, Request, SpecError, Target,
     connect::{self, ConnectRules, RuleSpec},
-    fields_of, json_with_type, params_as,
+    fields_of, json_with_type, params_as, parse_as,
 };
 use crate::{
     capabilities::Capability,
@@ -45,15 +45,45 @@ use crate::{
     error::Error,
     kernel::Slot,
     spec::values::{Cidr, Port},
+    target::Cgroup,
 };
 
 pub const FAMILY: Declaration = Declaration {
     name: "syscall",
-    types: &[SyscallError::KIND],
+    types: &[SyscallError::KIND, MemoryError::KIND],
     parse,
-    fields: |_| fields_of::<SyscallError>(),
+    fields: |kind| match kind {
+        MemoryError::KIND => fields_of::<MemoryError>(),
+        _ => fields_of::<SyscallError>(),
+    },
     load,
 };
+
+/// The target's memory growth fails with ENOMEM: mmap, brk and mremap,
+/// through the LSM hook that checks every new mapping's address
+/// (`mmap_addr`, in `get_unmapped_area`). The `vm_enough_memory` hook
+/// cannot deny (its verdict only picks the admin reserve; kernels since
+/// 6.8 refuse BPF there), and overriding brk's return would hand the C
+/// library an error where it expects an address.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryError {}
+
+impl MemoryError {
+    pub const KIND: &str = "memory_error";
+    /// The calls that grow a process's memory.
+    const SYSCALLS: [&str; 3] = ["mmap", "brk", "mremap"];
+}
+
+impl Params for MemoryError {
+    fn kind(&self) -> &'static str {
+        Self::KIND
+    }
+
+    fn to_json(&self) -> Value {
+        json_with_type(Self::KIND, self)
+    }
+}
 
 /// `syscall` returns `errno` in the target.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -115,7 +145,10 @@ impl<'de> Deserialize<'de> for PathPrefix {
 /// Where /proc/sys files live; sysctl rules hold the name after it.
 const PROC_SYS: &str = "/proc/sys/";
 
-fn parse(_kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
+fn parse(kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
+    if kind == MemoryError::KIND {
+        return parse_as::<MemoryError>(value);
+    }
     let f: SyscallError = serde_path_to_error::deserialize(value)?;
     let name = f.syscall.name();
     let sysctl = matches!(
@@ -327,6 +360,13 @@ impl Backend for Syscalls {
                     }),
             ),
         ];
+        caps.push(Capability::probe(
+            "memory_error",
+            self.lsm
+                .hook_ready(&LSM_MMAP_ADDR)
+                .map(|()| "mmap, brk and mremap fail with ENOMEM through the mmap_addr LSM hook".into())
+                .map_err(|e| format!("needs BPF LSM's mmap_addr hook: {e}")),
+        ));
         caps.extend(
             GROUPS
                 .iter()
@@ -336,18 +376,21 @@ impl Backend for Syscalls {
     }
 
     fn install(&mut self, req: &mut Request<'_>) -> Result<Box<dyn Installed>, Error> {
-        let fault = params_as::<SyscallError>(req.params)?.clone();
         let Target::Cgroup(cgroup) = req.target else {
             return Err(Error::UnsupportedTarget(format!(
-                "{} needs a cgroup target (cgroup, pid or container): it acts on processes, not on a device",
-                SyscallError::KIND
+                "{} needs a cgroup target (cgroup, pid, container, pod or vm): it acts on processes, not on a device",
+                req.params.kind()
             ))
             .at("target"));
         };
         let cgroup = cgroup.clone();
-        let rules = self.rules.as_ref().map_err(|why| {
+        let rules = self.rules.clone().map_err(|why| {
             Error::UnsupportedKernel(format!("the syscall rule table is unavailable: {why}"))
         })?;
+        if req.params.kind() == MemoryError::KIND {
+            return self.install_memory_error(req, &cgroup, &rules);
+        }
+        let fault = params_as::<SyscallError>(req.params)?.clone();
         let choice = self.choose(&fault)?;
         let slot = req.kernel.slots.alloc()?;
         let sc = fault.syscall;
@@ -377,6 +420,7 @@ impl Backend for Syscalls {
                 }
                 Choice::Lsm(hook) => {
                     rule.backend = BACKEND_LSM;
+                    rule.hook = hook.id;
                     let a = self.lsm.attach(req.kernel, hook)?;
                     describe.insert("hook".into(), json!(format!("lsm {}", hook.hook)));
                     let r = rules.install(req.name, &cgroup, sc.nr(), ACTION_ERROR, rule, true, &what)?;
@@ -426,6 +470,55 @@ impl Backend for Syscalls {
         Ok(Box::new(SyscallFault {
             _rule: installed,
             _attachment: attachment,
+            slot,
+            describe,
+        }))
+    }
+}
+
+impl Syscalls {
+    fn install_memory_error(
+        &mut self,
+        req: &mut Request<'_>,
+        cgroup: &Cgroup,
+        rules: &SyscallRules,
+    ) -> Result<Box<dyn Installed>, Error> {
+        let hook = LSM_MMAP_ADDR;
+        self.lsm.hook_ready(&hook).map_err(|why| {
+            Error::UnsupportedKernel(format!(
+                "memory_error needs BPF LSM (its mmap_addr hook runs whenever mmap, brk or mremap maps memory): {why}"
+            ))
+        })?;
+        let attachment = self.lsm.attach(req.kernel, &hook)?;
+        let slot = req.kernel.slots.alloc()?;
+        let rule = SyscallRule {
+            slot: slot.index(),
+            errno: libc::ENOMEM as u32,
+            backend: BACKEND_LSM,
+            hook: hook.id,
+            trigger: req.trigger,
+            ..SyscallRule::default()
+        };
+        let mut installed = Vec::new();
+        for name in MemoryError::SYSCALLS {
+            let sc: Syscall = name.parse().map_err(Error::Internal)?;
+            installed.push(rules.install(
+                req.name,
+                cgroup,
+                sc.nr(),
+                ACTION_ERROR,
+                rule,
+                true,
+                &format!("{name} fail"),
+            )?);
+        }
+        let mut describe = serde_json::Map::new();
+        describe.insert("backend".into(), json!("lsm"));
+        describe.insert("hook".into(), json!("lsm mmap_addr"));
+        describe.insert("syscalls".into(), json!(MemoryError::SYSCALLS));
+        Ok(Box::new(SyscallFault {
+            _rule: Box::new(installed),
+            _attachment: Some(Box::new(attachment)),
             slot,
             describe,
         }))
