@@ -77,10 +77,17 @@ lsm_hooks! {
     LSM_MMAP_ADDR = 28, "lsm_mmap_addr", "mmap_addr", 1;
 }
 
+/// raw tracepoints sys_enter and sys_exit: the latency of every syscall
+/// of the watched cgroups (targets of cgroup faults), by syscall group.
+pub const SYSCALL_LATENCY_ENTER: &str = "syscall_latency_enter";
+pub const SYSCALL_LATENCY_EXIT: &str = "syscall_latency_exit";
+
 /// Program names (the eBPF functions).
 pub const PROGRAMS: &[&str] = &[
     SYSCALL_KPROBE,
     SYSCALL_SIGNAL,
+    SYSCALL_LATENCY_ENTER,
+    SYSCALL_LATENCY_EXIT,
     SYSCALL_SOCK_CREATE,
     SYSCALL_BIND4,
     SYSCALL_BIND6,
@@ -98,7 +105,46 @@ pub const LSM_PROGRAM_NAMES: &[&str] = LSM_PROGRAMS;
 pub const SYSCALL_RULES: &str = "SYSCALL_RULES";
 pub const SYSCALL_LEVELS: &str = "SYSCALL_LEVELS";
 pub const SYSCALL_EVENTS: &str = "SYSCALL_EVENTS";
-pub const MAPS: &[&str] = &[SYSCALL_RULES, SYSCALL_LEVELS, SYSCALL_EVENTS];
+pub const LATENCY_WATCH: &str = "LATENCY_WATCH";
+pub const LATENCY_START: &str = "LATENCY_START";
+pub const LATENCY_HIST: &str = "LATENCY_HIST";
+pub const SYSCALL_GROUPS: &str = "SYSCALL_GROUPS";
+pub const MAPS: &[&str] = &[
+    SYSCALL_RULES,
+    SYSCALL_LEVELS,
+    SYSCALL_EVENTS,
+    LATENCY_WATCH,
+    LATENCY_START,
+    LATENCY_HIST,
+    SYSCALL_GROUPS,
+];
+
+/// Entries of [`SYSCALL_LEVELS`]: the depths of rule targets, and of
+/// watched cgroups.
+pub const LEVELS_RULES: u32 = 0;
+pub const LEVELS_WATCHES: u32 = 1;
+
+/// Cgroups whose syscall latency is measured at once.
+pub const MAX_WATCHES: u32 = 256;
+/// Syscall groups of the histogram (0: every syscall no group lists).
+pub const LATENCY_GROUPS: u32 = 8;
+/// Histogram buckets: bucket `k` counts calls of at most `2^(10+k)` ns
+/// (1.024 µs, 2.048 µs ... 2.1 s); the last one every longer call.
+pub const LATENCY_BUCKETS: u32 = 23;
+/// Per (watch, group): the buckets, then the sum of latencies in ns.
+pub const LATENCY_SLOTS: u32 = LATENCY_BUCKETS + 1;
+/// Syscall numbers [`SYSCALL_GROUPS`] maps (x86_64 has fewer).
+pub const MAX_SYSCALL_NR: u32 = 512;
+
+/// A call in flight in a watched cgroup (value of [`LATENCY_START`], by
+/// thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyStart {
+    pub at_ns: u64,
+    pub watch: u32,
+    pub group: u32,
+}
 
 /// Maximum number of rules.
 pub const MAX_SYSCALL_RULES: u32 = MAX_FAULTS;
@@ -231,4 +277,6 @@ mod pod {
     unsafe impl aya::Pod for super::Levels {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SignalEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LatencyStart {}
 }

@@ -27,7 +27,10 @@ use serde_json::{Value, json};
 use crate::{
     capabilities::Capability,
     error::{Error, ErrorCode, RpcError},
-    family::{self, Backend, Counters, Installed, Load, Options, Request, Services, Target},
+    family::{
+        self, Backend, Counters, Installed, Load, Options, Request, Services, Target,
+        syscall::latency::{LatencySeries, Watch, Watches},
+    },
     kernel::{Kernel, reaper::Reaper},
     spec::{FaultSpec, Name, TargetSpec},
     target::{self, Cgroup, Cgroups},
@@ -42,6 +45,9 @@ pub struct ActiveFault {
     /// The resolved cgroup, for cgroup targets.
     pub cgroup: Option<Cgroup>,
     installed: Box<dyn Installed>,
+    /// The target cgroup's syscall latency histogram, kept while a fault
+    /// aims there.
+    _latency: Option<Arc<Watch>>,
     created: SystemTime,
     expires: Option<Instant>,
 }
@@ -62,6 +68,7 @@ pub struct Faults {
     /// Faults that ended, by [`End`] (in its order).
     ended: [AtomicU64; End::ALL.len()],
     cgroup2_mount: String,
+    latency: Option<Watches>,
 }
 
 #[derive(Default)]
@@ -108,6 +115,9 @@ struct Installer {
     /// One per entry of `family::FAMILIES`, same order.
     backends: Vec<Box<dyn Backend>>,
     cgroups: Cgroups,
+    /// Syscall latency histograms of targeted cgroups, where the kernel
+    /// has the tracepoints.
+    latency: Option<Watches>,
 }
 
 /// How `get` and `remove` name a fault.
@@ -153,16 +163,19 @@ impl Faults {
                 backend
             })
             .collect();
+        let latency = services.get::<Watches>();
         Self {
             table: Mutex::new(Table {
                 next_id: 1,
                 ..Table::default()
             }),
             cgroup2_mount: cgroups.mount().display().to_string(),
+            latency: latency.clone(),
             installer: Mutex::new(Installer {
                 kernel,
                 backends,
                 cgroups,
+                latency,
             }),
             active: AtomicUsize::new(0),
             ended: Default::default(),
@@ -230,7 +243,7 @@ impl Faults {
         };
         let installed = self.install(&spec, name.as_str());
         let mut t = lock(&self.table);
-        let (installed, cgroup) = match installed {
+        let (installed, cgroup, latency) = match installed {
             Ok(ok) => ok,
             Err(e) => {
                 t.by_name.remove(name.as_str());
@@ -263,6 +276,7 @@ impl Faults {
                 spec,
                 cgroup,
                 installed,
+                _latency: latency,
                 created: SystemTime::now(),
                 expires,
             },
@@ -277,7 +291,7 @@ impl Faults {
         &self,
         spec: &FaultSpec,
         name: &str,
-    ) -> Result<(Box<dyn Installed>, Option<Cgroup>), RpcError> {
+    ) -> Result<(Box<dyn Installed>, Option<Cgroup>, Option<Arc<Watch>>), RpcError> {
         let mut guard = lock(&self.installer);
         let inst = &mut *guard;
         let target = inst.resolve(spec)?;
@@ -293,7 +307,15 @@ impl Faults {
             Target::Cgroup(c) => Some(c),
             Target::Interface { .. } => None,
         };
-        Ok((installed, cgroup))
+        // A fault without the histogram is still a fault: say why, go on.
+        let latency = match (&inst.latency, &cgroup) {
+            (Some(w), Some(c)) => w
+                .watch(&mut inst.kernel, c)
+                .map_err(|e| tracing::warn!(error = %e, cgroup = %c.path, "syscall latency not measured"))
+                .ok(),
+            _ => None,
+        };
+        Ok((installed, cgroup, latency))
     }
 
     /// The view of one fault, for `get`.
@@ -443,6 +465,11 @@ impl Faults {
             ),
             _ => tracing::info!(id, name = %name, reason = end.as_str(), "fault removed"),
         }
+    }
+
+    /// The syscall latency histograms of the targeted cgroups.
+    pub fn syscall_latency(&self) -> Vec<LatencySeries> {
+        self.latency.as_ref().map(Watches::series).unwrap_or_default()
     }
 
     pub fn counters(&self) -> Vec<FaultCounters> {

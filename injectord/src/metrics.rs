@@ -28,6 +28,7 @@ use tokio::{
 
 use crate::{
     family::Metric,
+    family::syscall::latency::LatencySeries,
     faults::{End, FaultCounters},
     rpc::Shared,
 };
@@ -41,7 +42,8 @@ impl Collector for FaultCollector {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let faults = &self.state.faults;
         let (active, ended, counters) = (faults.len(), faults.ended(), faults.counters());
-        encode_faults(encoder, active, &ended, &counters)
+        let latency = faults.syscall_latency();
+        encode_faults(encoder, active, &ended, &counters, &latency)
     }
 }
 
@@ -53,6 +55,7 @@ fn encode_faults(
     active: usize,
     ended: &[(End, u64)],
     counters: &[FaultCounters],
+    latency: &[LatencySeries],
 ) -> Result<(), std::fmt::Error> {
     let gauge = ConstGauge::new(active as i64);
     gauge.encode(encoder.encode_descriptor(
@@ -89,7 +92,8 @@ fn encode_faults(
         }
     }
     encode_family_samples(&mut encoder, counters)?;
-    encode_delay(&mut encoder, counters)
+    encode_delay(&mut encoder, counters)?;
+    encode_syscall_latency(&mut encoder, latency)
 }
 
 /// The families' own counters (e.g. `injectord_packets_total{outcome}`),
@@ -118,6 +122,44 @@ fn encode_family_samples(
                 ConstCounter::new(s.value).encode(family.encode_family(&labels)?)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// `injectord_syscall_latency_seconds{cgroup, syscalls}`: how long the
+/// calls of each targeted cgroup took, by syscall group.
+fn encode_syscall_latency(
+    encoder: &mut DescriptorEncoder,
+    latency: &[LatencySeries],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "injectord_syscall_latency_seconds",
+        "Latency of the syscalls of each cgroup a fault targets, by syscall group",
+        None,
+        MetricType::Histogram,
+    )?;
+    for s in latency {
+        let last = s.buckets.len().saturating_sub(1);
+        let buckets: Vec<(f64, u64)> = s
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                let bound = if k == last {
+                    f64::MAX
+                } else {
+                    (1u64 << (10 + k)) as f64 * 1e-9
+                };
+                (bound, *n)
+            })
+            .collect();
+        let labels = [("cgroup", s.cgroup.as_str()), ("syscalls", s.syscalls)];
+        family.encode_family(&labels)?.encode_histogram::<Vec<(String, String)>>(
+            s.sum_ns as f64 * 1e-9,
+            s.buckets.iter().sum(),
+            &buckets,
+            None,
+        )?;
     }
     Ok(())
 }
@@ -541,7 +583,7 @@ mod tests {
     impl Collector for Fixed {
         fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
             let ended: Vec<_> = End::ALL.iter().map(|e| (*e, 2)).collect();
-            encode_faults(encoder, self.0.len(), &ended, &self.0)
+            encode_faults(encoder, self.0.len(), &ended, &self.0, &[])
         }
     }
 

@@ -368,3 +368,54 @@ print(" ".join(res), flush=True)
     let (evaluations, activations) = d.counters("mem", "memory_error");
     assert!(activations >= 2 && evaluations == activations, "{evaluations} {activations}");
 }
+
+#[test]
+fn a_targeted_cgroups_syscall_latency_is_a_histogram_by_syscall_group() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-latency");
+    let sibling = TestCgroup::new("sc-latency-sibling");
+    // Any cgroup fault makes its target watched; this one never fires.
+    d.inject(fault(
+        "watch",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "bind", "errno": "EACCES", "port": 1}),
+    ));
+    let script = "import time\nfor _ in range(10): time.sleep(0.02)\nfor _ in range(100): open('/etc/hostname').close()";
+    for c in [&cg, &sibling] {
+        assert!(c.run("python3", &["-c", script]).status.success());
+    }
+    let m = d.metrics();
+    let series = |name: &str, cgroup: &str, group: &str| {
+        m.get(&format!(
+            "injectord_syscall_latency_seconds_{name}{{cgroup=\"{cgroup}\",syscalls=\"{group}\"}}"
+        ))
+        .copied()
+    };
+    let rel = format!("/{}", cg.rel.trim_start_matches('/'));
+    let file_calls = series("count", &rel, "file").unwrap_or_else(|| panic!("no file series: {m:?}"));
+    assert!(file_calls >= 100.0, "{file_calls}");
+    // time.sleep is clock_nanosleep: 10 calls of 20 ms or more.
+    let slept = series("sum", &rel, "other").unwrap();
+    assert!(slept >= 0.2, "{slept}");
+    // Buckets are cumulative and end in +Inf holding every call.
+    let inf = m
+        .iter()
+        .find(|(k, _)| {
+            k.starts_with("injectord_syscall_latency_seconds_bucket{")
+                && k.contains(&format!("cgroup=\"{rel}\""))
+                && k.contains("syscalls=\"file\"")
+                && k.contains("le=\"+Inf\"")
+        })
+        .map(|(_, v)| *v);
+    assert_eq!(inf, Some(file_calls), "{m:?}");
+    let sibling_rel = format!("/{}", sibling.rel.trim_start_matches('/'));
+    assert!(series("count", &sibling_rel, "file").is_none(), "the sibling is not watched");
+    // With its last fault gone, the cgroup is no longer watched.
+    d.call("remove", json!({"name": "watch"})).unwrap();
+    assert!(series("count", &rel, "file").is_some());
+    let m = d.metrics();
+    assert!(
+        !m.keys().any(|k| k.contains(&format!("cgroup=\"{rel}\""))),
+        "{m:?}"
+    );
+}

@@ -10,6 +10,7 @@
 
 mod cgroup;
 mod kprobe;
+mod latency;
 mod lsm;
 mod signal;
 
@@ -20,7 +21,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, RingBuf},
 };
 use injector_common::syscall::{
-    Levels, MAX_LEVELS, MAX_SYSCALL_RULES, NO_PATH_ARG, PATH_PREFIX_MAX, SyscallKey, SyscallRule,
+    LEVELS_RULES, Levels, MAX_LEVELS, MAX_SYSCALL_RULES, NO_PATH_ARG, PATH_PREFIX_MAX, SyscallKey, SyscallRule,
 };
 
 use crate::trigger;
@@ -33,9 +34,10 @@ const NO_PREALLOC: u32 = 1;
 static SYSCALL_RULES: HashMap<SyscallKey, SyscallRule> =
     HashMap::with_max_entries(MAX_SYSCALL_RULES, NO_PREALLOC);
 
-/// The cgroup depths targets sit at (one value, written by the daemon).
+/// The cgroup depths targets sit at: of rule targets and of watched
+/// cgroups (`LEVELS_RULES`, `LEVELS_WATCHES`; written by the daemon).
 #[map]
-static SYSCALL_LEVELS: Array<Levels> = Array::with_max_entries(1, 0);
+static SYSCALL_LEVELS: Array<Levels> = Array::with_max_entries(2, 0);
 
 /// Signal rules report here when they fire, so the daemon can resume the
 /// tasks a pause stopped.
@@ -46,7 +48,14 @@ static SYSCALL_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 /// task, deepest target first.
 #[inline(always)]
 fn rule_for_caller(nr: u32, action: u32) -> Option<&'static SyscallRule> {
-    let levels = SYSCALL_LEVELS.get(0)?;
+    for_caller(LEVELS_RULES, |id| rule_of(id, nr, action))
+}
+
+/// The first `find(ancestor)` that answers, over the calling task's
+/// ancestors at the depths of level set `set`, deepest first.
+#[inline(always)]
+fn for_caller<T>(set: u32, mut find: impl FnMut(u64) -> Option<T>) -> Option<T> {
+    let levels = SYSCALL_LEVELS.get(set)?;
     let count = levels.count as usize;
     for i in 0..MAX_LEVELS {
         if i >= count {
@@ -61,8 +70,8 @@ fn rule_for_caller(nr: u32, action: u32) -> Option<&'static SyscallRule> {
         if id == 0 {
             continue;
         }
-        if let Some(rule) = rule_of(id, nr, action) {
-            return Some(rule);
+        if let Some(found) = find(id) {
+            return Some(found);
         }
     }
     None

@@ -59,10 +59,13 @@ impl Kprobes {
         self.ready.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
-    /// The entry point of `syscall` on this kernel, if it has one.
+    /// The entry point of `syscall` on this kernel, if it has one. Where
+    /// x86_64's table names a `new` entry (uname is `sys_newuname`, stat
+    /// `sys_newstat`), the plain one also exists but serves the old ABI of
+    /// other architectures, so the `new` one comes first.
     pub fn entry(&self, syscall: Syscall) -> Option<String> {
         let name = syscall.name();
-        [format!("__x64_sys_{name}"), format!("__x64_sys_new{name}")]
+        [format!("__x64_sys_new{name}"), format!("__x64_sys_{name}")]
             .into_iter()
             .find(|f| self.entries.contains(f))
     }

@@ -13,7 +13,9 @@
 //! `injector_common::syscall`.
 
 mod cgroup;
+mod depths;
 mod kprobe;
+pub mod latency;
 mod lsm;
 mod rules;
 mod table;
@@ -22,13 +24,15 @@ use std::any::Any;
 
 use injector_common::syscall::{
     ACTION_ERROR, BACKEND_CGROUP, BACKEND_KPROBE, BACKEND_LSM, LSM_MMAP_ADDR, NO_PATH_ARG,
-    PATH_PREFIX_MAX, SyscallRule,
+    PATH_PREFIX_MAX, SYSCALL_LEVELS, SyscallRule,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use self::{
     cgroup::CgroupHooks,
+    depths::Depths,
+    latency::Watches,
     kprobe::Kprobes,
     lsm::LsmHooks,
     rules::SyscallRules,
@@ -209,7 +213,21 @@ struct Syscalls {
 }
 
 fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
-    let rules = SyscallRules::take(load.kernel).map_err(|e| format!("{e:#}"));
+    let depths = load
+        .kernel
+        .ebpf
+        .take_map(SYSCALL_LEVELS)
+        .ok_or_else(|| format!("map {SYSCALL_LEVELS} missing from the object"))
+        .and_then(|m| aya::maps::Array::try_from(m).map_err(|e| e.to_string()))
+        .map(Depths::new);
+    let rules = depths
+        .clone()
+        .and_then(|d| SyscallRules::take(load.kernel, d).map_err(|e| format!("{e:#}")));
+    match depths.clone().map(|d| Watches::load(load.kernel, d)) {
+        Ok(Ok(watches)) => load.services.publish(watches),
+        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "syscall latency unavailable"),
+        Err(e) => tracing::warn!(error = %e, "syscall latency unavailable"),
+    }
     let connect = load.services.get::<ConnectRules>();
     let kprobe = Kprobes::load(load.kernel);
     let lsm = LsmHooks::load(load.kernel);

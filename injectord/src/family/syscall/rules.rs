@@ -1,25 +1,24 @@
-//! The syscall rule table (`SYSCALL_RULES`) and the cgroup depths its
+//! The syscall rule table (`SYSCALL_RULES`), with the cgroup depths its
 //! targets sit at (`SYSCALL_LEVELS`), shared by every backend of the
 //! family and by the process faults at a syscall.
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::HashMap as StdHashMap,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{HashMap, MapData};
 use injector_common::syscall::{
-    ACTION_ERROR, Levels, MAX_LEVELS, SYSCALL_LEVELS, SYSCALL_RULES, SyscallKey, SyscallRule,
+    ACTION_ERROR, LEVELS_RULES, SYSCALL_RULES, SyscallKey, SyscallRule,
 };
 
+use super::depths::{DepthGuard, Depths};
 use crate::{error::Error, kernel::Kernel, target::Cgroup};
 
 struct Table {
     rules: HashMap<MapData, SyscallKey, SyscallRule>,
-    levels: Array<MapData, Levels>,
-    /// How many rules sit at each cgroup depth.
-    depths: BTreeMap<u32, usize>,
+    depths: Depths,
     /// The fault holding each key, for conflict messages.
     owners: StdHashMap<SyscallKey, String>,
 }
@@ -33,27 +32,21 @@ pub struct SyscallRules(Arc<Mutex<Table>>);
 pub struct InstalledRule {
     table: SyscallRules,
     key: SyscallKey,
-    depth: Option<u32>,
+    /// Released after the rule is gone (field order).
+    _depth: Option<DepthGuard>,
 }
 
 impl SyscallRules {
-    pub fn take(kernel: &mut Kernel) -> anyhow::Result<Self> {
+    pub fn take(kernel: &mut Kernel, depths: Depths) -> anyhow::Result<Self> {
         let rules = HashMap::try_from(
             kernel
                 .ebpf
                 .take_map(SYSCALL_RULES)
                 .context(SYSCALL_RULES)?,
         )?;
-        let levels = Array::try_from(
-            kernel
-                .ebpf
-                .take_map(SYSCALL_LEVELS)
-                .context(SYSCALL_LEVELS)?,
-        )?;
         Ok(Self(Arc::new(Mutex::new(Table {
             rules,
-            levels,
-            depths: BTreeMap::new(),
+            depths,
             owners: StdHashMap::new(),
         }))))
     }
@@ -93,60 +86,18 @@ impl SyscallRules {
                 cgroup.path
             )));
         }
-        let depth = by_depth.then(|| depth_of(&cgroup.path));
-        if let Some(d) = depth {
-            let mut depths = t.depths.clone();
-            *depths.entry(d).or_default() += 1;
-            if depths.len() > MAX_LEVELS {
-                return Err(Error::Capacity(format!(
-                    "syscall faults already target cgroups at {MAX_LEVELS} different depths; \
-                     cgroup {} would add another",
-                    cgroup.path
-                )));
-            }
-            t.publish_levels(&depths)?;
-            t.depths = depths;
-        }
-        if let Err(e) = t.rules.insert(&key, &rule, 0) {
-            if let Some(d) = depth {
-                t.release_depth(d);
-            }
-            return Err(Error::map(SYSCALL_RULES)(e));
-        }
+        let depth = by_depth
+            .then(|| t.depths.acquire(LEVELS_RULES, &cgroup.path))
+            .transpose()?;
+        t.rules
+            .insert(&key, &rule, 0)
+            .map_err(Error::map(SYSCALL_RULES))?;
         t.owners.insert(key, owner.to_string());
         Ok(InstalledRule {
             table: self.clone(),
             key,
-            depth,
+            _depth: depth,
         })
-    }
-}
-
-impl Table {
-    fn publish_levels(&mut self, depths: &BTreeMap<u32, usize>) -> Result<(), Error> {
-        let mut levels = Levels::default();
-        // Deepest first: the innermost target wins when targets nest.
-        for (slot, depth) in levels.levels.iter_mut().zip(depths.keys().rev()) {
-            *slot = *depth;
-        }
-        levels.count = depths.len().min(MAX_LEVELS) as u32;
-        self.levels
-            .set(0, &levels, 0)
-            .map_err(Error::map(SYSCALL_LEVELS))
-    }
-
-    fn release_depth(&mut self, depth: u32) {
-        let mut depths = self.depths.clone();
-        if let Some(n) = depths.get_mut(&depth) {
-            *n -= 1;
-            if *n == 0 {
-                depths.remove(&depth);
-            }
-        }
-        if let Err(e) = self.publish_levels(&depths) {
-            tracing::error!(error = %e, "publishing syscall target depths");
-        }
-        self.depths = depths;
     }
 }
 
@@ -157,24 +108,5 @@ impl Drop for InstalledRule {
         if let Err(e) = t.rules.remove(&self.key) {
             tracing::error!(error = %e, key = ?self.key, "removing syscall rule");
         }
-        if let Some(d) = self.depth {
-            t.release_depth(d);
-        }
-    }
-}
-
-/// The depth of a cgroup path (`/` is 0, `/a/b` is 2): the level
-/// `bpf_get_current_ancestor_cgroup_id` takes.
-fn depth_of(path: &str) -> u32 {
-    path.split('/').filter(|c| !c.is_empty()).count() as u32
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn depths() {
-        assert_eq!(super::depth_of("/"), 0);
-        assert_eq!(super::depth_of("/a"), 1);
-        assert_eq!(super::depth_of("/kubepods.slice/x.slice/"), 2);
     }
 }
