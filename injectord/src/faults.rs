@@ -120,6 +120,14 @@ struct Installer {
     latency: Option<Watches>,
 }
 
+/// What installing a fault made: the family's installed fault, the
+/// resolved cgroup (cgroup targets) and its latency watch.
+struct Placed {
+    installed: Box<dyn Installed>,
+    cgroup: Option<Cgroup>,
+    latency: Option<Arc<Watch>>,
+}
+
 /// How `get` and `remove` name a fault.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -159,7 +167,11 @@ impl Faults {
                     options: &options,
                     services: &mut services,
                 });
-                tracing::debug!(family = decl.name, elapsed_ms = started.elapsed().as_millis() as u64, "family loaded");
+                tracing::debug!(
+                    family = decl.name,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "family loaded"
+                );
                 backend
             })
             .collect();
@@ -243,7 +255,11 @@ impl Faults {
         };
         let installed = self.install(&spec, name.as_str());
         let mut t = lock(&self.table);
-        let (installed, cgroup, latency) = match installed {
+        let Placed {
+            installed,
+            cgroup,
+            latency,
+        } = match installed {
             Ok(ok) => ok,
             Err(e) => {
                 t.by_name.remove(name.as_str());
@@ -287,11 +303,7 @@ impl Faults {
 
     /// Resolves the target and hands the fault to its family, under the
     /// installer lock.
-    fn install(
-        &self,
-        spec: &FaultSpec,
-        name: &str,
-    ) -> Result<(Box<dyn Installed>, Option<Cgroup>, Option<Arc<Watch>>), RpcError> {
+    fn install(&self, spec: &FaultSpec, name: &str) -> Result<Placed, RpcError> {
         let mut guard = lock(&self.installer);
         let inst = &mut *guard;
         let target = inst.resolve(spec)?;
@@ -315,7 +327,11 @@ impl Faults {
                 .ok(),
             _ => None,
         };
-        Ok((installed, cgroup, latency))
+        Ok(Placed {
+            installed,
+            cgroup,
+            latency,
+        })
     }
 
     /// The view of one fault, for `get`.
@@ -469,7 +485,10 @@ impl Faults {
 
     /// The syscall latency histograms of the targeted cgroups.
     pub fn syscall_latency(&self) -> Vec<LatencySeries> {
-        self.latency.as_ref().map(Watches::series).unwrap_or_default()
+        self.latency
+            .as_ref()
+            .map(Watches::series)
+            .unwrap_or_default()
     }
 
     pub fn counters(&self) -> Vec<FaultCounters> {

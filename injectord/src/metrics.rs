@@ -154,12 +154,14 @@ fn encode_syscall_latency(
             })
             .collect();
         let labels = [("cgroup", s.cgroup.as_str()), ("syscalls", s.syscalls)];
-        family.encode_family(&labels)?.encode_histogram::<Vec<(String, String)>>(
-            s.sum_ns as f64 * 1e-9,
-            s.buckets.iter().sum(),
-            &buckets,
-            None,
-        )?;
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<Vec<(String, String)>>(
+                s.sum_ns as f64 * 1e-9,
+                s.buckets.iter().sum(),
+                &buckets,
+                None,
+            )?;
     }
     Ok(())
 }

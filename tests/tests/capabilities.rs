@@ -58,11 +58,17 @@ fn capabilities_cover_every_backend_and_are_recorded() {
     };
     for (family_backend, needs) in [
         ("syscall_lsm", &["bpf_lsm"][..]),
-        ("syscall_kprobe_override", &["kprobe", "bpf_override_return"][..]),
+        (
+            "syscall_kprobe_override",
+            &["kprobe", "bpf_override_return"][..],
+        ),
         ("syscall_cgroup", &["bpf_set_retval"][..]),
     ] {
         if needs.iter().all(|n| available(n)) {
-            assert!(available(family_backend), "{family_backend} must load where {needs:?} do: {caps}");
+            assert!(
+                available(family_backend),
+                "{family_backend} must load where {needs:?} do: {caps}"
+            );
         }
     }
     if let Some(dir) = matrix_dir() {

@@ -144,7 +144,11 @@ fn udp_sends_bind_and_getsockopt_fail_with_their_filters() {
         json!({"type": "syscall_error", "syscall": "getsockopt", "errno": "ENOPROTOOPT"}),
     ));
     for name in ["send", "bind"] {
-        assert_eq!(backend_of(&d, name), "cgroup", "address filters are the cgroup hooks'");
+        assert_eq!(
+            backend_of(&d, name),
+            "cgroup",
+            "address filters are the cgroup hooks'"
+        );
     }
     assert_eq!(
         ops(
@@ -196,7 +200,10 @@ fn openat_fails_under_a_path_prefix_where_kprobe_or_lsm_exist() {
     if !d.has_backend("syscall_kprobe_override") && !d.has_backend("syscall_lsm") {
         let err = d.call("inject", spec).unwrap_err().to_string();
         assert!(err.contains("unsupported_kernel"), "{err}");
-        assert!(err.contains("openat") && err.contains("CONFIG_BPF_KPROBE_OVERRIDE"), "{err}");
+        assert!(
+            err.contains("openat") && err.contains("CONFIG_BPF_KPROBE_OVERRIDE"),
+            "{err}"
+        );
         return;
     }
     d.inject(spec);
@@ -274,7 +281,10 @@ fn impossible_syscall_specs_get_specific_errors_and_nothing_else_breaks() {
         json!({"type": "syscall_error", "syscall": "socket", "errno": "EACCES"}),
     ));
     let cases = [
-        (json!({"syscall": "opnat", "errno": "EIO"}), "unknown syscall \"opnat\""),
+        (
+            json!({"syscall": "opnat", "errno": "EIO"}),
+            "unknown syscall \"opnat\"",
+        ),
         (
             json!({"syscall": "getrandom", "errno": "EIO", "path": "/x"}),
             "getrandom takes no path argument",
@@ -287,8 +297,14 @@ fn impossible_syscall_specs_get_specific_errors_and_nothing_else_breaks() {
             json!({"syscall": "openat", "errno": "EIO", "port": 80}),
             "port filters work on connect",
         ),
-        (json!({"syscall": "openat", "errno": "EIO", "path": ""}), "must not be empty"),
-        (json!({"syscall": "openat", "errno": "EIO", "device": "8:1"}), "device"),
+        (
+            json!({"syscall": "openat", "errno": "EIO", "path": ""}),
+            "must not be empty",
+        ),
+        (
+            json!({"syscall": "openat", "errno": "EIO", "device": "8:1"}),
+            "device",
+        ),
     ];
     for (mut f, want) in cases {
         f["type"] = json!("syscall_error");
@@ -366,7 +382,10 @@ print(" ".join(res), flush=True)
     assert_eq!(miss_out.next().unwrap().unwrap(), "ok ok");
     let _ = (hit.wait(), miss.wait());
     let (evaluations, activations) = d.counters("mem", "memory_error");
-    assert!(activations >= 2 && evaluations == activations, "{evaluations} {activations}");
+    assert!(
+        activations >= 2 && evaluations == activations,
+        "{evaluations} {activations}"
+    );
 }
 
 #[test]
@@ -392,7 +411,8 @@ fn a_targeted_cgroups_syscall_latency_is_a_histogram_by_syscall_group() {
         .copied()
     };
     let rel = format!("/{}", cg.rel.trim_start_matches('/'));
-    let file_calls = series("count", &rel, "file").unwrap_or_else(|| panic!("no file series: {m:?}"));
+    let file_calls =
+        series("count", &rel, "file").unwrap_or_else(|| panic!("no file series: {m:?}"));
     assert!(file_calls >= 100.0, "{file_calls}");
     // time.sleep is clock_nanosleep: 10 calls of 20 ms or more.
     let slept = series("sum", &rel, "other").unwrap();
@@ -409,7 +429,10 @@ fn a_targeted_cgroups_syscall_latency_is_a_histogram_by_syscall_group() {
         .map(|(_, v)| *v);
     assert_eq!(inf, Some(file_calls), "{m:?}");
     let sibling_rel = format!("/{}", sibling.rel.trim_start_matches('/'));
-    assert!(series("count", &sibling_rel, "file").is_none(), "the sibling is not watched");
+    assert!(
+        series("count", &sibling_rel, "file").is_none(),
+        "the sibling is not watched"
+    );
     // With its last fault gone, the cgroup is no longer watched.
     d.call("remove", json!({"name": "watch"})).unwrap();
     assert!(series("count", &rel, "file").is_some());

@@ -83,7 +83,15 @@ pub fn syscall_bind6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as in bind4; user_ip6 is readable in bind6 programs.
     let (ip, port) = unsafe {
         let sa = &*ctx.sock_addr;
-        ([sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]], sa.user_port)
+        (
+            [
+                sa.user_ip6[0],
+                sa.user_ip6[1],
+                sa.user_ip6[2],
+                sa.user_ip6[3],
+            ],
+            sa.user_port,
+        )
     };
     by_address(NR_BIND, FAMILY_INET6, &ip, port)
 }
@@ -100,7 +108,15 @@ pub fn syscall_sendmsg6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as in bind6; readable in sendmsg6 programs.
     let (ip, port) = unsafe {
         let sa = &*ctx.sock_addr;
-        ([sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]], sa.user_port)
+        (
+            [
+                sa.user_ip6[0],
+                sa.user_ip6[1],
+                sa.user_ip6[2],
+                sa.user_ip6[3],
+            ],
+            sa.user_port,
+        )
     };
     by_address(NR_UDP_SEND, FAMILY_INET6, &ip, port)
 }
@@ -119,7 +135,11 @@ pub fn syscall_setsockopt(_ctx: SockoptContext) -> i32 {
 pub fn syscall_sysctl(ctx: SysctlContext) -> i32 {
     // SAFETY: the context is valid for the program's run.
     let write = unsafe { (*ctx.sysctl).write } != 0;
-    let Some(rule) = rule(if write { NR_SYSCTL_WRITE } else { NR_SYSCTL_READ }) else {
+    let Some(rule) = rule(if write {
+        NR_SYSCTL_WRITE
+    } else {
+        NR_SYSCTL_READ
+    }) else {
         return ALLOW;
     };
     if rule.path_len != 0 {

@@ -3,7 +3,9 @@
 //! return the errno without running, through `bpf_override_return`. Needs
 //! `CONFIG_BPF_KPROBE_OVERRIDE`; reaches any syscall, exactly.
 
-use aya_ebpf::{bindings::pt_regs, helpers::bpf_override_return, macros::kprobe, programs::ProbeContext};
+use aya_ebpf::{
+    bindings::pt_regs, helpers::bpf_override_return, macros::kprobe, programs::ProbeContext,
+};
 use injector_common::syscall::BACKEND_KPROBE;
 
 use super::{error_for, syscall_nr};

@@ -39,8 +39,9 @@ pub fn syscall_latency_enter(ctx: RawTracePointContext) -> i32 {
     // sys_enter(struct pt_regs *regs, long id)
     let nr: u64 = ctx.arg(1);
     // SAFETY: the map's values are plain u32s, read once.
-    let Some(watch) = for_caller(LEVELS_WATCHES, |id| unsafe { LATENCY_WATCH.get(&id) }.copied())
-    else {
+    let Some(watch) = for_caller(LEVELS_WATCHES, |id| {
+        unsafe { LATENCY_WATCH.get(&id) }.copied()
+    }) else {
         return 0;
     };
     let group = SYSCALL_GROUPS.get(nr as u32).copied().unwrap_or(0);

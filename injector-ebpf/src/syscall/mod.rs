@@ -16,12 +16,15 @@ mod signal;
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_user_str_bytes},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_user_str_bytes,
+    },
     macros::map,
     maps::{Array, HashMap, RingBuf},
 };
 use injector_common::syscall::{
-    LEVELS_RULES, Levels, MAX_LEVELS, MAX_SYSCALL_RULES, NO_PATH_ARG, PATH_PREFIX_MAX, SyscallKey, SyscallRule,
+    LEVELS_RULES, Levels, MAX_LEVELS, MAX_SYSCALL_RULES, NO_PATH_ARG, PATH_PREFIX_MAX, SyscallKey,
+    SyscallRule,
 };
 
 use crate::trigger;
@@ -143,7 +146,11 @@ fn path_matches(rule: &SyscallRule, regs: *const pt_regs) -> bool {
 /// index, a constant in each iteration the verifier walks: reads at a
 /// variable offset from the stack are refused.
 #[inline(always)]
-fn prefix_matches(prefix: &[u8; PATH_PREFIX_MAX], len: usize, seen: &[u8; PATH_PREFIX_MAX + 1]) -> bool {
+fn prefix_matches(
+    prefix: &[u8; PATH_PREFIX_MAX],
+    len: usize,
+    seen: &[u8; PATH_PREFIX_MAX + 1],
+) -> bool {
     let mut last = 0u8;
     for (i, &c) in seen.iter().enumerate() {
         if i == len {
@@ -166,7 +173,8 @@ fn prefix_matches(prefix: &[u8; PATH_PREFIX_MAX], len: usize, seen: &[u8; PATH_P
 #[inline(always)]
 fn error_for(nr: u32, backend: u8, hook: u8, regs: *const pt_regs) -> Option<u32> {
     let rule = rule_for_caller(nr, injector_common::syscall::ACTION_ERROR)?;
-    if rule.backend != backend || (rule.hook != 0 && rule.hook != hook) || !path_matches(rule, regs) {
+    if rule.backend != backend || (rule.hook != 0 && rule.hook != hook) || !path_matches(rule, regs)
+    {
         return None;
     }
     trigger::evaluate(rule.slot, &rule.trigger).then_some(rule.errno)

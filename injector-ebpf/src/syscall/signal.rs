@@ -6,7 +6,8 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::{bpf_send_signal, bpf_send_signal_thread},
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_send_signal, bpf_send_signal_thread},
     },
     macros::raw_tracepoint,
     programs::RawTracePointContext,

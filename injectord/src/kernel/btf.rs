@@ -102,7 +102,8 @@ mod tests {
 
     #[test]
     fn reads_the_running_kernels_lsm_hooks() {
-        let a = Arities::from_sys_fs().expect("reading /sys/kernel/btf/vmlinux (tests run as root)");
+        let a =
+            Arities::from_sys_fs().expect("reading /sys/kernel/btf/vmlinux (tests run as root)");
         assert_eq!(a.of("bpf_lsm_file_open"), Some(1));
         assert_eq!(a.of("bpf_lsm_file_permission"), Some(2));
         assert_eq!(a.of("bpf_lsm_socket_connect"), Some(3));

@@ -97,7 +97,9 @@ impl CgroupHooks {
                 self.sysctl.acquire(kernel, cgroup, &dir)?
             }
             CgroupHook::Connect => {
-                return Err(Error::Internal("connect rules go through ConnectRules".into()));
+                return Err(Error::Internal(
+                    "connect rules go through ConnectRules".into(),
+                ));
             }
         })
     }
@@ -107,7 +109,12 @@ fn load_programs(kernel: &mut Kernel) -> Result<(), String> {
     load::<CgroupSock>(kernel, &[SYSCALL_SOCK_CREATE])?;
     load::<CgroupSockAddr>(
         kernel,
-        &[SYSCALL_BIND4, SYSCALL_BIND6, SYSCALL_SENDMSG4, SYSCALL_SENDMSG6],
+        &[
+            SYSCALL_BIND4,
+            SYSCALL_BIND6,
+            SYSCALL_SENDMSG4,
+            SYSCALL_SENDMSG6,
+        ],
     )?;
     load::<CgroupSockopt>(kernel, &[SYSCALL_GETSOCKOPT, SYSCALL_SETSOCKOPT])?;
     load::<CgroupSysctl>(kernel, &[SYSCALL_SYSCTL])

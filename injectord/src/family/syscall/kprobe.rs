@@ -71,7 +71,11 @@ impl Kprobes {
     }
 
     /// The program attached to `function`, attached now if needed.
-    pub fn attach(&mut self, kernel: &mut Kernel, function: &str) -> Result<Arc<Attachment>, Error> {
+    pub fn attach(
+        &mut self,
+        kernel: &mut Kernel,
+        function: &str,
+    ) -> Result<Arc<Attachment>, Error> {
         self.attached.retain(|_, a| a.strong_count() > 0);
         if let Some(a) = self.attached.get(function).and_then(Weak::upgrade) {
             return Ok(a);
@@ -91,7 +95,8 @@ impl Kprobes {
             function: function.to_string(),
             _link: link,
         });
-        self.attached.insert(function.to_string(), Arc::downgrade(&a));
+        self.attached
+            .insert(function.to_string(), Arc::downgrade(&a));
         tracing::debug!(function, "kprobe attached");
         Ok(a)
     }
@@ -102,7 +107,11 @@ fn program(kernel: &mut Kernel) -> Result<&mut KProbe, Error> {
         .ebpf
         .program_mut(SYSCALL_KPROBE)
         .and_then(|p| <&mut KProbe>::try_from(p).ok())
-        .ok_or_else(|| Error::Internal(format!("program {SYSCALL_KPROBE} is not in the eBPF object")))
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "program {SYSCALL_KPROBE} is not in the eBPF object"
+            ))
+        })
 }
 
 fn load_program(kernel: &mut Kernel) -> Result<(), String> {

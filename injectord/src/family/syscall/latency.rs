@@ -97,7 +97,8 @@ impl Watches {
             }
         }
         let watch = HashMap::try_from(kernel.ebpf.take_map(LATENCY_WATCH).context(LATENCY_WATCH)?)?;
-        let hist = PerCpuArray::try_from(kernel.ebpf.take_map(LATENCY_HIST).context(LATENCY_HIST)?)?;
+        let hist =
+            PerCpuArray::try_from(kernel.ebpf.take_map(LATENCY_HIST).context(LATENCY_HIST)?)?;
         Ok(Self(Arc::new(Mutex::new(Inner {
             watch,
             hist,
@@ -121,7 +122,11 @@ impl Watches {
         }
         if inner.links.is_empty() {
             for name in [SYSCALL_LATENCY_ENTER, SYSCALL_LATENCY_EXIT] {
-                let tp = if name == SYSCALL_LATENCY_ENTER { "sys_enter" } else { "sys_exit" };
+                let tp = if name == SYSCALL_LATENCY_ENTER {
+                    "sys_enter"
+                } else {
+                    "sys_exit"
+                };
                 let prog = program(kernel, name).map_err(|e| Error::Internal(format!("{e:#}")))?;
                 let link = prog
                     .attach(tp)

@@ -50,8 +50,7 @@ impl LsmHooks {
     pub fn load(kernel: &mut Kernel) -> Self {
         let mut loaded = HashMap::new();
         let ready = active().and_then(|()| {
-            let arities =
-                Arities::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
+            let arities = Arities::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
             for hook in LSM_HOOKS {
                 if let Err(e) = arity(&arities, hook) {
                     loaded.insert(hook.program, Err(e));
@@ -82,7 +81,11 @@ impl LsmHooks {
     }
 
     /// The hook's program attached, loaded and attached now if needed.
-    pub fn attach(&mut self, kernel: &mut Kernel, hook: &LsmHook) -> Result<Arc<Attachment>, Error> {
+    pub fn attach(
+        &mut self,
+        kernel: &mut Kernel,
+        hook: &LsmHook,
+    ) -> Result<Arc<Attachment>, Error> {
         self.attached.retain(|_, a| a.strong_count() > 0);
         if let Some(a) = self.attached.get(hook.program).and_then(Weak::upgrade) {
             return Ok(a);
@@ -94,7 +97,10 @@ impl LsmHooks {
                     Error::UnsupportedKernel(format!("reading the kernel's BTF: {e}"))
                 })?);
             }
-            let btf = self.btf.as_ref().ok_or_else(|| Error::Internal("BTF".into()))?;
+            let btf = self
+                .btf
+                .as_ref()
+                .ok_or_else(|| Error::Internal("BTF".into()))?;
             let outcome = load_program(kernel, btf, hook);
             self.loaded.insert(hook.program, outcome.clone());
             outcome.map_err(Error::UnsupportedKernel)?;
@@ -135,7 +141,12 @@ fn program<'a>(kernel: &'a mut Kernel, hook: &LsmHook) -> Result<&'a mut Lsm, Er
         .ebpf
         .program_mut(hook.program)
         .and_then(|p| <&mut Lsm>::try_from(p).ok())
-        .ok_or_else(|| Error::Internal(format!("program {} is not in the eBPF object", hook.program)))
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "program {} is not in the eBPF object",
+                hook.program
+            ))
+        })
 }
 
 /// Whether the hook takes as many arguments here as the program expects.
@@ -152,6 +163,11 @@ fn arity(arities: &Arities, hook: &LsmHook) -> Result<(), String> {
 
 fn load_program(kernel: &mut Kernel, btf: &Btf, hook: &LsmHook) -> Result<(), String> {
     let prog = program(kernel, hook).map_err(|e| e.to_string())?;
-    prog.load(hook.hook, btf)
-        .map_err(|e| format!("loading the {} LSM program failed: {}", hook.hook, chain(&e)))
+    prog.load(hook.hook, btf).map_err(|e| {
+        format!(
+            "loading the {} LSM program failed: {}",
+            hook.hook,
+            chain(&e)
+        )
+    })
 }

@@ -32,10 +32,10 @@ use serde_json::{Value, json};
 use self::{
     cgroup::CgroupHooks,
     depths::Depths,
-    latency::Watches,
     kprobe::Kprobes,
+    latency::Watches,
     lsm::LsmHooks,
-    rules::SyscallRules,
+    rules::{Place, SyscallRules},
     table::{CgroupHook, GROUPS, Syscall},
 };
 use super::{
@@ -382,7 +382,9 @@ impl Backend for Syscalls {
             "memory_error",
             self.lsm
                 .hook_ready(&LSM_MMAP_ADDR)
-                .map(|()| "mmap, brk and mremap fail with ENOMEM through the mmap_addr LSM hook".into())
+                .map(|()| {
+                    "mmap, brk and mremap fail with ENOMEM through the mmap_addr LSM hook".into()
+                })
                 .map_err(|e| format!("needs BPF LSM's mmap_addr hook: {e}")),
         ));
         caps.extend(
@@ -419,7 +421,10 @@ impl Backend for Syscalls {
             ..SyscallRule::default()
         };
         if let Some(path) = &fault.path {
-            let bytes = path.0.strip_prefix(PROC_SYS).filter(|_| sc.path_arg().is_none());
+            let bytes = path
+                .0
+                .strip_prefix(PROC_SYS)
+                .filter(|_| sc.path_arg().is_none());
             let bytes = bytes.unwrap_or(&path.0).as_bytes();
             rule.path[..bytes.len()].copy_from_slice(bytes);
             rule.path_len = bytes.len() as u8;
@@ -433,7 +438,17 @@ impl Backend for Syscalls {
                     rule.backend = BACKEND_KPROBE;
                     let a = self.kprobe.attach(req.kernel, function)?;
                     describe.insert("hook".into(), json!(format!("kprobe {function}")));
-                    let r = rules.install(req.name, &cgroup, sc.nr(), ACTION_ERROR, rule, true, &what)?;
+                    let r = rules.install(
+                        req.name,
+                        Place {
+                            cgroup: &cgroup,
+                            nr: sc.nr(),
+                            action: ACTION_ERROR,
+                            by_depth: true,
+                        },
+                        rule,
+                        &what,
+                    )?;
                     (Box::new(r), Some(Box::new(a)))
                 }
                 Choice::Lsm(hook) => {
@@ -441,7 +456,17 @@ impl Backend for Syscalls {
                     rule.hook = hook.id;
                     let a = self.lsm.attach(req.kernel, hook)?;
                     describe.insert("hook".into(), json!(format!("lsm {}", hook.hook)));
-                    let r = rules.install(req.name, &cgroup, sc.nr(), ACTION_ERROR, rule, true, &what)?;
+                    let r = rules.install(
+                        req.name,
+                        Place {
+                            cgroup: &cgroup,
+                            nr: sc.nr(),
+                            action: ACTION_ERROR,
+                            by_depth: true,
+                        },
+                        rule,
+                        &what,
+                    )?;
                     (Box::new(r), Some(Box::new(a)))
                 }
                 Choice::Cgroup(CgroupHook::Connect) => {
@@ -473,18 +498,25 @@ impl Backend for Syscalls {
                     }
                     let r = rules.install(
                         req.name,
-                        &cgroup,
-                        hook.key_nr(sc),
-                        ACTION_ERROR,
+                        Place {
+                            cgroup: &cgroup,
+                            nr: hook.key_nr(sc),
+                            action: ACTION_ERROR,
+                            by_depth: false,
+                        },
                         rule,
-                        false,
                         &what,
                     )?;
                     (Box::new(r), Some(Box::new(a)))
                 }
             };
         describe.insert("backend".into(), json!(backend_name(&choice)));
-        tracing::info!(fault = req.name, syscall = sc.name(), backend = backend_name(&choice), "syscall fault installed");
+        tracing::info!(
+            fault = req.name,
+            syscall = sc.name(),
+            backend = backend_name(&choice),
+            "syscall fault installed"
+        );
         Ok(Box::new(SyscallFault {
             _rule: installed,
             _attachment: attachment,
@@ -522,11 +554,13 @@ impl Syscalls {
             let sc: Syscall = name.parse().map_err(Error::Internal)?;
             installed.push(rules.install(
                 req.name,
-                cgroup,
-                sc.nr(),
-                ACTION_ERROR,
+                Place {
+                    cgroup,
+                    nr: sc.nr(),
+                    action: ACTION_ERROR,
+                    by_depth: true,
+                },
                 rule,
-                true,
                 &format!("{name} fail"),
             )?);
         }

@@ -27,6 +27,17 @@ struct Table {
 #[derive(Clone)]
 pub struct SyscallRules(Arc<Mutex<Table>>);
 
+/// Where a rule goes: its target, syscall number (or pseudo number) and
+/// action, and whether its hook runs for every task (then the target's
+/// depth is registered, so the programs look there).
+#[derive(Clone, Copy)]
+pub struct Place<'a> {
+    pub cgroup: &'a Cgroup,
+    pub nr: u32,
+    pub action: u32,
+    pub by_depth: bool,
+}
+
 /// A rule in the kernel; dropping it withdraws the rule (effective at once
 /// for new calls).
 pub struct InstalledRule {
@@ -38,12 +49,7 @@ pub struct InstalledRule {
 
 impl SyscallRules {
     pub fn take(kernel: &mut Kernel, depths: Depths) -> anyhow::Result<Self> {
-        let rules = HashMap::try_from(
-            kernel
-                .ebpf
-                .take_map(SYSCALL_RULES)
-                .context(SYSCALL_RULES)?,
-        )?;
+        let rules = HashMap::try_from(kernel.ebpf.take_map(SYSCALL_RULES).context(SYSCALL_RULES)?)?;
         Ok(Self(Arc::new(Mutex::new(Table {
             rules,
             depths,
@@ -62,13 +68,16 @@ impl SyscallRules {
     pub fn install(
         &self,
         owner: &str,
-        cgroup: &Cgroup,
-        nr: u32,
-        action: u32,
+        at: Place<'_>,
         rule: SyscallRule,
-        by_depth: bool,
         what: &str,
     ) -> Result<InstalledRule, Error> {
+        let Place {
+            cgroup,
+            nr,
+            action,
+            by_depth,
+        } = at;
         let key = SyscallKey {
             cgroup_id: cgroup.id,
             nr,

@@ -3,7 +3,6 @@
 
 use std::{fmt, str::FromStr};
 
-use injector_common::syscall::{self as common, LsmHook};
 use common::{
     LSM_BPRM_CHECK, LSM_FILE_FCNTL, LSM_FILE_IOCTL, LSM_FILE_LOCK, LSM_FILE_MPROTECT,
     LSM_FILE_OPEN, LSM_FILE_PERMISSION, LSM_INODE_GETATTR, LSM_INODE_LINK, LSM_INODE_MKDIR,
@@ -12,6 +11,7 @@ use common::{
     LSM_SOCKET_GETSOCKOPT, LSM_SOCKET_LISTEN, LSM_SOCKET_RECVMSG, LSM_SOCKET_SENDMSG,
     LSM_SOCKET_SETSOCKOPT, LSM_SOCKET_SHUTDOWN, LSM_TASK_ALLOC, LSM_TASK_KILL,
 };
+use injector_common::syscall::{self as common, LsmHook};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use syscalls::Sysno;
 
@@ -210,7 +210,6 @@ const PATH_ARGS: &[(&str, u8)] = &[
     ("inotify_add_watch", 1),
 ];
 
-
 /// Which LSM hook runs inside which syscalls.
 const LSM: &[(&[&str], LsmHook)] = &[
     (&["open", "openat", "openat2", "creat"], LSM_FILE_OPEN),
@@ -240,7 +239,13 @@ const LSM: &[(&[&str], LsmHook)] = &[
     (&["execve", "execveat"], LSM_BPRM_CHECK),
     (&["clone", "clone3", "fork", "vfork"], LSM_TASK_ALLOC),
     (
-        &["kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"],
+        &[
+            "kill",
+            "tkill",
+            "tgkill",
+            "rt_sigqueueinfo",
+            "rt_tgsigqueueinfo",
+        ],
         LSM_TASK_KILL,
     ),
     (&["socket", "socketpair"], LSM_SOCKET_CREATE),
@@ -275,11 +280,21 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "read", "write", "pread64", "pwrite64", "readv", "writev", "sendfile",
         ],
     ),
-    ("syscalls_memory", &["mmap", "mprotect", "brk", "munmap", "mremap"]),
+    (
+        "syscalls_memory",
+        &["mmap", "mprotect", "brk", "munmap", "mremap"],
+    ),
     (
         "syscalls_process",
         &[
-            "execve", "clone", "clone3", "fork", "vfork", "kill", "wait4", "exit_group",
+            "execve",
+            "clone",
+            "clone3",
+            "fork",
+            "vfork",
+            "kill",
+            "wait4",
+            "exit_group",
         ],
     ),
     (
@@ -303,11 +318,24 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     (
         "syscalls_filesystem",
         &[
-            "mkdir", "mkdirat", "unlink", "unlinkat", "rmdir", "rename", "renameat2", "link",
-            "symlink", "stat", "newfstatat", "statx",
+            "mkdir",
+            "mkdirat",
+            "unlink",
+            "unlinkat",
+            "rmdir",
+            "rename",
+            "renameat2",
+            "link",
+            "symlink",
+            "stat",
+            "newfstatat",
+            "statx",
         ],
     ),
-    ("syscalls_misc", &["getrandom", "uname", "ioctl", "fcntl", "flock"]),
+    (
+        "syscalls_misc",
+        &["getrandom", "uname", "ioctl", "fcntl", "flock"],
+    ),
 ];
 
 #[cfg(test)]
@@ -320,7 +348,12 @@ mod tests {
         assert_eq!(openat.nr(), 257);
         assert_eq!(openat.path_arg(), Some(1));
         assert_eq!(openat.lsm_hook(), Some(LSM_FILE_OPEN));
-        assert!("opnat".parse::<Syscall>().unwrap_err().contains("unknown syscall"));
+        assert!(
+            "opnat"
+                .parse::<Syscall>()
+                .unwrap_err()
+                .contains("unknown syscall")
+        );
         let uname: Syscall = "uname".parse().unwrap();
         assert_eq!((uname.lsm_hook(), uname.cgroup_hook()), (None, None));
     }
