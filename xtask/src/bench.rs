@@ -68,11 +68,14 @@ fn closed_port() -> anyhow::Result<u16> {
 
 pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
     let bin = build_daemon()?;
-    if only != "connect" {
+    if only == "all" || only == "packet" {
         crate::bench_net::run(&bin)?;
-        if only == "packet" {
-            return Ok(());
-        }
+    }
+    if only == "all" || only == "syscall" {
+        crate::bench_syscall::run(&bin, iterations, closed_port()?)?;
+    }
+    if only != "all" && only != "connect" {
+        return Ok(());
     }
     let base = TestCgroup::at(&format!("injectord-bench-{}", std::process::id()));
     let a = base.child("a");
@@ -280,6 +283,9 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
                 std::thread::yield_now();
             }
         }
+        [cmd, kind, port, n] if cmd == "syscalls" => {
+            crate::bench_syscall::worker(kind, port.parse()?, n.parse()?)
+        }
         [cmd, ifname, src, dst, seconds] if cmd == "blast" => {
             let pps = blast(ifname, &parse_mac(src)?, &parse_mac(dst)?, seconds.parse()?)?;
             println!("{pps}");
@@ -313,7 +319,7 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: bench-worker connect PORT N | watch PORT | blast IF SRC DST SECONDS | echo PORT | rtt HOST PORT N"
+            "usage: bench-worker connect PORT N | syscalls openat|connect PORT N | watch PORT | blast IF SRC DST SECONDS | echo PORT | rtt HOST PORT N"
         ),
     }
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_net;
+mod bench_syscall;
 mod deps;
 mod matrix;
 mod suite;
@@ -44,7 +45,8 @@ enum Task {
     /// rustfmt and clippy (-D warnings) on every crate, eBPF included.
     Lint,
     /// Benchmarks: connect() overhead, control-plane latency, memory;
-    /// packet program cost, drop throughput, untargeted-flow latency.
+    /// packet program cost, drop throughput, untargeted-flow latency;
+    /// syscall loops against strace's injection.
     Bench {
         /// connect() calls per measurement.
         #[arg(long, default_value_t = 200_000)]
@@ -52,7 +54,7 @@ enum Task {
         /// inject operations for the control-plane latency.
         #[arg(long, default_value_t = 1000)]
         injects: u32,
-        /// Which half: connect, packet or all.
+        /// Which part: connect, packet, syscall or all.
         #[arg(long, default_value = "all")]
         only: String,
     },
