@@ -321,10 +321,18 @@ impl Faults {
         };
         // A fault without the histogram is still a fault: say why, go on.
         let latency = match (&inst.latency, &cgroup) {
-            (Some(w), Some(c)) => w
-                .watch(&mut inst.kernel, c)
-                .map_err(|e| tracing::warn!(error = %e, cgroup = %c.path, "syscall latency not measured"))
-                .ok(),
+            (Some(w), Some(c)) => match w.watch(&mut inst.kernel, c) {
+                Ok(watch) => Some(watch),
+                // Past 256 cgroups: expected with thousands of targets.
+                Err(e @ Error::Capacity(_)) => {
+                    tracing::debug!(error = %e, cgroup = %c.path, "syscall latency not measured");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, cgroup = %c.path, "syscall latency not measured");
+                    None
+                }
+            },
             _ => None,
         };
         Ok(Placed {

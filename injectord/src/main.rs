@@ -52,6 +52,12 @@ struct Args {
     /// nothing it leaves behind when killed or frozen acts for longer.
     #[arg(long, default_value = "1s", value_parser = parse_lease)]
     lease: Duration,
+    /// Time every syscall of each cgroup a fault targets, for
+    /// `injectord_syscall_latency_seconds`. Off by default: the
+    /// raw_syscalls tracepoints it needs run for every task on the host
+    /// while anything is targeted (see the README's benchmark).
+    #[arg(long)]
+    syscall_latency: bool,
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -141,6 +147,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             cgroups,
             Options {
                 force_clsact: args.tc_attach == TcAttachMode::Clsact,
+                syscall_latency: args.syscall_latency,
             },
             reaper,
         );

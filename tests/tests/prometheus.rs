@@ -450,7 +450,8 @@ fn inject_experiment(d: &Daemon, cg: &TestCgroup, port: u16, link: &Link) -> boo
 
 #[test]
 fn every_dashboard_panel_has_data_in_a_real_prometheus() {
-    let d = Daemon::start();
+    // The syscall latency panels need the histogram, which is opt-in.
+    let d = Daemon::start_with(&["--syscall-latency"]);
     let prometheus = Prometheus::start(&d.metrics_addr);
     let cg = TestCgroup::new("prom");
     let port = tcp_sink("127.0.0.1:0");

@@ -390,7 +390,24 @@ print(" ".join(res), flush=True)
 
 #[test]
 fn a_targeted_cgroups_syscall_latency_is_a_histogram_by_syscall_group() {
-    let d = Daemon::start();
+    // Without the flag nothing is timed: no tracepoint runs for anyone.
+    let plain = Daemon::start();
+    let cg0 = TestCgroup::new("sc-latency-off");
+    plain.inject(fault(
+        "watch",
+        &cg0,
+        json!({"type": "syscall_error", "syscall": "bind", "errno": "EACCES", "port": 1}),
+    ));
+    assert!(cg0.run("true", &[]).status.success());
+    assert!(
+        !plain
+            .metrics()
+            .keys()
+            .any(|k| k.starts_with("injectord_syscall_latency")),
+        "timed without --syscall-latency"
+    );
+    drop(plain);
+    let d = Daemon::start_with(&["--syscall-latency"]);
     let cg = TestCgroup::new("sc-latency");
     let sibling = TestCgroup::new("sc-latency-sibling");
     // Any cgroup fault makes its target watched; this one never fires.

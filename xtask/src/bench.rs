@@ -19,10 +19,16 @@ use crate::build_daemon;
 /// The daemon under measurement: the binary just built, logging only
 /// warnings (to the terminal), so that logging costs nothing measurable.
 pub fn start_daemon(bin: &Path) -> anyhow::Result<Daemon> {
+    start_daemon_with(bin, &[])
+}
+
+/// The same, with extra daemon arguments.
+pub fn start_daemon_with(bin: &Path, args: &[&str]) -> anyhow::Result<Daemon> {
     Daemon::builder()
         .binary(bin)
         .log("warn")
         .log_to_stderr()
+        .args(args)
         .start()
 }
 

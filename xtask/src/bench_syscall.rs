@@ -127,17 +127,6 @@ pub fn run(bin: &std::path::Path, iterations: u32, port: u16) -> anyhow::Result<
             ),
             cost(&a, l.worker, port, iterations, rounds, None),
         );
-        // A fault on A that never fires: A's syscalls are timed.
-        d.call(
-            "inject",
-            json!({"name": "watch-a", "target": {"cgroup": a.rel},
-                   "fault": {"type": "syscall_error", "syscall": "bind", "errno": "EPERM", "port": 1}}),
-        )?;
-        row(
-            "+ A's syscall latency histogram",
-            cost(&a, l.worker, port, iterations, rounds, None),
-        );
-        d.call("remove", json!({"name": "watch-a"}))?;
         let matching = d.call(
             "inject",
             json!({"name": "half", "target": {"cgroup": a.rel}, "fault": l.fault,
@@ -157,6 +146,30 @@ pub fn run(bin: &std::path::Path, iterations: u32, port: u16) -> anyhow::Result<
                 Err(anyhow::anyhow!("refused here: {e:#}")),
             ),
         }
+        drop(d);
+        // The same faults elsewhere with --syscall-latency: every task's
+        // syscalls now pass the raw_syscalls tracepoints.
+        let d = crate::bench::start_daemon_with(bin, &["--syscall-latency"])?;
+        for o in &others {
+            d.call(
+                "inject",
+                json!({"target": {"cgroup": o.rel}, "fault": elsewhere}),
+            )?;
+        }
+        row(
+            "same, daemon with --syscall-latency",
+            cost(&a, l.worker, port, iterations, rounds, None),
+        );
+        // A fault on A that never fires: A's own syscalls are timed.
+        d.call(
+            "inject",
+            json!({"name": "watch-a", "target": {"cgroup": a.rel},
+                   "fault": {"type": "syscall_error", "syscall": "bind", "errno": "EPERM", "port": 1}}),
+        )?;
+        row(
+            "+ A's own syscall latency histogram",
+            cost(&a, l.worker, port, iterations, rounds, None),
+        );
         drop(d);
         drop(others);
         row(

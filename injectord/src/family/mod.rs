@@ -152,6 +152,8 @@ pub struct Options {
     /// Use clsact filters even where tcx links exist (what kernels before
     /// 6.6 get; lets the host test that path too).
     pub force_clsact: bool,
+    /// Measure the syscall latency of targeted cgroups (`--syscall-latency`).
+    pub syscall_latency: bool,
 }
 
 /// Typed values one family publishes for later ones (e.g. the connect

@@ -223,10 +223,12 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
     let rules = depths
         .clone()
         .and_then(|d| SyscallRules::take(load.kernel, d).map_err(|e| format!("{e:#}")));
-    match depths.clone().map(|d| Watches::load(load.kernel, d)) {
-        Ok(Ok(watches)) => load.services.publish(watches),
-        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "syscall latency unavailable"),
-        Err(e) => tracing::warn!(error = %e, "syscall latency unavailable"),
+    if load.options.syscall_latency {
+        match depths.clone().map(|d| Watches::load(load.kernel, d)) {
+            Ok(Ok(watches)) => load.services.publish(watches),
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "syscall latency unavailable"),
+            Err(e) => tracing::warn!(error = %e, "syscall latency unavailable"),
+        }
     }
     let connect = load.services.get::<ConnectRules>();
     let kprobe = Kprobes::load(load.kernel);
