@@ -721,8 +721,19 @@ fn a_full_file_table_backs_off_instead_of_spinning() {
     let pid = d.pid();
     // Not one descriptor to spare (every one below the limit is taken):
     // every accept fails with EMFILE while clients wait in the backlog,
-    // each with a request sent.
-    let soft = set_nofile(pid, lowest_free_fd(pid));
+    // each with a request sent. The harness's own connections close just
+    // after start-up: the daemon's ends of them must be gone first, or the
+    // limit would leave their numbers free.
+    let mut lowest = lowest_free_fd(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = lowest_free_fd(pid);
+        if now == lowest {
+            break;
+        }
+        lowest = now;
+    }
+    let soft = set_nofile(pid, lowest);
     let addr: SocketAddr = d.metrics_addr.parse().expect("addr");
     let waiting: Vec<TcpStream> = (0..20)
         .map(|_| {
