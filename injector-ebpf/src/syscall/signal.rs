@@ -6,12 +6,13 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::{bpf_send_signal, bpf_send_signal_thread},
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_send_signal, bpf_send_signal_thread},
     },
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use injector_common::syscall::{ACTION_SIGNAL, SignalEvent};
+use injector_common::syscall::{ACTION_SIGNAL, SIGSTOP, SignalEvent};
 
 use super::{SYSCALL_EVENTS, path_matches, rule_for_caller};
 use crate::trigger;
@@ -24,10 +25,24 @@ pub fn syscall_signal(ctx: RawTracePointContext) -> i32 {
     let Some(rule) = rule_for_caller(nr as u32, ACTION_SIGNAL) else {
         return 0;
     };
-    if !path_matches(rule, regs) || !trigger::evaluate(rule.slot, &rule.trigger) {
+    if !path_matches(rule, regs) {
         return 0;
     }
     let signal = u32::from(rule.signal);
+    // The record is reserved before the trigger decides: a stop whose
+    // record could not be written would never be resumed by the daemon, so
+    // without room in the ring buffer a SIGSTOP rule does not fire (nor
+    // count the call).
+    let entry = SYSCALL_EVENTS.reserve::<SignalEvent>(0);
+    if entry.is_none() && signal == SIGSTOP {
+        return 0;
+    }
+    if !trigger::evaluate(rule.slot, &rule.trigger) {
+        if let Some(entry) = entry {
+            entry.discard(0);
+        }
+        return 0;
+    }
     // SAFETY: helpers valid in tracing programs; the signal goes to the
     // current task (or its process), which is in the rule's target.
     unsafe {
@@ -37,7 +52,7 @@ pub fn syscall_signal(ctx: RawTracePointContext) -> i32 {
             bpf_send_signal_thread(signal);
         }
     }
-    if let Some(mut entry) = SYSCALL_EVENTS.reserve::<SignalEvent>(0) {
+    if let Some(mut entry) = entry {
         let id = bpf_get_current_pid_tgid();
         entry.write(SignalEvent {
             slot: rule.slot,

@@ -15,7 +15,10 @@
 mod cgroup;
 mod kprobe;
 mod lsm;
+pub mod process;
+mod resume;
 mod rules;
+mod signal;
 mod table;
 
 use std::any::Any;
@@ -31,6 +34,7 @@ use self::{
     cgroup::CgroupHooks,
     kprobe::Kprobes,
     lsm::LsmHooks,
+    process::{ProcessKill, ProcessPause, Processes},
     rules::SyscallRules,
     table::{CgroupHook, GROUPS, Syscall},
 };
@@ -49,9 +53,13 @@ use crate::{
 
 pub const FAMILY: Declaration = Declaration {
     name: "syscall",
-    types: &[SyscallError::KIND],
+    types: &[SyscallError::KIND, process::KILL, process::PAUSE],
     parse,
-    fields: |_| fields_of::<SyscallError>(),
+    fields: |kind| match kind {
+        process::KILL => fields_of::<ProcessKill>(),
+        process::PAUSE => fields_of::<ProcessPause>(),
+        _ => fields_of::<SyscallError>(),
+    },
     load,
 };
 
@@ -115,7 +123,10 @@ impl<'de> Deserialize<'de> for PathPrefix {
 /// Where /proc/sys files live; sysctl rules hold the name after it.
 const PROC_SYS: &str = "/proc/sys/";
 
-fn parse(_kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
+fn parse(kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
+    if kind != SyscallError::KIND {
+        return process::parse(kind, value);
+    }
     let f: SyscallError = serde_path_to_error::deserialize(value)?;
     let name = f.syscall.name();
     let sysctl = matches!(
@@ -173,6 +184,7 @@ struct Syscalls {
     kprobe: Kprobes,
     lsm: LsmHooks,
     cgroup: CgroupHooks,
+    process: Processes,
 }
 
 fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
@@ -181,11 +193,13 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
     let kprobe = Kprobes::load(load.kernel);
     let lsm = LsmHooks::load(load.kernel);
     let cgroup = CgroupHooks::load(load.kernel, connect);
+    let process = Processes::load(load.kernel, load.reaper);
     Box::new(Syscalls {
         rules,
         kprobe,
         lsm,
         cgroup,
+        process,
     })
 }
 
@@ -332,10 +346,14 @@ impl Backend for Syscalls {
                 .iter()
                 .map(|(cap, members)| self.group_capability(cap, members)),
         );
+        caps.extend(self.process.capabilities());
         caps
     }
 
     fn install(&mut self, req: &mut Request<'_>) -> Result<Box<dyn Installed>, Error> {
+        if req.params.kind() != SyscallError::KIND {
+            return self.process.install(req, self.rules.as_ref());
+        }
         let fault = params_as::<SyscallError>(req.params)?.clone();
         let Target::Cgroup(cgroup) = req.target else {
             return Err(Error::UnsupportedTarget(format!(
