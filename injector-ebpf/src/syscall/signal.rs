@@ -28,19 +28,26 @@ pub fn syscall_signal(ctx: RawTracePointContext) -> i32 {
     if !path_matches(rule, regs) {
         return 0;
     }
-    let signal = u32::from(rule.signal);
-    // The record is reserved before the trigger decides: a stop whose
-    // record could not be written would never be resumed by the daemon, so
-    // without room in the ring buffer a SIGSTOP rule does not fire (nor
-    // count the call).
-    let entry = SYSCALL_EVENTS.reserve::<SignalEvent>(0);
-    if entry.is_none() && signal == SIGSTOP {
+    if !trigger::evaluate(rule.slot, &rule.trigger) {
         return 0;
     }
-    if !trigger::evaluate(rule.slot, &rule.trigger) {
-        if let Some(entry) = entry {
-            entry.discard(0);
-        }
+    let signal = u32::from(rule.signal);
+    let id = bpf_get_current_pid_tgid();
+    let event = SignalEvent {
+        slot: rule.slot,
+        tgid: (id >> 32) as u32,
+        tid: id as u32,
+        signal,
+        // SAFETY: helper without arguments or side effects.
+        at_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // Written (copied: no reservation to release, which the 6.1 verifier
+    // cannot follow across the trigger) before the signal is sent: a stop
+    // whose record is lost would never be resumed by the daemon, so with
+    // the ring buffer full a SIGSTOP rule does not stop (its activation is
+    // still counted; the daemon drains the 64 KiB ring as records come).
+    let recorded = SYSCALL_EVENTS.output(&event, 0).is_ok();
+    if !recorded && signal == SIGSTOP {
         return 0;
     }
     // SAFETY: helpers valid in tracing programs; the signal goes to the
@@ -51,18 +58,6 @@ pub fn syscall_signal(ctx: RawTracePointContext) -> i32 {
         } else {
             bpf_send_signal_thread(signal);
         }
-    }
-    if let Some(mut entry) = entry {
-        let id = bpf_get_current_pid_tgid();
-        entry.write(SignalEvent {
-            slot: rule.slot,
-            tgid: (id >> 32) as u32,
-            tid: id as u32,
-            signal,
-            // SAFETY: helper without arguments or side effects.
-            at_ns: unsafe { bpf_ktime_get_ns() },
-        });
-        entry.submit(0);
     }
     0
 }

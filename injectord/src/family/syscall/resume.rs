@@ -10,7 +10,7 @@
 //! blocks the async runtime. Every record is read even for slots it does
 //! not know: the ring buffer must not fill, or a SIGSTOP rule stops firing
 //! (see the eBPF side), and a stop whose fault is already gone is
-//! continued at once.
+//! continued shortly after its record.
 //!
 //! Continues go through a pidfd opened when the stop is seen (the process
 //! cannot exit while stopped, except by SIGKILL), so a reused pid is never
@@ -31,6 +31,10 @@ use injector_common::{
 };
 
 use crate::{kernel::reaper::Record, sys};
+
+/// How long after its record a stop whose fault has ended is continued
+/// (see [`State::on_event`]).
+const STRAGGLER_DELAY: Duration = Duration::from_millis(50);
 
 /// The thread's handle: faults get an [`Owner`] from it.
 #[derive(Clone)]
@@ -301,13 +305,23 @@ impl State {
         }
         let Some(watch) = self.slots.get(&ev.slot) else {
             // The fault is gone (its rule fired just before it was
-            // withdrawn): nobody would ever continue this process.
+            // withdrawn): nobody else would continue this process. Not at
+            // once: the program writes the record just before it sends the
+            // signal, and a SIGCONT that overtook the SIGSTOP would leave
+            // the process stopped.
             tracing::info!(
                 tgid = ev.tgid,
                 slot = ev.slot,
                 "continuing a process stopped by a pause that has ended"
             );
-            Resume::continue_process(ev.tgid).run();
+            self.pending.push(Pending {
+                key: 0,
+                started_ns: ev.at_ns,
+                due_ns: sys::monotonic_ns() + STRAGGLER_DELAY.as_nanos() as u64,
+                what: Resume::continue_process(ev.tgid),
+                stats: Arc::default(),
+                _record: None,
+            });
             return;
         };
         let due_ns = ev.at_ns + watch.pause.as_nanos() as u64;
