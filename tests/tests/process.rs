@@ -293,6 +293,9 @@ fn a_pause_at_once_freezes_the_cgroup_for_the_pause_then_thaws_it() {
         "{f}"
     );
     assert_eq!(d.counters("freeze", "process_pause"), (1, 1));
+    let m = d.metrics();
+    let count = "injectord_injected_delay_seconds_count{fault=\"freeze\",type=\"process_pause\"}";
+    assert_eq!(m.get(count), Some(&1.0), "{m:?}");
 
     // A pid target: SIGSTOP, then SIGCONT; removing the fault early
     // continues it at once.
