@@ -465,7 +465,7 @@ fn bad_process_specs_get_specific_errors_and_other_faults_keep_working() {
     let dir = Scratch::new("pk-bad");
     let data = dir.file("data");
     std::fs::create_dir_all(&data).unwrap();
-    let sleeper = cg.spawn("sleep", &["600"]);
+    let mut sleeper = cg.spawn("sleep", &["600"]);
     d.inject(json!({"name": "keep", "target": {"cgroup": cg.rel},
                     "fault": {"type": "process_kill", "signal": "SIGKILL", "syscall": "openat", "path": data}}));
     let spec = |fault: Value| json!({"name": "bad", "target": {"cgroup": cg.rel}, "fault": fault});
@@ -567,4 +567,6 @@ fn bad_process_specs_get_specific_errors_and_other_faults_keep_working() {
     let out = finish(python(&cg, OPENER, &[&data, "f", "3"]));
     assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
     assert_eq!(d.counters("keep", "process_kill"), (1, 1));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }

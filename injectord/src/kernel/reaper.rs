@@ -105,7 +105,7 @@ impl Undo {
                 cgroup_id,
             } => {
                 let dir = same_cgroup(cgroup_dir, *cgroup_id)?;
-                continue_stopped(&dir);
+                continue_stopped(dir);
                 Ok(())
             }
             Self::Filter {

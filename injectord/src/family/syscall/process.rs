@@ -348,13 +348,6 @@ impl Processes {
             .at("target"));
         };
         let cgroup = cgroup.clone();
-        if cgroup.path == "/" {
-            return Err(Error::UnsupportedTarget(format!(
-                "{kind} on the root cgroup would {} every process of the host, injectord's own included; target a cgroup below it",
-                action.verb()
-            ))
-            .at("target"));
-        }
         let dir = req.cgroup_dir(&cgroup);
         match syscall {
             Some(sc) => self.at_syscall(req, &cgroup, dir, sc, path, action, rules),
@@ -627,9 +620,17 @@ fn cgroup_files() -> (Option<bool>, Option<bool>) {
     }
 }
 
-/// Refuses a cgroup that holds injectord: a freeze, a stop or a kill there
-/// would take the daemon and its helpers with it, `force` or not.
+/// Refuses, for a fault acting on a whole cgroup, the root cgroup and a
+/// cgroup that holds injectord: a freeze, a stop or a kill there would
+/// take the daemon and its helpers with it, `force` or not.
 fn guard_daemon(cgroup: &Cgroup, action: Action) -> Result<(), Error> {
+    if cgroup.path == "/" {
+        return Err(Error::UnsupportedTarget(format!(
+            "a process fault on the root cgroup would {} every process of the host, injectord's own included; target a cgroup below it",
+            action.verb()
+        ))
+        .at("target"));
+    }
     match cgroup_of_pid("self") {
         Ok(own) if cgroup.contains(&own) => Err(Error::ForbiddenTarget(format!(
             "cgroup {} contains injectord itself (in {own}): a process fault there would {} the daemon and the helpers that undo its faults, even with force",

@@ -130,24 +130,13 @@ impl Resume {
 pub struct PauseStats(Mutex<Summary>);
 
 /// A summary of the pauses of one fault.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Summary {
     pub count: u64,
     pub last_ns: Option<u64>,
     pub max_ns: u64,
     /// The durations, as the injected-delay histogram of the metrics.
     pub histogram: DelayHistogram,
-}
-
-impl Default for Summary {
-    fn default() -> Self {
-        Self {
-            count: 0,
-            last_ns: None,
-            max_ns: 0,
-            histogram: DelayHistogram::default(),
-        }
-    }
 }
 
 impl PauseStats {

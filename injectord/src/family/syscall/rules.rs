@@ -66,6 +66,7 @@ impl SyscallRules {
     /// run for every task (`by_depth`) also register the target's depth,
     /// so the programs look there. One rule per key: another is a
     /// conflict naming its owner.
+    #[allow(clippy::too_many_arguments)]
     pub fn install(
         &self,
         owner: &str,
