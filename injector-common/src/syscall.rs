@@ -160,6 +160,10 @@ pub const ACTION_ERROR: u32 = 0;
 /// The rule's action: the calling task gets `signal` (the call runs).
 pub const ACTION_SIGNAL: u32 = 1;
 
+/// SIGSTOP (x86_64): a rule sending it stops the caller, and the daemon
+/// resumes it from the rule's ring-buffer record.
+pub const SIGSTOP: u32 = 19;
+
 /// Which program family serves a rule (a syscall reachable by several
 /// programs is served by one, so it never fires twice).
 pub const BACKEND_KPROBE: u8 = 1;

@@ -311,6 +311,10 @@ impl Faults {
             name,
             params: spec.fault.params(),
             target: &target,
+            pid: match &spec.target {
+                TargetSpec::Pid(pid) => Some(pid.get()),
+                _ => None,
+            },
             trigger: spec.trigger.to_kernel(spec.duration),
             kernel: &mut inst.kernel,
             cgroups: &inst.cgroups,

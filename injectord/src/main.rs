@@ -82,9 +82,16 @@ enum LogFormat {
 }
 
 fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some(reaper::REAPER_ARG) {
-        let journal = std::env::args_os().nth(2).map(PathBuf::from);
-        reaper::run(journal.as_deref());
+    match std::env::args().nth(1).as_deref() {
+        Some(reaper::REAPER_ARG) => {
+            let journal = std::env::args_os().nth(2).map(PathBuf::from);
+            reaper::run("reaper", journal.as_deref());
+        }
+        Some(reaper::KEEPER_ARG) => {
+            let journal = std::env::args_os().nth(2).map(PathBuf::from);
+            reaper::run("keeper", journal.as_deref());
+        }
+        _ => {}
     }
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)

@@ -167,14 +167,15 @@ fn encode_syscall_latency(
 }
 
 /// `injectord_injected_delay_seconds{fault, type}`: the delay each delayed
-/// packet was given (log2 buckets kept per CPU in the kernel).
+/// packet was given (log2 buckets kept per CPU in the kernel), and how long
+/// each pause of a process_pause fault lasted (measured by the daemon).
 fn encode_delay(
     encoder: &mut DescriptorEncoder,
     counters: &[FaultCounters],
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(
         "injectord_injected_delay_seconds",
-        "Delay injected into each delayed packet",
+        "Delay injected: into each delayed packet, or each pause of a process",
         None,
         MetricType::Histogram,
     )?;

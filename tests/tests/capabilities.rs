@@ -4,7 +4,7 @@
 use injectord_tests::*;
 use serde_json::{Value, json};
 
-const BACKENDS: [&str; 16] = [
+const BACKENDS: [&str; 18] = [
     "cgroup_sock_addr",
     "bpf_set_retval",
     "cgroup_skb",
@@ -21,6 +21,8 @@ const BACKENDS: [&str; 16] = [
     "syscall_kprobe_override",
     "syscall_lsm",
     "syscall_cgroup",
+    "process_kill",
+    "process_pause",
 ];
 
 #[test]

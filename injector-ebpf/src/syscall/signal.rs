@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use injector_common::syscall::{ACTION_SIGNAL, SignalEvent};
+use injector_common::syscall::{ACTION_SIGNAL, SIGSTOP, SignalEvent};
 
 use super::{SYSCALL_EVENTS, path_matches, rule_for_caller};
 use crate::trigger;
@@ -25,10 +25,31 @@ pub fn syscall_signal(ctx: RawTracePointContext) -> i32 {
     let Some(rule) = rule_for_caller(nr as u32, ACTION_SIGNAL) else {
         return 0;
     };
-    if !path_matches(rule, regs) || !trigger::evaluate(rule.slot, &rule.trigger) {
+    if !path_matches(rule, regs) {
+        return 0;
+    }
+    if !trigger::evaluate(rule.slot, &rule.trigger) {
         return 0;
     }
     let signal = u32::from(rule.signal);
+    let id = bpf_get_current_pid_tgid();
+    let event = SignalEvent {
+        slot: rule.slot,
+        tgid: (id >> 32) as u32,
+        tid: id as u32,
+        signal,
+        // SAFETY: helper without arguments or side effects.
+        at_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // Written (copied: no reservation to release, which the 6.1 verifier
+    // cannot follow across the trigger) before the signal is sent: a stop
+    // whose record is lost would never be resumed by the daemon, so with
+    // the ring buffer full a SIGSTOP rule does not stop (its activation is
+    // still counted; the daemon drains the 64 KiB ring as records come).
+    let recorded = SYSCALL_EVENTS.output(&event, 0).is_ok();
+    if !recorded && signal == SIGSTOP {
+        return 0;
+    }
     // SAFETY: helpers valid in tracing programs; the signal goes to the
     // current task (or its process), which is in the rule's target.
     unsafe {
@@ -37,18 +58,6 @@ pub fn syscall_signal(ctx: RawTracePointContext) -> i32 {
         } else {
             bpf_send_signal_thread(signal);
         }
-    }
-    if let Some(mut entry) = SYSCALL_EVENTS.reserve::<SignalEvent>(0) {
-        let id = bpf_get_current_pid_tgid();
-        entry.write(SignalEvent {
-            slot: rule.slot,
-            tgid: (id >> 32) as u32,
-            tid: id as u32,
-            signal,
-            // SAFETY: helper without arguments or side effects.
-            at_ns: unsafe { bpf_ktime_get_ns() },
-        });
-        entry.submit(0);
     }
     0
 }

@@ -191,6 +191,9 @@ pub struct Request<'a> {
     pub name: &'a str,
     pub params: &'a dyn Params,
     pub target: &'a Target,
+    /// The process a `{"pid": N}` target named (its cgroup is `target`):
+    /// faults that act on processes rather than on calls act on it alone.
+    pub pid: Option<u32>,
     pub trigger: Trigger,
     pub kernel: &'a mut Kernel,
     pub cgroups: &'a Cgroups,

@@ -1,6 +1,6 @@
-//! The journal: every piece of netlink state the daemon creates (and, for
-//! families to come, every stopped or frozen process) is written to a file
-//! under the run directory before it exists, and marked done once undone.
+//! The journal: every piece of netlink state the daemon creates, and every
+//! cgroup it freezes or process it stops, is written to a file under the
+//! run directory before it exists, and marked done once undone.
 //!
 //! The reaper covers a SIGKILL of the daemon alone. When the whole process
 //! group or cgroup is killed (systemd, `timeout -s KILL`, a container
@@ -251,7 +251,8 @@ fn pending(path: &Path) -> Vec<(Option<String>, Option<NsId>, Undo)> {
     pending.into_values().collect()
 }
 
-/// Whether tc(8) says the state or its device does not exist.
+/// Whether tc(8) says the state or its device does not exist, or the
+/// cgroup of a pause is gone.
 fn is_gone(err: &str) -> bool {
     err.contains("not found") || err.contains("Cannot find device")
 }

@@ -14,9 +14,21 @@
 //! path|null, "netns_id": ..., "undo": Undo}` and `{"done": id}`. The same
 //! lines go to the journal (see `journal.rs`), which covers a kill of the
 //! reaper too; the reaper appends a `done` there for what it undid.
+//!
+//! Process state (a cgroup frozen or a process stopped by a process fault)
+//! goes to a second child instead, the *keeper*: the same binary and
+//! protocol (`__injectord_keeper`), started at the first such record in a
+//! process group of its own. The reaper shares the daemon's process group,
+//! so a kill of the group (`kill -9 -PGID`, `timeout -s KILL`) takes it too
+//! and the netlink state waits, inert under the lease, for the next start;
+//! a frozen cgroup cannot wait like that (its processes do nothing until
+//! thawed), so the keeper outlives a group kill and thaws it at once. A
+//! kill of the daemon's whole cgroup (systemd's final SIGKILL) takes the
+//! keeper too: the journal covers that, and the next start thaws and
+//! continues what it lists before it takes a request.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fs::File,
     io::{BufRead as _, BufReader, Write as _},
     os::fd::AsFd as _,
@@ -34,6 +46,9 @@ use super::{
 
 /// The first argument that makes the injectord binary run as the reaper.
 pub const REAPER_ARG: &str = "__injectord_reaper";
+/// The first argument that makes the injectord binary run as the keeper
+/// (process state; its own process group).
+pub const KEEPER_ARG: &str = "__injectord_keeper";
 
 /// How to undo one piece of netlink state (run with tc(8) in its namespace).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,12 +64,50 @@ pub enum Undo {
     Clsact { dev: String },
     /// The fq root qdisc we installed (the kernel restores the default).
     Fq { dev: String },
+    /// A cgroup a pause froze: `0` goes to its `cgroup.freeze`.
+    Thaw {
+        cgroup_dir: String,
+        /// The cgroup's id (its directory's inode), so that another cgroup
+        /// made at the same path since is left alone (0: not checked).
+        #[serde(default)]
+        cgroup_id: u64,
+    },
+    /// Processes a pause stopped (SIGSTOP) in a cgroup: every process of it
+    /// and its descendants that is stopped (state `T`) gets SIGCONT.
+    Continue {
+        cgroup_dir: String,
+        #[serde(default)]
+        cgroup_id: u64,
+    },
 }
 
 impl Undo {
-    /// Runs the undo in the calling thread's network namespace.
+    /// Whether this is process state (the keeper's), not netlink state
+    /// (the reaper's).
+    pub fn is_process(&self) -> bool {
+        matches!(self, Self::Thaw { .. } | Self::Continue { .. })
+    }
+
+    /// Runs the undo in the calling thread's network namespace (process
+    /// state does not depend on it).
     pub fn run(&self) -> Result<(), String> {
         match self {
+            Self::Thaw {
+                cgroup_dir,
+                cgroup_id,
+            } => {
+                let dir = same_cgroup(cgroup_dir, *cgroup_id)?;
+                std::fs::write(dir.join("cgroup.freeze"), "0")
+                    .map_err(|e| format!("thawing cgroup {cgroup_dir}: {e}"))
+            }
+            Self::Continue {
+                cgroup_dir,
+                cgroup_id,
+            } => {
+                let dir = same_cgroup(cgroup_dir, *cgroup_id)?;
+                continue_stopped(dir);
+                Ok(())
+            }
             Self::Filter {
                 dev,
                 ingress,
@@ -86,6 +139,63 @@ impl Undo {
             }
         }
     }
+}
+
+/// The cgroup directory, if it is still the cgroup recorded (`id`, its
+/// inode, when not 0). The error says "not found" (so recovery counts it
+/// as gone) when it is not.
+fn same_cgroup(dir: &str, id: u64) -> Result<&Path, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = Path::new(dir);
+    match std::fs::metadata(path) {
+        Ok(m) if id == 0 || m.ino() == id => Ok(path),
+        Ok(_) => Err(format!(
+            "cgroup {dir} not found (another cgroup is at its path now)"
+        )),
+        Err(e) => Err(format!("cgroup {dir} not found: {e}")),
+    }
+}
+
+/// Sends SIGCONT to every stopped process (state `T` in /proc/PID/stat)
+/// of the cgroup at `dir` and its descendants; returns how many.
+pub fn continue_stopped(dir: &Path) -> usize {
+    let mut n = 0;
+    for pid in cgroup_pids(dir) {
+        if process_state(pid) == Some('T') {
+            // SAFETY: kill(2) with a plain pid and signal.
+            if unsafe { libc::kill(pid as i32, libc::SIGCONT) } == 0 {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Every process of the cgroup at `dir` and its descendants.
+pub fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    pids
+}
+
+/// The state letter of a process (`R`, `S`, `D`, `T`, `t`, `Z`...), from
+/// /proc/PID/stat (after the command name, which may hold anything).
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// Whether no filter (of anyone) is left on the device's clsact qdisc.
@@ -145,12 +255,26 @@ pub fn tc(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// The daemon's end of the pipe, and the journal.
+/// The daemon's end of the pipes, and the journal.
 struct Pipe {
     child: Option<Child>,
     stdin: Option<ChildStdin>,
     journal: Option<journal::Writer>,
     next: u64,
+    /// The keeper, once a record of process state started it.
+    keeper: Keeper,
+    /// Records that went to the keeper (their `done` goes there too).
+    keeper_ids: HashSet<u64>,
+}
+
+enum Keeper {
+    NotStarted,
+    Running {
+        child: Child,
+        stdin: ChildStdin,
+    },
+    /// It could not be started (said once); records go to the journal only.
+    Failed,
 }
 
 impl Pipe {
@@ -160,13 +284,59 @@ impl Pipe {
         {
             tracing::error!(error = %e, journal = %j.path().display(), "writing the journal: a kill of the whole process group would leave netlink state behind");
         }
-        let Some(stdin) = &mut self.stdin else {
-            return;
+        let to_keeper = match m {
+            Entry::Add { add, undo, .. } if undo.is_process() => {
+                self.keeper_ids.insert(*add);
+                true
+            }
+            Entry::Done { done } => self.keeper_ids.remove(done),
+            Entry::Add { .. } => false,
         };
         let mut line = serde_json::to_string(m).expect("plain data serializes");
         line.push('\n');
+        if to_keeper {
+            self.send_to_keeper(&line);
+            return;
+        }
+        let Some(stdin) = &mut self.stdin else {
+            return;
+        };
         if let Err(e) = stdin.write_all(line.as_bytes()) {
             tracing::error!(error = %e, "the reaper is gone: SIGKILL would leave netlink state behind");
+        }
+    }
+
+    fn send_to_keeper(&mut self, line: &str) {
+        if matches!(self.keeper, Keeper::NotStarted) {
+            self.keeper = self.start_keeper();
+        }
+        if let Keeper::Running { stdin, .. } = &mut self.keeper
+            && let Err(e) = stdin.write_all(line.as_bytes())
+        {
+            tracing::error!(error = %e, "the keeper is gone: a SIGKILL would leave frozen cgroups or stopped processes until the next start");
+        }
+    }
+
+    fn start_keeper(&self) -> Keeper {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg(KEEPER_ARG);
+        if let Some(j) = &self.journal {
+            cmd.arg(j.path());
+        }
+        // Its own process group: a kill of the daemon's group spares it.
+        match cmd.stdin(Stdio::piped()).process_group(0).spawn() {
+            Ok(mut child) => match child.stdin.take() {
+                Some(stdin) => {
+                    tracing::debug!(pid = child.id(), "keeper started");
+                    Keeper::Running { child, stdin }
+                }
+                None => Keeper::Failed,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the keeper: after a SIGKILL, frozen cgroups and stopped processes would stay so until the next start");
+                Keeper::Failed
+            }
         }
     }
 }
@@ -198,6 +368,8 @@ impl Reaper {
             stdin,
             journal: journal.map(journal::Writer::new),
             next: 1,
+            keeper: Keeper::NotStarted,
+            keeper_ids: HashSet::new(),
         };
         (Self(Some(Arc::new(Mutex::new(pipe)))), err)
     }
@@ -211,6 +383,34 @@ impl Reaper {
         self.0
             .as_ref()
             .and_then(|p| lock(p).child.as_ref().map(Child::id))
+    }
+
+    /// The keeper's pid, once it runs.
+    pub fn keeper_pid(&self) -> Option<u32> {
+        self.0.as_ref().and_then(|p| match &lock(p).keeper {
+            Keeper::Running { child, .. } => Some(child.id()),
+            _ => None,
+        })
+    }
+
+    /// Records how to undo process state (a frozen cgroup, stopped
+    /// processes) about to be created; it goes to the keeper, which
+    /// outlives a kill of the daemon's process group. See [`Self::record`].
+    pub fn record_process(&self, undo: Undo) -> Record {
+        debug_assert!(undo.is_process());
+        let Some(pipe) = &self.0 else {
+            return Record(None);
+        };
+        let mut p = lock(pipe);
+        let id = p.next;
+        p.next += 1;
+        p.send(&Entry::Add {
+            add: id,
+            netns: None,
+            netns_id: None,
+            undo,
+        });
+        Record(Some((Arc::clone(pipe), id)))
     }
 
     /// Records how to undo state about to be created in `ns`. The
@@ -268,9 +468,9 @@ impl std::fmt::Debug for Record {
     }
 }
 
-/// The reaper process: reads records until the pipe closes, then undoes
-/// what is still pending.
-pub fn run(journal: Option<&Path>) -> ! {
+/// The reaper (or keeper) process: reads records until the pipe closes,
+/// then undoes what is still pending.
+pub fn run(role: &str, journal: Option<&Path>) -> ! {
     // Signals sent to the daemon's process group (Ctrl-C, a service
     // manager's SIGTERM) must not stop us before the daemon's own cleanup;
     // we exit when the pipe closes.
@@ -297,7 +497,7 @@ pub fn run(journal: Option<&Path>) -> ! {
             Ok(Entry::Done { done }) => {
                 pending.remove(&done);
             }
-            Err(e) => eprintln!("injectord reaper: bad record {line:?}: {e}"),
+            Err(e) => eprintln!("injectord {role}: bad record {line:?}: {e}"),
         }
     }
     // Opened only now: the daemon may have compacted (replaced) the file.
@@ -306,17 +506,17 @@ pub fn run(journal: Option<&Path>) -> ! {
         if let Some(ns) = &ns
             && let Err(e) = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         {
-            eprintln!("injectord reaper: entering a namespace for {undo:?}: {e}");
+            eprintln!("injectord {role}: entering a namespace for {undo:?}: {e}");
             continue;
         }
         match undo.run() {
             Ok(()) => {
-                eprintln!("injectord reaper: undid {undo:?}");
+                eprintln!("injectord {role}: undid {undo:?}");
                 if let Some(j) = &mut journal {
                     let _ = j.append(&Entry::Done { done: id });
                 }
             }
-            Err(e) => eprintln!("injectord reaper: {undo:?}: {e}"),
+            Err(e) => eprintln!("injectord {role}: {undo:?}: {e}"),
         }
         if ns.is_some()
             && let Some(own) = &own

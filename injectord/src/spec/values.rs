@@ -98,6 +98,40 @@ impl<'de> Deserialize<'de> for Latency {
     }
 }
 
+/// How long a pause lasts: above zero, at most [`Pause::MAX`] (an hour;
+/// a longer stop is better written as a kill).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pause(Duration);
+
+impl Pause {
+    pub const MAX: Duration = Duration::from_secs(3600);
+
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl Serialize for Pause {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Pause {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match humantime::parse_duration(&s) {
+            Ok(d) if !d.is_zero() && d <= Self::MAX => Ok(Self(d)),
+            Ok(_) => Err(de::Error::custom(format_args!(
+                "invalid value: pause {s:?} must be above zero and at most 1h"
+            ))),
+            Err(e) => Err(de::Error::custom(format_args!(
+                "invalid value: pause {s:?} is not a duration: {e} (write e.g. \"500ms\", \"2s\", \"1m\")"
+            ))),
+        }
+    }
+}
+
 /// A rate in bit/s: a number, or a string with a unit: "bit", "kbit",
 /// "mbit", "gbit" (powers of 1000, as tc(8) reads them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

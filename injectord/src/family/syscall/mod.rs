@@ -17,7 +17,10 @@ mod depths;
 mod kprobe;
 pub mod latency;
 mod lsm;
+pub mod process;
+mod resume;
 mod rules;
+mod signal;
 mod table;
 
 use std::any::Any;
@@ -35,6 +38,7 @@ use self::{
     kprobe::Kprobes,
     latency::Watches,
     lsm::LsmHooks,
+    process::{ProcessKill, ProcessPause, Processes},
     rules::{Place, SyscallRules},
     table::{CgroupHook, GROUPS, Syscall},
 };
@@ -54,10 +58,17 @@ use crate::{
 
 pub const FAMILY: Declaration = Declaration {
     name: "syscall",
-    types: &[SyscallError::KIND, MemoryError::KIND],
+    types: &[
+        SyscallError::KIND,
+        MemoryError::KIND,
+        process::KILL,
+        process::PAUSE,
+    ],
     parse,
     fields: |kind| match kind {
         MemoryError::KIND => fields_of::<MemoryError>(),
+        process::KILL => fields_of::<ProcessKill>(),
+        process::PAUSE => fields_of::<ProcessPause>(),
         _ => fields_of::<SyscallError>(),
     },
     load,
@@ -153,6 +164,9 @@ fn parse(kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
     if kind == MemoryError::KIND {
         return parse_as::<MemoryError>(value);
     }
+    if kind != SyscallError::KIND {
+        return process::parse(kind, value);
+    }
     let f: SyscallError = serde_path_to_error::deserialize(value)?;
     let name = f.syscall.name();
     let sysctl = matches!(
@@ -210,6 +224,7 @@ struct Syscalls {
     kprobe: Kprobes,
     lsm: LsmHooks,
     cgroup: CgroupHooks,
+    process: Processes,
 }
 
 fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
@@ -234,11 +249,13 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
     let kprobe = Kprobes::load(load.kernel);
     let lsm = LsmHooks::load(load.kernel);
     let cgroup = CgroupHooks::load(load.kernel, connect);
+    let process = Processes::load(load.kernel, load.reaper);
     Box::new(Syscalls {
         rules,
         kprobe,
         lsm,
         cgroup,
+        process,
     })
 }
 
@@ -394,10 +411,15 @@ impl Backend for Syscalls {
                 .iter()
                 .map(|(cap, members)| self.group_capability(cap, members)),
         );
+        caps.extend(self.process.capabilities());
         caps
     }
 
     fn install(&mut self, req: &mut Request<'_>) -> Result<Box<dyn Installed>, Error> {
+        let kind = req.params.kind();
+        if kind != SyscallError::KIND && kind != MemoryError::KIND {
+            return self.process.install(req, self.rules.as_ref());
+        }
         let Target::Cgroup(cgroup) = req.target else {
             return Err(Error::UnsupportedTarget(format!(
                 "{} needs a cgroup target (cgroup, pid, container, pod or vm): it acts on processes, not on a device",
