@@ -11,6 +11,7 @@ mod log;
 mod maps;
 mod packet;
 mod probe;
+mod sock_addr;
 mod syscall;
 mod trigger;
 

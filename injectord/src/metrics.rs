@@ -139,20 +139,8 @@ fn encode_syscall_latency(
         MetricType::Histogram,
     )?;
     for s in latency {
-        let last = s.buckets.len().saturating_sub(1);
-        let buckets: Vec<(f64, u64)> = s
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(k, n)| {
-                let bound = if k == last {
-                    f64::MAX
-                } else {
-                    (1u64 << (10 + k)) as f64 * 1e-9
-                };
-                (bound, *n)
-            })
-            .collect();
+        // Kernel bucket k: calls of at most 2^(10+k) ns.
+        let buckets = log2_buckets(&s.buckets, 1024e-9);
         let labels = [("cgroup", s.cgroup.as_str()), ("syscalls", s.syscalls)];
         family
             .encode_family(&labels)?
@@ -198,13 +186,19 @@ fn encode_delay(
     Ok(())
 }
 
-/// Upper bounds (seconds) and counts of the delay histogram's buckets.
-/// Kernel bucket `k` holds `[2^k, 2^(k+1))` µs, except the last, which
-/// also takes every longer delay: its bound is `+Inf` (prometheus-client
-/// writes `le="+Inf"` for `f64::MAX` only). Without a `+Inf` bucket a
-/// strict OpenMetrics parser rejects the scrape and `histogram_quantile`
-/// returns NaN.
+/// Upper bounds (seconds) and counts of the delay histogram's buckets:
+/// kernel bucket `k` holds `[2^k, 2^(k+1))` µs.
 fn delay_buckets(counts: &[u64]) -> Vec<(f64, u64)> {
+    log2_buckets(counts, 2e-6)
+}
+
+/// Upper bounds (seconds) and counts of a log2 histogram whose first
+/// bucket ends at `first` seconds, each next one at twice the last, except
+/// the last, which also takes everything longer: its bound is `+Inf`
+/// (prometheus-client writes `le="+Inf"` for `f64::MAX` only). Without a
+/// `+Inf` bucket a strict OpenMetrics parser rejects the scrape and
+/// `histogram_quantile` returns NaN.
+fn log2_buckets(counts: &[u64], first: f64) -> Vec<(f64, u64)> {
     let last = counts.len().saturating_sub(1);
     counts
         .iter()
@@ -213,7 +207,7 @@ fn delay_buckets(counts: &[u64]) -> Vec<(f64, u64)> {
             let bound = if k == last {
                 f64::MAX
             } else {
-                (1u64 << (k + 1)) as f64 * 1e-6
+                first * (1u64 << k) as f64
             };
             (bound, *n)
         })

@@ -19,7 +19,7 @@ use injector_common::{
 
 use aya_log_ebpf::debug;
 
-use crate::{log::NO_CTX, maps::attached_cgroup, trigger};
+use crate::{log::NO_CTX, maps::attached_cgroup, sock_addr, trigger};
 
 /// `BPF_F_NO_PREALLOC`: values are freed after an RCU grace period, so a
 /// rule replaced or removed by the daemon is never read half-rewritten.
@@ -35,27 +35,13 @@ const REJECT: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the context pointer is valid for the program's run; these
-    // fields are readable in connect4 programs.
-    let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
-    decide(FAMILY_INET, &[ip, 0, 0, 0], port)
+    let (ip, port) = sock_addr::v4(&ctx);
+    decide(FAMILY_INET, &ip, port)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: as in connect4; user_ip6 is readable in connect6 programs.
-    let (ip, port) = unsafe {
-        let sa = &*ctx.sock_addr;
-        (
-            [
-                sa.user_ip6[0],
-                sa.user_ip6[1],
-                sa.user_ip6[2],
-                sa.user_ip6[3],
-            ],
-            sa.user_port,
-        )
-    };
+    let (ip, port) = sock_addr::v6(&ctx);
     decide(FAMILY_INET6, &ip, port)
 }
 

@@ -18,7 +18,7 @@ use injector_common::{
 };
 
 use super::{prefix_matches, rule_of};
-use crate::{maps::attached_cgroup, trigger};
+use crate::{maps::attached_cgroup, sock_addr, trigger};
 
 /// x86_64 syscall numbers these hooks stand for.
 const NR_SOCKET: u32 = 41;
@@ -72,52 +72,25 @@ pub fn syscall_sock_create(_ctx: SockContext) -> i32 {
 
 #[cgroup_sock_addr(bind4)]
 pub fn syscall_bind4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the context is valid for the program's run; these fields are
-    // readable in bind4 programs.
-    let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
-    by_address(NR_BIND, FAMILY_INET, &[ip, 0, 0, 0], port)
+    let (ip, port) = sock_addr::v4(&ctx);
+    by_address(NR_BIND, FAMILY_INET, &ip, port)
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn syscall_bind6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: as in bind4; user_ip6 is readable in bind6 programs.
-    let (ip, port) = unsafe {
-        let sa = &*ctx.sock_addr;
-        (
-            [
-                sa.user_ip6[0],
-                sa.user_ip6[1],
-                sa.user_ip6[2],
-                sa.user_ip6[3],
-            ],
-            sa.user_port,
-        )
-    };
+    let (ip, port) = sock_addr::v6(&ctx);
     by_address(NR_BIND, FAMILY_INET6, &ip, port)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn syscall_sendmsg4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: as in bind4; readable in sendmsg4 programs.
-    let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
-    by_address(NR_UDP_SEND, FAMILY_INET, &[ip, 0, 0, 0], port)
+    let (ip, port) = sock_addr::v4(&ctx);
+    by_address(NR_UDP_SEND, FAMILY_INET, &ip, port)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn syscall_sendmsg6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: as in bind6; readable in sendmsg6 programs.
-    let (ip, port) = unsafe {
-        let sa = &*ctx.sock_addr;
-        (
-            [
-                sa.user_ip6[0],
-                sa.user_ip6[1],
-                sa.user_ip6[2],
-                sa.user_ip6[3],
-            ],
-            sa.user_port,
-        )
-    };
+    let (ip, port) = sock_addr::v6(&ctx);
     by_address(NR_UDP_SEND, FAMILY_INET6, &ip, port)
 }
 
