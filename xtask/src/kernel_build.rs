@@ -115,7 +115,16 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("CONFIG_XDP_SOCKETS", "y"),
     ("CONFIG_VETH", "y"),
     ("CONFIG_BRIDGE", "y"),
-    ("CONFIG_DUMMY", "y"),
+    // No tunnel drivers: built in, each puts its fallback device (sit0,
+    // tunl0, gre0, ip6tnl0, ...) into every network namespace, and a
+    // container's namespace must hold one device besides lo for cgroup
+    // packet faults to find it (Debian builds them as modules, which
+    // nothing loads). IPV6_SIT is on by default with IPV6.
+    ("CONFIG_IPV6_SIT", "n"),
+    ("CONFIG_IPV6_TUNNEL", "n"),
+    ("CONFIG_IPV6_GRE", "n"),
+    ("CONFIG_NET_IPIP", "n"),
+    ("CONFIG_NET_IPGRE_DEMUX", "n"),
     // Qdiscs and classifiers: sch_fq (delay, rate), clsact + cls_bpf,
     // tbf (a root qdisc someone else configured), htb and netem.
     ("CONFIG_NET_SCHED", "y"),
@@ -179,6 +188,7 @@ pub struct Built {
 /// current key. `vng` is virtme-ng's entry point, which writes the base
 /// config.
 pub fn ensure(cache: &Path, label: &str, vng: &Path, vng_version: &str) -> anyhow::Result<Built> {
+    let start = Instant::now();
     deps::ensure(BUILD_TOOLS, BUILD_PACKAGES)?;
     let kernels = cache.join("kernels");
     fs::create_dir_all(&kernels)?;
@@ -186,6 +196,10 @@ pub fn ensure(cache: &Path, label: &str, vng: &Path, vng_version: &str) -> anyho
     let key = format!("{:016x}", fnv1a(inputs.as_bytes()));
     let dir = kernels.join(format!("{label}-{key}"));
     if !dir.join("bzImage").exists() {
+        eprintln!(
+            "[x] {label}: build dependencies ready ({}s)",
+            start.elapsed().as_secs()
+        );
         build(label, &dir, vng, &inputs)?;
         prune(&kernels, label, &dir);
     }
