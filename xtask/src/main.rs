@@ -5,6 +5,7 @@ mod bench;
 mod bench_net;
 mod bench_syscall;
 mod deps;
+mod kernel_build;
 mod matrix;
 mod suite;
 
@@ -42,6 +43,15 @@ enum Task {
         #[arg(long)]
         kernel: Vec<String>,
     },
+    /// Boot a VM kernel of the matrix (downloading or building it first
+    /// unless it is cached) and run a shell command in it as root, with
+    /// the host's filesystem read-only; exits with the command's status.
+    Vm {
+        /// Its label, e.g. built-6.12.
+        kernel: String,
+        /// The command, run by the guest's shell.
+        command: String,
+    },
     /// rustfmt and clippy (-D warnings) on every crate, eBPF included.
     Lint,
     /// Benchmarks: connect() overhead, control-plane latency, memory;
@@ -70,6 +80,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Run { args } => run(&args),
         Task::Test { host_only, kernel } => suite::run(host_only, &kernel),
+        Task::Vm { kernel, command } => matrix::run_command(&kernel, &command),
         Task::Lint => lint(),
         Task::Bench {
             iterations,

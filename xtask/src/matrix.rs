@@ -1,4 +1,5 @@
-//! The VM half of the kernel matrix: Debian's 6.1 and 6.12 cloud kernels
+//! The VM half of the kernel matrix: Debian's 6.1 and 6.12 cloud kernels,
+//! and a 6.12 we build with function error injection (`kernel_build`),
 //! booted under QEMU (TCG; KVM is unusable on these machines) with the
 //! host's root filesystem over virtiofs (virtme-ng), so the test binaries
 //! run unchanged. Everything is cached under the cache directory.
@@ -12,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{deps, sh};
+use crate::{deps, kernel_build, sh};
 
 const VIRTME_NG_VERSION: &str = "1.42";
 const VIRTIOFSD_VERSION: &str = "1.14.0";
@@ -24,8 +25,15 @@ pub struct VmTools {
 
 pub struct KernelSpec {
     pub label: &'static str,
-    /// `apt-cache search --names-only` pattern; the newest match wins.
-    pattern: &'static str,
+    source: Source,
+}
+
+enum Source {
+    /// A Debian kernel package: an `apt-cache search --names-only`
+    /// pattern; the newest match wins.
+    Debian(&'static str),
+    /// Built here from Debian's kernel source (see `kernel_build`).
+    Built,
 }
 
 pub struct Kernel {
@@ -38,11 +46,17 @@ pub fn matrix() -> Vec<KernelSpec> {
     vec![
         KernelSpec {
             label: "debian-6.1",
-            pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
+            source: Source::Debian(r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$"),
         },
         KernelSpec {
             label: "debian-6.12",
-            pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
+            source: Source::Debian(r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$"),
+        },
+        // Function error injection and bpf_override_return, which no
+        // Debian kernel has.
+        KernelSpec {
+            label: "built-6.12",
+            source: Source::Built,
         },
     ]
 }
@@ -112,22 +126,35 @@ fn version_key(name: &str) -> Vec<u64> {
         .collect()
 }
 
-pub fn ensure_kernel(cache: &Path, spec: &KernelSpec) -> anyhow::Result<Kernel> {
+/// The kernel of `spec`, downloaded or built first unless it is cached.
+pub fn ensure_kernel(cache: &Path, tools: &VmTools, spec: &KernelSpec) -> anyhow::Result<Kernel> {
+    match spec.source {
+        Source::Debian(pattern) => ensure_debian_kernel(cache, spec.label, pattern),
+        Source::Built => {
+            // Everything is built in: no modules for vng to find.
+            let built = kernel_build::ensure(cache, spec.label, &tools.vng, VIRTME_NG_VERSION)?;
+            Ok(Kernel {
+                label: spec.label.to_string(),
+                release: built.release,
+                vmlinuz: built.bzimage,
+            })
+        }
+    }
+}
+
+fn ensure_debian_kernel(cache: &Path, label: &str, pattern: &str) -> anyhow::Result<Kernel> {
     let dir = cache.join("kernels");
     fs::create_dir_all(&dir)?;
-    let marker = dir.join(format!("{}.package", spec.label));
+    let marker = dir.join(format!("{label}.package"));
     let package = match fs::read_to_string(&marker) {
         Ok(p) if dir.join(p.trim()).join("boot").exists() => p.trim().to_string(),
         _ => {
-            let package = match newest_package(spec.pattern)? {
+            let package = match newest_package(pattern)? {
                 Some(p) => p,
                 None => {
                     sh(Command::new("apt-get").args(["update", "-q"]))?;
-                    newest_package(spec.pattern)?.with_context(|| {
-                        format!(
-                            "no Debian package matches {} for {}",
-                            spec.pattern, spec.label
-                        )
+                    newest_package(pattern)?.with_context(|| {
+                        format!("no Debian package matches {pattern} for {label}")
                     })?
                 }
             };
@@ -174,10 +201,30 @@ pub fn ensure_kernel(cache: &Path, spec: &KernelSpec) -> anyhow::Result<Kernel> 
         sh(Command::new("depmod").arg(&release))?;
     }
     Ok(Kernel {
-        label: spec.label.to_string(),
+        label: label.to_string(),
         release,
         vmlinuz,
     })
+}
+
+/// `./x vm`: boots the kernel labelled `label` and runs `command` in it.
+pub fn run_command(label: &str, command: &str) -> anyhow::Result<()> {
+    let specs = matrix();
+    let spec = specs.iter().find(|k| k.label == label).with_context(|| {
+        let labels: Vec<&str> = specs.iter().map(|k| k.label).collect();
+        format!(
+            "no VM kernel is labelled {label}; the matrix has {}",
+            labels.join(", ")
+        )
+    })?;
+    let cache = crate::cache();
+    let tools = ensure_tools(&cache)?;
+    let kernel = ensure_kernel(&cache, &tools, spec)?;
+    let status = run_in_vm(&tools, &kernel, command, &[])?;
+    if !status.success() {
+        bail!("{label}: the command failed: {status}");
+    }
+    Ok(())
 }
 
 /// Boots the kernel and runs `command` (through the guest's shell) as

@@ -23,6 +23,13 @@ struct Tally {
 }
 
 pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
+    let labels: Vec<&str> = matrix::matrix().iter().map(|k| k.label).collect();
+    if let Some(unknown) = only.iter().find(|k| !labels.contains(&k.as_str())) {
+        bail!(
+            "no VM kernel is labelled {unknown}; the matrix has {}",
+            labels.join(", ")
+        );
+    }
     deps::ensure_test_tools()?;
     crate::lint()?;
     let daemon = build_daemon()?;
@@ -45,7 +52,7 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
             if !only.is_empty() && !only.iter().any(|k| k == spec.label) {
                 continue;
             }
-            let kernel = matrix::ensure_kernel(&cache, &spec)?;
+            let kernel = matrix::ensure_kernel(&cache, &tools, &spec)?;
             eprintln!(
                 "\n[x] ===== {}: running the suite inside {} under QEMU =====",
                 kernel.label, kernel.release
@@ -56,7 +63,8 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
         }
     }
 
-    print_matrix(&matrix_dir)?;
+    let order: Vec<&str> = results.iter().map(|r| r.0.as_str()).collect();
+    print_matrix(&matrix_dir, &order)?;
     println!("\nkernel               passed  failed    time");
     let mut total = Tally::default();
     for (label, t, ok, took) in &results {
@@ -100,6 +108,8 @@ fn build_tests() -> anyhow::Result<Vec<PathBuf>> {
             "injectord",
             "-p",
             "injectord-tests",
+            "-p",
+            "xtask",
         ])
         .stderr(Stdio::inherit())
         .output()
@@ -254,8 +264,9 @@ fn add_result_line(t: &mut Tally, line: &str) {
     t.failed += num("failed");
 }
 
-/// Prints backend x kernel from the rows the capabilities test wrote.
-fn print_matrix(dir: &Path) -> anyhow::Result<()> {
+/// Prints backend x kernel from the rows the capabilities test wrote, one
+/// column per kernel in the order they ran (`order`, labels).
+fn print_matrix(dir: &Path, order: &[&str]) -> anyhow::Result<()> {
     let mut kernels: Vec<(String, Value)> = Vec::new();
     for e in fs::read_dir(dir)?.flatten() {
         if e.path().extension().is_some_and(|x| x == "json") {
@@ -266,7 +277,13 @@ fn print_matrix(dir: &Path) -> anyhow::Result<()> {
             ));
         }
     }
-    kernels.sort_by(|a, b| a.0.cmp(&b.0));
+    let rank = |label: &str| {
+        order
+            .iter()
+            .position(|l| *l == label)
+            .unwrap_or(order.len())
+    };
+    kernels.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
     let mut backends: BTreeMap<usize, String> = BTreeMap::new();
     for (_, caps) in &kernels {
         for (i, c) in caps["backends"]
