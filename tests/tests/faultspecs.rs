@@ -638,9 +638,13 @@ fn pod_latency_100ms_slows_one_pod_only() {
             slow.iter().all(|ms| (75.0..=150.0).contains(ms)),
             "pod a's connects: {slow:?} ms"
         );
-        let fast = connect_ms(&pod_b, &br.containers[1]);
+        // Pod b's SYNs are not delayed: every connect is faster than the
+        // fastest delayed one could be, and most are quick (a TCG guest
+        // on a busy machine stalls one now and then for tens of ms).
+        let mut fast = connect_ms(&pod_b, &br.containers[1]);
+        fast.sort_by(f64::total_cmp);
         assert!(
-            fast.iter().all(|ms| *ms < 40.0),
+            fast.iter().all(|ms| *ms < 75.0) && fast[fast.len() / 2] < 40.0,
             "pod b's connects: {fast:?} ms"
         );
     }
