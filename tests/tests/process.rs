@@ -66,6 +66,24 @@ fn python(cg: &TestCgroup, script: &str, args: &[&str]) -> Child {
     child
 }
 
+/// Waits until the ticker is in its loop: asleep in clock_nanosleep
+/// (x86_64 syscall 230; Python's time.sleep), which it first calls after
+/// its first timestamp. A pause before that would leave no gap to see,
+/// and a TCG guest on a busy machine can take over a second to start
+/// Python.
+fn wait_ticking(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        != Some("230")
+    {
+        assert!(Instant::now() < deadline, "ticker {pid} never started ticking");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn wait_in_cgroup(cg: &TestCgroup, pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !procs(cg).contains(&pid) {
@@ -254,7 +272,7 @@ fn a_pause_at_once_freezes_the_cgroup_for_the_pause_then_thaws_it() {
     let cg = TestCgroup::new("pp-now");
     let pause = Duration::from_millis(1500);
     let ticker = python(&cg, TICKER, &["4"]);
-    std::thread::sleep(Duration::from_millis(800));
+    wait_ticking(ticker.id());
     let asked = Instant::now();
     d.inject(json!({"name": "freeze", "target": {"cgroup": cg.rel},
                     "fault": {"type": "process_pause", "pause": "1500ms"}}));
@@ -301,7 +319,7 @@ fn a_pause_at_once_freezes_the_cgroup_for_the_pause_then_thaws_it() {
     // continues it at once.
     let pid_cg = TestCgroup::new("pp-pid");
     let ticker = python(&pid_cg, TICKER, &["3"]);
-    std::thread::sleep(Duration::from_millis(800));
+    wait_ticking(ticker.id());
     d.inject(json!({"name": "stop", "target": {"pid": ticker.id()},
                     "fault": {"type": "process_pause", "pause": "1s"}}));
     assert_eq!(state(ticker.id()), Some('T'));
