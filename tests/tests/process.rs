@@ -79,7 +79,10 @@ fn wait_ticking(pid: u32) {
         .next()
         != Some("230")
     {
-        assert!(Instant::now() < deadline, "ticker {pid} never started ticking");
+        assert!(
+            Instant::now() < deadline,
+            "ticker {pid} never started ticking"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
