@@ -13,16 +13,17 @@ use serde_json::{Value, json};
 
 /// How fast `status` must answer while another request is in flight, on
 /// a machine where an idle `status` takes at most [`IDLE_REFERENCE`].
-const STATUS_WITHIN: Duration = Duration::from_millis(20);
+const STATUS_WITHIN: Duration = Duration::from_millis(40);
 
-/// An idle `status` round trip on the machines the 20 ms are meant for
+/// An idle `status` round trip on the machines the 40 ms are meant for
 /// (0.1-0.3 ms on the 6.18 host). Under QEMU's single-threaded TCG every
 /// guest instruction is emulated on one host thread, so the VMs of the
 /// matrix answer an idle `status` in 1-2 ms and a busy one (the daemon
 /// forking tc, the verifier running) in up to a few tens: there the bound
 /// scales with the idle time measured in the same run. A blocked runtime
 /// would show the slow request's whole duration (0.2 s on the host, 2 s
-/// under TCG), far past either bound.
+/// under TCG), far past either bound. (20 ms was exceeded once, by 2 ms,
+/// in a TCG guest while another guest and a build shared the 2 cores.)
 const IDLE_REFERENCE: Duration = Duration::from_millis(1);
 
 /// The bound for this machine: [`STATUS_WITHIN`], scaled by how much
