@@ -426,13 +426,15 @@ fn listed(d: &Daemon, name: &str) -> bool {
         .any(|f| f["name"] == name)
 }
 
-/// Waits up to 2 s for the fault to leave `list`; how long it took.
+/// Waits up to 6 s for the fault to leave `list` (the check runs every
+/// 250 ms; a TCG guest on a loaded machine once took over 2 s); how long
+/// it took.
 fn gone_within_2s(d: &Daemon, name: &str) -> Duration {
     let start = Instant::now();
     while listed(d, name) {
         assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "{name} still listed 2 s after its cgroup was removed\n{}",
+            start.elapsed() < Duration::from_secs(6),
+            "{name} still listed 6 s after its cgroup was removed\n{}",
             d.logs()
         );
         std::thread::sleep(Duration::from_millis(20));
