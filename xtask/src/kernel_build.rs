@@ -358,6 +358,7 @@ fn make_bzimage(
     start: Instant,
 ) -> anyhow::Result<()> {
     let out = fs::File::create(log)?;
+    let (wall, cpu) = (Instant::now(), children_cpu());
     let mut child = Command::new("make")
         .arg(format!("-j{jobs}"))
         .arg("bzImage")
@@ -394,7 +395,27 @@ fn make_bzimage(
             log.display()
         );
     }
+    // The CPU time says what the build costs whatever else the machine
+    // was running meanwhile.
+    let cpu = children_cpu().saturating_sub(cpu).as_secs();
+    eprintln!(
+        "[x] {label}: make bzImage took {}s, {cpu} CPU-seconds (about {}s on {jobs} idle cores)",
+        wall.elapsed().as_secs(),
+        cpu / jobs as u64
+    );
     Ok(())
+}
+
+/// User and system time of the children waited for so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn read_lossy(path: &Path) -> String {
