@@ -9,7 +9,9 @@
 //! package's version and the compiler and pahole versions. The build runs
 //! in `<label>-<key>.partial/` and is renamed into place when it is done,
 //! so an interrupted build is never taken for a finished one (the next run
-//! starts it again). About 13 minutes on 2 cores.
+//! starts it again). Checkouts share the cache, so a build holds
+//! `<label>.lock` (flock) and a second one waits for it; the three newest
+//! finished builds of a label stay. About 13 minutes on 2 idle cores.
 
 use std::{
     collections::BTreeMap,
@@ -196,12 +198,18 @@ pub fn ensure(cache: &Path, label: &str, vng: &Path, vng_version: &str) -> anyho
     let key = format!("{:016x}", fnv1a(inputs.as_bytes()));
     let dir = kernels.join(format!("{label}-{key}"));
     if !dir.join("bzImage").exists() {
-        eprintln!(
-            "[x] {label}: build dependencies ready ({}s)",
-            start.elapsed().as_secs()
-        );
-        build(label, &dir, vng, &inputs)?;
-        prune(&kernels, label, &dir);
+        // Checkouts share the cache: one build of a label at a time, and
+        // whatever a .partial directory holds while we have the lock was
+        // left by a build that died.
+        let _lock = lock(&kernels.join(format!("{label}.lock")), label)?;
+        if !dir.join("bzImage").exists() {
+            eprintln!(
+                "[x] {label}: build dependencies ready ({}s)",
+                start.elapsed().as_secs()
+            );
+            build(label, &dir, vng, &inputs)?;
+            prune(&kernels, label);
+        }
     }
     let release = fs::read_to_string(dir.join("release"))
         .with_context(|| format!("{}: no release file", dir.display()))?
@@ -253,6 +261,7 @@ fn build(label: &str, dir: &Path, vng: &Path, inputs: &str) -> anyhow::Result<()
         dir.file_name().and_then(|n| n.to_str()).unwrap_or(label)
     ));
     if partial.exists() {
+        // Left by a build that died (the caller holds the lock).
         eprintln!(
             "[x] {label}: removing an unfinished build ({})",
             partial.display()
@@ -358,6 +367,7 @@ fn make_bzimage(
     start: Instant,
 ) -> anyhow::Result<()> {
     let out = fs::File::create(log)?;
+    let (wall, cpu) = (Instant::now(), children_cpu());
     let mut child = Command::new("make")
         .arg(format!("-j{jobs}"))
         .arg("bzImage")
@@ -394,7 +404,27 @@ fn make_bzimage(
             log.display()
         );
     }
+    // The CPU time says what the build costs whatever else the machine
+    // was running meanwhile.
+    let cpu = children_cpu().saturating_sub(cpu).as_secs();
+    eprintln!(
+        "[x] {label}: make bzImage took {}s, {cpu} CPU-seconds (about {}s on {jobs} idle cores)",
+        wall.elapsed().as_secs(),
+        cpu / jobs as u64
+    );
     Ok(())
+}
+
+/// User and system time of the children waited for so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn read_lossy(path: &Path) -> String {
@@ -428,20 +458,65 @@ fn missing_options(config: &str) -> Vec<String> {
         .collect()
 }
 
-/// Removes the other builds of `label` (older keys, unfinished builds).
-fn prune(kernels: &Path, label: &str, keep: &Path) {
+/// Finished builds of a label kept (other keys: other checkouts or
+/// branches may use them).
+const KEEP: usize = 3;
+
+/// Removes the unfinished builds of `label` and its finished ones beyond
+/// the [`KEEP`] newest. Called with the label's lock held.
+fn prune(kernels: &Path, label: &str) {
     let prefix = format!("{label}-");
+    let mut finished = Vec::new();
     for e in fs::read_dir(kernels).into_iter().flatten().flatten() {
         let path = e.path();
-        let ours = e
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(&prefix));
-        if ours && path != keep && path.is_dir() {
-            eprintln!("[x] {label}: removing the older build {}", path.display());
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !name.starts_with(&prefix) || !path.is_dir() {
+            continue;
+        }
+        if name.ends_with(".partial") {
+            eprintln!(
+                "[x] {label}: removing an unfinished build {}",
+                path.display()
+            );
             let _ = fs::remove_dir_all(&path);
+        } else {
+            let built = fs::metadata(path.join("bzImage")).and_then(|m| m.modified());
+            finished.push((built.ok(), path));
         }
     }
+    finished.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, path) in finished.into_iter().skip(KEEP) {
+        eprintln!("[x] {label}: removing the older build {}", path.display());
+        let _ = fs::remove_dir_all(&path);
+    }
+}
+
+/// An exclusive flock(2) on `path`, released when the file is dropped
+/// (or the process dies).
+fn lock(path: &Path, label: &str) -> anyhow::Result<fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let fd = file.as_raw_fd();
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!(
+            "[x] {label}: another build of this kernel is running ({} is locked); waiting for it",
+            path.display()
+        );
+        // SAFETY: as above.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -485,6 +560,22 @@ mod tests {
         let len = names.len();
         names.dedup();
         assert_eq!(names.len(), len);
+    }
+
+    #[test]
+    fn a_held_build_lock_excludes_another_until_dropped() {
+        use std::os::fd::AsRawFd as _;
+        let path = std::env::temp_dir().join(format!("xtask-lock-test-{}", std::process::id()));
+        let try_other = || {
+            let f = fs::File::open(&path).unwrap();
+            // SAFETY: flock on a descriptor we own.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+        };
+        let held = lock(&path, "test").unwrap();
+        assert!(!try_other());
+        drop(held);
+        assert!(try_other());
+        let _ = fs::remove_file(&path);
     }
 
     #[test]
