@@ -115,6 +115,23 @@ pub trait Params: Any + fmt::Debug + Send + Sync {
     fn to_json(&self) -> Value;
 }
 
+/// `impl Params` for a serde type whose `fault` object reads back as
+/// itself with its `type`: `params!(Type => "kind")`.
+#[macro_export]
+macro_rules! params {
+    ($($t:ty => $kind:expr),* $(,)?) => {$(
+        impl $crate::family::Params for $t {
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+
+            fn to_json(&self) -> serde_json::Value {
+                $crate::family::json_with_type($kind, self)
+            }
+        }
+    )*};
+}
+
 /// Parses `value` as `T` with exact field paths; for [`Declaration::parse`].
 pub fn parse_as<T: Params + DeserializeOwned>(value: Value) -> Result<Box<dyn Params>, SpecError> {
     Ok(Box::new(serde_path_to_error::deserialize::<_, T>(value)?))

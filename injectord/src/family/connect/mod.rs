@@ -17,7 +17,7 @@ use serde_json::Value;
 pub use self::rules::{ConnectRules, InstalledRule, RuleSpec, prefix_of};
 use super::{
     Backend, Counters, Declaration, Installed, Load, Params, Request, SpecError, Target, fields_of,
-    json_with_type, params_as, parse_as,
+    params_as, parse_as,
 };
 use crate::{
     capabilities::Capability,
@@ -49,16 +49,6 @@ pub struct ConnectError {
 
 impl ConnectError {
     pub const KIND: &str = "connect_error";
-}
-
-impl Params for ConnectError {
-    fn kind(&self) -> &'static str {
-        Self::KIND
-    }
-
-    fn to_json(&self) -> Value {
-        json_with_type(Self::KIND, self)
-    }
 }
 
 fn parse(_kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
@@ -163,3 +153,5 @@ impl Installed for ConnectFault {
         }
     }
 }
+
+crate::params!(ConnectError => ConnectError::KIND);

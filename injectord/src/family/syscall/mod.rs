@@ -45,7 +45,7 @@ use self::{
 use super::{
     Backend, Counters, Declaration, Installed, Load, Params, Request, SpecError, Target,
     connect::{self, ConnectRules, RuleSpec},
-    fields_of, json_with_type, params_as, parse_as,
+    fields_of, params_as, parse_as,
 };
 use crate::{
     capabilities::Capability,
@@ -90,16 +90,6 @@ impl MemoryError {
     const SYSCALLS: [&str; 3] = ["mmap", "brk", "mremap"];
 }
 
-impl Params for MemoryError {
-    fn kind(&self) -> &'static str {
-        Self::KIND
-    }
-
-    fn to_json(&self) -> Value {
-        json_with_type(Self::KIND, self)
-    }
-}
-
 /// `syscall` returns `errno` in the target.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -120,16 +110,6 @@ pub struct SyscallError {
 
 impl SyscallError {
     pub const KIND: &str = "syscall_error";
-}
-
-impl Params for SyscallError {
-    fn kind(&self) -> &'static str {
-        Self::KIND
-    }
-
-    fn to_json(&self) -> Value {
-        json_with_type(Self::KIND, self)
-    }
 }
 
 /// A path prefix: non-empty, at most [`PATH_PREFIX_MAX`] bytes, no NUL.
@@ -624,3 +604,5 @@ impl Installed for SyscallFault {
         self.describe.clone()
     }
 }
+
+crate::params!(SyscallError => SyscallError::KIND, MemoryError => MemoryError::KIND);

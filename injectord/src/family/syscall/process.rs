@@ -45,7 +45,7 @@ use super::{
 use crate::{
     capabilities::Capability,
     error::Error,
-    family::{Counters, Installed, Params, Request, SpecError, Target, json_with_type, params_as},
+    family::{Counters, Installed, Params, Request, SpecError, Target, params_as},
     kernel::{
         Kernel, Slot,
         reaper::{Reaper, Undo, cgroup_pids, process_state},
@@ -180,26 +180,6 @@ pub struct ProcessPause {
     pub syscall: Option<Syscall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathPrefix>,
-}
-
-impl Params for ProcessKill {
-    fn kind(&self) -> &'static str {
-        KILL
-    }
-
-    fn to_json(&self) -> Value {
-        json_with_type(KILL, self)
-    }
-}
-
-impl Params for ProcessPause {
-    fn kind(&self) -> &'static str {
-        PAUSE
-    }
-
-    fn to_json(&self) -> Value {
-        json_with_type(PAUSE, self)
-    }
 }
 
 pub fn parse(kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
@@ -887,3 +867,5 @@ mod tests {
         assert!(pause(json!({"pause": "2s"})).is_ok());
     }
 }
+
+crate::params!(ProcessKill => KILL, ProcessPause => PAUSE);
