@@ -35,11 +35,36 @@ pub struct LsmHook {
     pub arity: u8,
     /// The value of [`SyscallRule::hook`] for rules this hook serves.
     pub id: u8,
+    /// What argument `object_arg` is (`OBJ_*`), for the device and socket
+    /// filters.
+    pub object: u8,
+    pub object_arg: u8,
 }
 
+/// What an LSM hook's `object_arg` points to: the file, directory or
+/// program the call acts on (device filter), or its socket (family and
+/// type filters).
+pub const OBJ_NONE: u8 = 0;
+/// `struct file *`.
+pub const OBJ_FILE: u8 = 1;
+/// `struct inode *` (the directory of an inode operation).
+pub const OBJ_INODE: u8 = 2;
+/// `const struct path *`.
+pub const OBJ_PATH: u8 = 3;
+/// `struct linux_binprm *` (its file).
+pub const OBJ_BPRM: u8 = 4;
+/// `struct vm_area_struct *` (its file, if any).
+pub const OBJ_VMA: u8 = 5;
+/// `struct socket *`.
+pub const OBJ_SOCKET: u8 = 6;
+/// socket_create: the family, then the type, as plain arguments.
+pub const OBJ_SOCKET_ARGS: u8 = 7;
+
 macro_rules! lsm_hooks {
-    ($($konst:ident = $id:literal, $program:literal, $hook:literal, $arity:literal;)*) => {
-        $(pub const $konst: LsmHook = LsmHook { program: $program, hook: $hook, arity: $arity, id: $id };)*
+    ($($konst:ident = $id:literal, $program:literal, $hook:literal, $arity:literal, $object:ident @ $arg:literal;)*) => {
+        $(pub const $konst: LsmHook = LsmHook {
+            program: $program, hook: $hook, arity: $arity, id: $id, object: $object, object_arg: $arg,
+        };)*
         /// Every LSM hook the syscall family attaches to.
         pub const LSM_HOOKS: &[LsmHook] = &[$($konst),*];
         const LSM_PROGRAMS: &[&str] = &[$($program),*];
@@ -47,34 +72,34 @@ macro_rules! lsm_hooks {
 }
 
 lsm_hooks! {
-    LSM_FILE_OPEN = 1, "lsm_file_open", "file_open", 1;
-    LSM_FILE_PERMISSION = 2, "lsm_file_permission", "file_permission", 2;
-    LSM_MMAP_FILE = 3, "lsm_mmap_file", "mmap_file", 4;
-    LSM_FILE_MPROTECT = 4, "lsm_file_mprotect", "file_mprotect", 3;
-    LSM_FILE_IOCTL = 5, "lsm_file_ioctl", "file_ioctl", 3;
-    LSM_FILE_LOCK = 6, "lsm_file_lock", "file_lock", 2;
-    LSM_FILE_FCNTL = 7, "lsm_file_fcntl", "file_fcntl", 3;
-    LSM_BPRM_CHECK = 8, "lsm_bprm_check", "bprm_check_security", 1;
-    LSM_TASK_ALLOC = 9, "lsm_task_alloc", "task_alloc", 2;
-    LSM_TASK_KILL = 10, "lsm_task_kill", "task_kill", 4;
-    LSM_SOCKET_CREATE = 11, "lsm_socket_create", "socket_create", 4;
-    LSM_SOCKET_BIND = 12, "lsm_socket_bind", "socket_bind", 3;
-    LSM_SOCKET_CONNECT = 13, "lsm_socket_connect", "socket_connect", 3;
-    LSM_SOCKET_LISTEN = 14, "lsm_socket_listen", "socket_listen", 2;
-    LSM_SOCKET_ACCEPT = 15, "lsm_socket_accept", "socket_accept", 2;
-    LSM_SOCKET_SENDMSG = 16, "lsm_socket_sendmsg", "socket_sendmsg", 3;
-    LSM_SOCKET_RECVMSG = 17, "lsm_socket_recvmsg", "socket_recvmsg", 4;
-    LSM_SOCKET_GETSOCKOPT = 18, "lsm_socket_getsockopt", "socket_getsockopt", 3;
-    LSM_SOCKET_SETSOCKOPT = 19, "lsm_socket_setsockopt", "socket_setsockopt", 3;
-    LSM_SOCKET_SHUTDOWN = 20, "lsm_socket_shutdown", "socket_shutdown", 2;
-    LSM_INODE_MKDIR = 21, "lsm_inode_mkdir", "inode_mkdir", 3;
-    LSM_INODE_RMDIR = 22, "lsm_inode_rmdir", "inode_rmdir", 2;
-    LSM_INODE_UNLINK = 23, "lsm_inode_unlink", "inode_unlink", 2;
-    LSM_INODE_RENAME = 24, "lsm_inode_rename", "inode_rename", 4;
-    LSM_INODE_LINK = 25, "lsm_inode_link", "inode_link", 3;
-    LSM_INODE_SYMLINK = 26, "lsm_inode_symlink", "inode_symlink", 3;
-    LSM_INODE_GETATTR = 27, "lsm_inode_getattr", "inode_getattr", 1;
-    LSM_MMAP_ADDR = 28, "lsm_mmap_addr", "mmap_addr", 1;
+    LSM_FILE_OPEN = 1, "lsm_file_open", "file_open", 1, OBJ_FILE @ 0;
+    LSM_FILE_PERMISSION = 2, "lsm_file_permission", "file_permission", 2, OBJ_FILE @ 0;
+    LSM_MMAP_FILE = 3, "lsm_mmap_file", "mmap_file", 4, OBJ_FILE @ 0;
+    LSM_FILE_MPROTECT = 4, "lsm_file_mprotect", "file_mprotect", 3, OBJ_VMA @ 0;
+    LSM_FILE_IOCTL = 5, "lsm_file_ioctl", "file_ioctl", 3, OBJ_FILE @ 0;
+    LSM_FILE_LOCK = 6, "lsm_file_lock", "file_lock", 2, OBJ_FILE @ 0;
+    LSM_FILE_FCNTL = 7, "lsm_file_fcntl", "file_fcntl", 3, OBJ_FILE @ 0;
+    LSM_BPRM_CHECK = 8, "lsm_bprm_check", "bprm_check_security", 1, OBJ_BPRM @ 0;
+    LSM_TASK_ALLOC = 9, "lsm_task_alloc", "task_alloc", 2, OBJ_NONE @ 0;
+    LSM_TASK_KILL = 10, "lsm_task_kill", "task_kill", 4, OBJ_NONE @ 0;
+    LSM_SOCKET_CREATE = 11, "lsm_socket_create", "socket_create", 4, OBJ_SOCKET_ARGS @ 0;
+    LSM_SOCKET_BIND = 12, "lsm_socket_bind", "socket_bind", 3, OBJ_SOCKET @ 0;
+    LSM_SOCKET_CONNECT = 13, "lsm_socket_connect", "socket_connect", 3, OBJ_SOCKET @ 0;
+    LSM_SOCKET_LISTEN = 14, "lsm_socket_listen", "socket_listen", 2, OBJ_SOCKET @ 0;
+    LSM_SOCKET_ACCEPT = 15, "lsm_socket_accept", "socket_accept", 2, OBJ_SOCKET @ 0;
+    LSM_SOCKET_SENDMSG = 16, "lsm_socket_sendmsg", "socket_sendmsg", 3, OBJ_SOCKET @ 0;
+    LSM_SOCKET_RECVMSG = 17, "lsm_socket_recvmsg", "socket_recvmsg", 4, OBJ_SOCKET @ 0;
+    LSM_SOCKET_GETSOCKOPT = 18, "lsm_socket_getsockopt", "socket_getsockopt", 3, OBJ_SOCKET @ 0;
+    LSM_SOCKET_SETSOCKOPT = 19, "lsm_socket_setsockopt", "socket_setsockopt", 3, OBJ_SOCKET @ 0;
+    LSM_SOCKET_SHUTDOWN = 20, "lsm_socket_shutdown", "socket_shutdown", 2, OBJ_SOCKET @ 0;
+    LSM_INODE_MKDIR = 21, "lsm_inode_mkdir", "inode_mkdir", 3, OBJ_INODE @ 0;
+    LSM_INODE_RMDIR = 22, "lsm_inode_rmdir", "inode_rmdir", 2, OBJ_INODE @ 0;
+    LSM_INODE_UNLINK = 23, "lsm_inode_unlink", "inode_unlink", 2, OBJ_INODE @ 0;
+    LSM_INODE_RENAME = 24, "lsm_inode_rename", "inode_rename", 4, OBJ_INODE @ 0;
+    LSM_INODE_LINK = 25, "lsm_inode_link", "inode_link", 3, OBJ_INODE @ 1;
+    LSM_INODE_SYMLINK = 26, "lsm_inode_symlink", "inode_symlink", 3, OBJ_INODE @ 0;
+    LSM_INODE_GETATTR = 27, "lsm_inode_getattr", "inode_getattr", 1, OBJ_PATH @ 0;
+    LSM_MMAP_ADDR = 28, "lsm_mmap_addr", "mmap_addr", 1, OBJ_NONE @ 0;
 }
 
 /// raw tracepoints sys_enter and sys_exit: the latency of every syscall
@@ -109,7 +134,9 @@ pub const LATENCY_WATCH: &str = "LATENCY_WATCH";
 pub const LATENCY_START: &str = "LATENCY_START";
 pub const LATENCY_HIST: &str = "LATENCY_HIST";
 pub const SYSCALL_GROUPS: &str = "SYSCALL_GROUPS";
+pub const SYSCALL_OFFSETS: &str = "SYSCALL_OFFSETS";
 pub const MAPS: &[&str] = &[
+    SYSCALL_OFFSETS,
     SYSCALL_RULES,
     SYSCALL_LEVELS,
     SYSCALL_EVENTS,
@@ -217,13 +244,26 @@ pub struct SyscallRule {
     /// LSM rules: the one hook that serves it ([`LsmHook::id`]), so a
     /// syscall that runs several hooks fires once; 0: any.
     pub hook: u8,
-    pub _pad: [u8; 2],
+    /// Socket family filter (`AF_*`; 0: any).
+    pub family: u16,
     /// Address filter for socket hooks that see an address.
     pub addr: Prefix,
     /// Path prefix, matched against the path the call passes (or the
     /// sysctl name, for sysctl rules). A prefix matches whole components:
     /// `/data` matches `/data` and `/data/x`, not `/database`.
     pub path: [u8; PATH_PREFIX_MAX],
+    /// Device filter: the kernel's `dev_t` of the filesystem holding the
+    /// file the call acts on (`major << 20 | minor`), if `has_device`.
+    pub device: u32,
+    pub has_device: u8,
+    /// Socket type filter (`SOCK_*`, flags masked off; 0: any).
+    pub sock_type: u8,
+    /// kprobe rules with a device filter: which syscall argument is the
+    /// file descriptor (`NO_PATH_ARG`: none).
+    pub fd_arg: u8,
+    /// kprobe rules with a socket filter: 1 when the family and type are
+    /// the call's first two arguments (socket, socketpair).
+    pub sock_args: u8,
     pub trigger: Trigger,
 }
 
@@ -239,12 +279,42 @@ impl Default for SyscallRule {
             ports: [0, u16::MAX],
             whole_process: 0,
             hook: 0,
-            _pad: [0; 2],
+            family: 0,
             addr: Prefix::ANY,
             path: [0; PATH_PREFIX_MAX],
+            device: 0,
+            has_device: 0,
+            sock_type: 0,
+            fd_arg: NO_PATH_ARG,
+            sock_args: 0,
             trigger: Trigger::default(),
         }
     }
+}
+
+/// Where the fields the device and socket filters read sit in this
+/// kernel's structs (byte offsets, from its BTF; value of
+/// [`SYSCALL_OFFSETS`]). Rust eBPF has no CO-RE relocations, so the
+/// daemon computes them and the programs read at these offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// 1 once the daemon has written them.
+    pub ready: u32,
+    pub file_inode: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub path_dentry: u32,
+    pub dentry_sb: u32,
+    pub bprm_file: u32,
+    pub vma_file: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
 }
 
 /// The cgroup depths targets sit at, deepest first (value of
@@ -283,4 +353,10 @@ mod pod {
     unsafe impl aya::Pod for super::SignalEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LatencyStart {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelOffsets {}
 }
+
+// The rule is shared with the eBPF programs byte for byte: no implicit
+// padding anywhere (Trigger starts 8-aligned).
+const _: () = assert!(core::mem::size_of::<SyscallRule>() == 176 + 40);

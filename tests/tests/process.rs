@@ -591,3 +591,47 @@ fn bad_process_specs_get_specific_errors_and_other_faults_keep_working() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
+
+/// Writes one byte `n` times to a file on each of two filesystems
+/// (alternating, through one descriptor each), printing its count before
+/// each write to the first.
+const WRITER: &str = r#"
+import os, sys
+a, b, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fa = os.open(a, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+fb = os.open(b, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+for i in range(n):
+    os.write(fb, b"y")
+    print(i, flush=True)
+    os.write(fa, b"x")
+print("done", flush=True)
+"#;
+
+#[test]
+fn a_kill_at_the_nth_write_to_a_disk_kills_exactly_there() {
+    const N: u64 = 10;
+    let d = Daemon::start();
+    let cg = TestCgroup::new("pk-disk");
+    let data = injectord_tests::workload::Filesystem::loop_ext4("pk-disk-data", 16);
+    let other = injectord_tests::workload::Filesystem::tmpfs("pk-disk-other");
+    d.inject(json!({
+        "name": "crash", "target": {"cgroup": cg.rel},
+        "fault": {"type": "process_kill", "signal": "SIGBUS", "syscall": "write",
+                  "device": data.device()},
+        "trigger": {"after": N - 1, "max_activations": 1},
+    }));
+    let total = (N + 5).to_string();
+    let (a, b) = (data.file("a"), other.file("b"));
+    let victim = finish(python(&cg, WRITER, &[&a, &b, &total]));
+    assert_eq!(victim.status.signal(), Some(libc::SIGBUS), "{victim:?}");
+    // Killed at its N-th write to the disk: N counts printed, and nothing
+    // after that write (a signal sent at a call's entry lands on its way
+    // back to user space, so the write itself ran): N bytes on each
+    // filesystem. No write to the other filesystem or to stdout (a pipe)
+    // ever matched.
+    let printed = String::from_utf8_lossy(&victim.stdout).lines().count() as u64;
+    assert_eq!(printed, N);
+    assert_eq!(std::fs::read(&a).unwrap().len() as u64, N);
+    assert_eq!(std::fs::read(&b).unwrap().len() as u64, N);
+    assert_eq!(d.counters("crash", "process_kill"), (N, 1));
+}

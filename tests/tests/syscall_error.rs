@@ -3,16 +3,23 @@
 //! override, BPF LSM, cgroup programs); where none reaches a syscall the
 //! fault is refused, naming why.
 
-use injectord_tests::{workload::Scratch, *};
+use injectord_tests::{
+    workload::{Filesystem, Scratch},
+    *,
+};
 use serde_json::{Value, json};
 
 /// Runs each operation in a python process in `cg` and returns, per
 /// operation, "ok" or the errno's name. Operations: `open:PATH` (create),
-/// `read:PATH`, `mkdir:PATH`, `socket`, `udp:HOST:PORT` (sendto),
-/// `bind:HOST:PORT` (UDP), `getsockopt`, `getrandom`, `uname`.
+/// `read:PATH`, `fsync:PATH` (create), `mkdir:PATH`, `socket`,
+/// `sock:FAMILY:TYPE` (inet, inet6, unix; stream, dgram), `listen:FAMILY`,
+/// `udp:HOST:PORT` (sendto), `bind:HOST:PORT` (UDP), `tcpbind:HOST:PORT`,
+/// `getsockopt` (UDP), `getsockopt:FAMILY` (TCP), `getrandom`, `uname`.
 fn ops(cg: &TestCgroup, ops: &[&str]) -> Vec<String> {
     const SCRIPT: &str = r#"
 import errno, json, os, socket, sys
+FAM = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "unix": socket.AF_UNIX}
+TYP = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM}
 res = []
 for op in sys.argv[1:]:
     kind, _, arg = op.partition(":")
@@ -21,10 +28,30 @@ for op in sys.argv[1:]:
             os.close(os.open(arg, os.O_RDONLY | os.O_CREAT, 0o644))
         elif kind == "read":
             open(arg).read()
+        elif kind == "fsync":
+            fd = os.open(arg, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, b"x")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         elif kind == "mkdir":
             os.mkdir(arg)
+        elif kind == "sock":
+            fam, typ = arg.split(":")
+            socket.socket(FAM[fam], TYP[typ]).close()
+        elif kind == "listen":
+            with socket.socket(FAM[arg], socket.SOCK_STREAM) as s:
+                s.listen()
+        elif kind == "tcpbind":
+            host, port = arg.rsplit(":", 1)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, int(port)))
         elif kind == "socket":
             socket.socket().close()
+        elif kind == "getsockopt" and arg:
+            with socket.socket(FAM[arg], socket.SOCK_STREAM) as s:
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
         elif kind == "getsockopt":
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 0)
             s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
@@ -302,8 +329,29 @@ fn impossible_syscall_specs_get_specific_errors_and_nothing_else_breaks() {
             "must not be empty",
         ),
         (
-            json!({"syscall": "openat", "errno": "EIO", "device": "8:1"}),
-            "device",
+            json!({"syscall": "getrandom", "errno": "EIO", "device": "8:1"}),
+            "getrandom acts on no file",
+        ),
+        (
+            json!({"syscall": "openat", "errno": "EIO", "device": "8"}),
+            "expected \"major:minor\"",
+        ),
+        (
+            json!({"syscall": "openat", "errno": "EIO", "device": "4096:0"}),
+            "majors are below 4096",
+        ),
+        (
+            json!({"syscall": "openat", "errno": "EIO", "family": "inet"}),
+            "openat is not a socket call",
+        ),
+        (
+            json!({"syscall": "socket", "errno": "EIO", "socket_type": "udp"}),
+            "unknown variant `udp`",
+        ),
+        (
+            json!({"syscall": "connect", "errno": "EIO", "family": "inet6",
+                   "address": "10.0.0.0/8"}),
+            "IPv4 prefix",
         ),
     ];
     for (mut f, want) in cases {
@@ -458,4 +506,187 @@ fn a_targeted_cgroups_syscall_latency_is_a_histogram_by_syscall_group() {
         !m.keys().any(|k| k.contains(&format!("cgroup=\"{rel}\""))),
         "{m:?}"
     );
+}
+
+/// Asserts that `spec` is refused as unsupported here, with a message
+/// holding each of `want`.
+fn refused(d: &Daemon, spec: Value, want: &[&str]) {
+    let err = d.call("inject", spec).unwrap_err().to_string();
+    assert!(err.contains("unsupported_kernel"), "{err}");
+    for w in want {
+        assert!(err.contains(w), "{w:?} not in: {err}");
+    }
+    println!("refused as expected: {err}");
+}
+
+#[test]
+fn a_device_filter_fails_calls_on_that_filesystem_only() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-device");
+    let sibling = TestCgroup::new("sc-device-sibling");
+    let data = Filesystem::loop_ext4("sc-device-data", 16);
+    let other = Filesystem::tmpfs("sc-device-other");
+    let dev = data.device();
+    println!("data disk {dev}, other filesystem {}", other.device());
+    let lsm = d.has_backend("syscall_lsm");
+    let kprobe = d.has_backend("syscall_kprobe_override");
+
+    // openat: only the LSM hook sees the file (at the syscall's entry the
+    // kernel has not looked the path up yet).
+    let spec = fault(
+        "open-data",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "openat", "errno": "EIO", "device": dev}),
+    );
+    if lsm {
+        d.inject(spec);
+        assert_eq!(backend_of(&d, "open-data"), "lsm");
+        let (on, off, again) = (data.file("f"), other.file("f"), data.file("g"));
+        assert_eq!(
+            ops(&cg, &[&format!("open:{on}"), &format!("open:{off}"), &format!("open:{again}")]),
+            ["EIO", "ok", "EIO"]
+        );
+        assert_eq!(ops(&sibling, &[&format!("open:{on}")]), ["ok"]);
+        // Only the opens on the data disk were evaluated: python's own
+        // opens of its modules are on another filesystem.
+        assert_eq!(d.counters("open-data", "syscall_error"), (2, 2));
+        d.call("remove", json!({"name": "open-data"})).unwrap();
+    } else {
+        refused(&d, spec, &["openat", "cannot filter by device"]);
+    }
+
+    // read: the kprobe finds the file behind the descriptor, the LSM's
+    // file_permission hook sees it.
+    std::fs::write(data.file("r"), "on the data disk").unwrap();
+    std::fs::write(other.file("r"), "elsewhere").unwrap();
+    let spec = fault(
+        "read-data",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "read", "errno": "EIO", "device": dev}),
+    );
+    if lsm || kprobe {
+        d.inject(spec);
+        let backend = backend_of(&d, "read-data");
+        println!("read with a device filter: {backend}");
+        assert_eq!(backend, if kprobe { "kprobe" } else { "lsm" });
+        assert_eq!(
+            ops(&cg, &[&format!("read:{}", data.file("r")), &format!("read:{}", other.file("r"))]),
+            ["EIO", "ok"]
+        );
+        assert_eq!(ops(&sibling, &[&format!("read:{}", data.file("r"))]), ["ok"]);
+        assert_eq!(d.counters("read-data", "syscall_error"), (1, 1));
+    } else {
+        refused(&d, spec, &["read", "cannot filter by device"]);
+    }
+
+    // fsync: no LSM hook runs inside it; only the kprobe reaches it.
+    let spec = fault(
+        "fsync-data",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "fsync", "errno": "EIO", "device": dev}),
+    );
+    if kprobe {
+        d.inject(spec);
+        assert_eq!(backend_of(&d, "fsync-data"), "kprobe");
+        assert_eq!(
+            ops(&cg, &[&format!("fsync:{}", data.file("s")), &format!("fsync:{}", other.file("s"))]),
+            ["EIO", "ok"]
+        );
+        assert_eq!(d.counters("fsync-data", "syscall_error"), (1, 1));
+    } else {
+        refused(&d, spec, &["fsync", "no LSM hook runs inside fsync"]);
+    }
+}
+
+#[test]
+fn socket_family_and_type_filters_pick_the_sockets() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new("sc-sockf");
+    let sibling = TestCgroup::new("sc-sockf-sibling");
+    let lsm = d.has_backend("syscall_lsm");
+
+    // socket(): on every kernel (the kprobe and socket_create read the
+    // arguments, cgroup/sock_create the new socket).
+    d.inject(fault(
+        "no-v6",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "socket", "errno": "EAFNOSUPPORT",
+               "family": "inet6"}),
+    ));
+    println!("socket() with a family filter: {}", backend_of(&d, "no-v6"));
+    assert_eq!(
+        ops(&cg, &["sock:inet6:stream", "sock:inet:stream", "sock:inet6:dgram", "sock:unix:stream"]),
+        ["EAFNOSUPPORT", "ok", "EAFNOSUPPORT", "ok"]
+    );
+    assert_eq!(ops(&sibling, &["sock:inet6:stream"]), ["ok"]);
+    assert_eq!(d.counters("no-v6", "syscall_error"), (2, 2));
+    d.call("remove", json!({"name": "no-v6"})).unwrap();
+    d.inject(fault(
+        "no-udp",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "socket", "errno": "EMFILE",
+               "socket_type": "dgram"}),
+    ));
+    assert_eq!(
+        ops(&cg, &["sock:inet:dgram", "sock:inet:stream", "sock:inet6:dgram"]),
+        ["EMFILE", "ok", "EMFILE"]
+    );
+    d.call("remove", json!({"name": "no-udp"})).unwrap();
+
+    // bind by type: cgroup/bind4 reads the socket's type, the LSM hook the
+    // socket's.
+    d.inject(fault(
+        "tcp-bind",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "bind", "errno": "EADDRINUSE",
+               "socket_type": "stream"}),
+    ));
+    println!("bind with a type filter: {}", backend_of(&d, "tcp-bind"));
+    assert_eq!(
+        ops(&cg, &["tcpbind:127.0.0.1:0", "bind:127.0.0.1:0"]),
+        ["EADDRINUSE", "ok"]
+    );
+
+    // getsockopt by family.
+    d.inject(fault(
+        "v6-opts",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "getsockopt", "errno": "ENOPROTOOPT",
+               "family": "inet6"}),
+    ));
+    println!("getsockopt with a family filter: {}", backend_of(&d, "v6-opts"));
+    assert_eq!(
+        ops(&cg, &["getsockopt:inet6", "getsockopt:inet"]),
+        ["ENOPROTOOPT", "ok"]
+    );
+
+    // listen: only the LSM hook sees the socket; no cgroup program runs.
+    let spec = fault(
+        "v6-listen",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "listen", "errno": "EADDRINUSE",
+               "family": "inet6"}),
+    );
+    if lsm {
+        d.inject(spec);
+        assert_eq!(backend_of(&d, "v6-listen"), "lsm");
+        assert_eq!(ops(&cg, &["listen:inet6", "listen:inet"]), ["EADDRINUSE", "ok"]);
+    } else {
+        refused(&d, spec, &["listen", "cgroup programs: none runs inside listen"]);
+    }
+
+    // cgroup/sock_create runs for IPv4 and IPv6 sockets only: a unix
+    // family filter needs a backend that sees every socket.
+    let spec = fault(
+        "unix",
+        &cg,
+        json!({"type": "syscall_error", "syscall": "socket", "errno": "EMFILE",
+               "family": "unix"}),
+    );
+    if lsm || d.has_backend("syscall_kprobe_override") {
+        d.inject(spec);
+        assert_eq!(ops(&cg, &["sock:unix:stream", "sock:inet:dgram"]), ["EMFILE", "ok"]);
+    } else {
+        refused(&d, spec, &["socket", "IPv4 and IPv6 sockets only, not family unix"]);
+    }
 }

@@ -40,6 +40,18 @@ fn rule(nr: u32) -> Option<&'static SyscallRule> {
     rule_of(cgroup_id, nr, ACTION_ERROR).filter(|r| r.backend == BACKEND_CGROUP)
 }
 
+/// Linux's AF_INET and AF_INET6, as rules hold them.
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Whether the rule's family and type filters (0: any) accept a socket of
+/// this family and type (as `bpf_sock` gives them).
+#[inline(always)]
+fn socket_matches(rule: &SyscallRule, family: u32, sock_type: u32) -> bool {
+    (rule.family == 0 || u32::from(rule.family) == family)
+        && (rule.sock_type == 0 || u32::from(rule.sock_type) == sock_type)
+}
+
 /// Refuses the call with the rule's errno if its trigger fires.
 #[inline(always)]
 fn decide(rule: &SyscallRule) -> i32 {
@@ -52,56 +64,92 @@ fn decide(rule: &SyscallRule) -> i32 {
     REJECT
 }
 
+/// An address hook (bind, UDP send) of one family: the rule's address,
+/// port, family and type filters against the call.
 #[inline(always)]
-fn by_address(nr: u32, family: u8, addr: &[u32; 4], user_port: u32) -> i32 {
+fn by_address(nr: u32, ctx: &SockAddrContext, v6: bool) -> i32 {
     let Some(rule) = rule(nr) else {
         return ALLOW;
     };
+    let (family, af, (addr, user_port)) = if v6 {
+        (FAMILY_INET6, AF_INET6, sock_addr::v6(ctx))
+    } else {
+        (FAMILY_INET, AF_INET, sock_addr::v4(ctx))
+    };
     // user_port holds the port in network byte order in its low 16 bits.
     let port = u16::from_be(user_port as u16);
-    if !rule.addr.contains(family, addr) || port < rule.ports[0] || port > rule.ports[1] {
+    if !rule.addr.contains(family, &addr) || port < rule.ports[0] || port > rule.ports[1] {
+        return ALLOW;
+    }
+    // SAFETY: the context is valid for the program's run.
+    let sock_type = unsafe { (*ctx.sock_addr).type_ };
+    if !socket_matches(rule, u32::from(af), sock_type) {
         return ALLOW;
     }
     decide(rule)
 }
 
+/// A sockopt hook: the rule's family and type filters against the socket.
+#[inline(always)]
+fn by_socket_option(nr: u32, ctx: &SockoptContext) -> i32 {
+    let Some(rule) = rule(nr) else {
+        return ALLOW;
+    };
+    if rule.family != 0 || rule.sock_type != 0 {
+        // SAFETY: the context and its socket are valid for the program's
+        // run (the verifier knows `sk` as a non-null socket here).
+        let (family, sock_type) = unsafe {
+            let sk = (*ctx.sockopt).__bindgen_anon_1.sk;
+            ((*sk).family, (*sk).type_)
+        };
+        if !socket_matches(rule, family, sock_type) {
+            return ALLOW;
+        }
+    }
+    decide(rule)
+}
+
 #[cgroup_sock(sock_create)]
-pub fn syscall_sock_create(_ctx: SockContext) -> i32 {
-    rule(NR_SOCKET).map_or(ALLOW, decide)
+pub fn syscall_sock_create(ctx: SockContext) -> i32 {
+    let Some(rule) = rule(NR_SOCKET) else {
+        return ALLOW;
+    };
+    // SAFETY: the context is valid for the program's run.
+    let (family, sock_type) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_) };
+    if !socket_matches(rule, family, sock_type) {
+        return ALLOW;
+    }
+    decide(rule)
 }
 
 #[cgroup_sock_addr(bind4)]
 pub fn syscall_bind4(ctx: SockAddrContext) -> i32 {
-    let (ip, port) = sock_addr::v4(&ctx);
-    by_address(NR_BIND, FAMILY_INET, &ip, port)
+    by_address(NR_BIND, &ctx, false)
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn syscall_bind6(ctx: SockAddrContext) -> i32 {
-    let (ip, port) = sock_addr::v6(&ctx);
-    by_address(NR_BIND, FAMILY_INET6, &ip, port)
+    by_address(NR_BIND, &ctx, true)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn syscall_sendmsg4(ctx: SockAddrContext) -> i32 {
-    let (ip, port) = sock_addr::v4(&ctx);
-    by_address(NR_UDP_SEND, FAMILY_INET, &ip, port)
+    by_address(NR_UDP_SEND, &ctx, false)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn syscall_sendmsg6(ctx: SockAddrContext) -> i32 {
-    let (ip, port) = sock_addr::v6(&ctx);
-    by_address(NR_UDP_SEND, FAMILY_INET6, &ip, port)
+    by_address(NR_UDP_SEND, &ctx, true)
 }
 
 #[cgroup_sockopt(getsockopt)]
-pub fn syscall_getsockopt(_ctx: SockoptContext) -> i32 {
-    rule(NR_GETSOCKOPT).map_or(ALLOW, decide)
+pub fn syscall_getsockopt(ctx: SockoptContext) -> i32 {
+    by_socket_option(NR_GETSOCKOPT, &ctx)
 }
 
 #[cgroup_sockopt(setsockopt)]
-pub fn syscall_setsockopt(_ctx: SockoptContext) -> i32 {
-    rule(NR_SETSOCKOPT).map_or(ALLOW, decide)
+pub fn syscall_setsockopt(ctx: SockoptContext) -> i32 {
+    by_socket_option(NR_SETSOCKOPT, &ctx)
 }
 
 #[cgroup_sysctl]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use injector_common::syscall::BACKEND_KPROBE;
 
-use super::{error_for, syscall_nr};
+use super::{Registers, error_for, syscall_nr};
 
 #[kprobe]
 pub fn syscall_kprobe(ctx: ProbeContext) -> u32 {
@@ -19,7 +19,7 @@ pub fn syscall_kprobe(ctx: ProbeContext) -> u32 {
     let Some(nr) = syscall_nr(regs) else {
         return 0;
     };
-    if let Some(errno) = error_for(nr, BACKEND_KPROBE, 0, regs) {
+    if let Some(errno) = error_for(nr, BACKEND_KPROBE, 0, regs, &Registers(regs)) {
         // SAFETY: the program is attached only to functions on the error
         // injection list (the kernel refuses the attachment otherwise), so
         // skipping them and returning this value is safe.

@@ -12,22 +12,67 @@ use aya_ebpf::{
 };
 use injector_common::syscall::*;
 
-use super::{error_for, syscall_nr};
+use super::{
+    SOCK_TYPE_MASK, Subject, device_of_file, device_of_inode, error_for, offsets, read_at,
+    syscall_nr,
+};
 
 /// The largest errno (the kernel's MAX_ERRNO).
 const MAX_ERRNO: u64 = 4095;
 
+/// What the hook's object argument is (`kind`, an `OBJ_*`), its value,
+/// and the argument after it (socket_create's type).
+struct Object {
+    kind: u8,
+    arg: u64,
+    next: u64,
+}
+
+impl Subject for Object {
+    #[inline(always)]
+    fn device(&self, _: &SyscallRule) -> Option<u32> {
+        let o = offsets()?;
+        match self.kind {
+            OBJ_FILE => device_of_file(o, self.arg),
+            OBJ_INODE => device_of_inode(o, self.arg),
+            OBJ_PATH => {
+                let dentry = read_at::<u64>(self.arg, o.path_dentry)?;
+                let sb = read_at::<u64>(dentry, o.dentry_sb)?;
+                read_at::<u32>(sb, o.sb_dev)
+            }
+            OBJ_BPRM => device_of_file(o, read_at::<u64>(self.arg, o.bprm_file)?),
+            // An anonymous mapping has no file, so no device.
+            OBJ_VMA => device_of_file(o, read_at::<u64>(self.arg, o.vma_file)?),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn socket(&self, _: &SyscallRule) -> Option<(u16, u8)> {
+        match self.kind {
+            OBJ_SOCKET_ARGS => Some((self.arg as u16, self.next as u8 & SOCK_TYPE_MASK)),
+            OBJ_SOCKET => {
+                let o = offsets()?;
+                let sock_type = read_at::<u16>(self.arg, o.socket_type)? as u8 & SOCK_TYPE_MASK;
+                let sk = read_at::<u64>(self.arg, o.socket_sk)?;
+                Some((read_at::<u16>(sk, o.sk_family)?, sock_type))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The verdict for the current call: 0, or minus the errno of the rule
 /// that fires.
 #[inline(always)]
-fn verdict(hook: u8) -> i64 {
+fn verdict(hook: u8, object: &Object) -> i64 {
     // SAFETY: both helpers are valid in LSM programs (Linux 5.15+); the
     // registers of the current task always exist.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     let Some(nr) = syscall_nr(regs) else {
         return 0;
     };
-    error_for(nr, BACKEND_LSM, hook, regs).map_or(0, |errno| deny(u64::from(errno)))
+    error_for(nr, BACKEND_LSM, hook, regs, object).map_or(0, |errno| deny(u64::from(errno)))
 }
 
 /// `-errno`, or 0 if `errno` is not one (above MAX_ERRNO), computed so
@@ -72,11 +117,17 @@ macro_rules! lsm_program {
         pub fn $name(ctx: *mut core::ffi::c_void) -> i64 {
             // Argument $arity of an LSM program is the verdict of the
             // programs before it on this hook.
-            let previous: i32 = LsmContext::new(ctx).arg($arity);
+            let ctx = LsmContext::new(ctx);
+            let previous: i32 = ctx.arg($arity);
             if previous < 0 {
                 return deny(u64::from(previous.unsigned_abs()));
             }
-            verdict($id.id)
+            let object = Object {
+                kind: $id.object,
+                arg: ctx.arg($id.object_arg as usize),
+                next: ctx.arg($id.object_arg as usize + 1),
+            };
+            verdict($id.id, &object)
         }
     )*};
 }

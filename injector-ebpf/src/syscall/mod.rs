@@ -17,14 +17,15 @@ mod signal;
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_user_str_bytes,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel,
+        bpf_probe_read_user_str_bytes,
     },
     macros::map,
     maps::{Array, HashMap, RingBuf},
 };
 use injector_common::syscall::{
-    LEVELS_RULES, Levels, MAX_LEVELS, MAX_SYSCALL_RULES, NO_PATH_ARG, PATH_PREFIX_MAX, SyscallKey,
-    SyscallRule,
+    KernelOffsets, LEVELS_RULES, Levels, MAX_LEVELS, MAX_SYSCALL_RULES, NO_PATH_ARG,
+    PATH_PREFIX_MAX, SyscallKey, SyscallRule,
 };
 
 use crate::trigger;
@@ -41,6 +42,11 @@ static SYSCALL_RULES: HashMap<SyscallKey, SyscallRule> =
 /// cgroups (`LEVELS_RULES`, `LEVELS_WATCHES`; written by the daemon).
 #[map]
 static SYSCALL_LEVELS: Array<Levels> = Array::with_max_entries(2, 0);
+
+/// Offsets of the kernel struct fields the device and socket filters
+/// read (written by the daemon from the kernel's BTF).
+#[map]
+static SYSCALL_OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
 
 /// Signal rules report here when they fire, so the daemon can resume the
 /// tasks a pause stopped.
@@ -167,13 +173,132 @@ fn prefix_matches(
     false
 }
 
+/// The field offsets, once the daemon has written them.
+#[inline(always)]
+fn offsets() -> Option<&'static KernelOffsets> {
+    SYSCALL_OFFSETS.get(0).filter(|o| o.ready != 0)
+}
+
+/// A `T` read from kernel memory at `base + offset`; `None` for a null
+/// `base` or a failed read.
+#[inline(always)]
+fn read_at<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// The `dev_t` of the filesystem holding `file` (`struct file *`).
+#[inline(always)]
+fn device_of_file(o: &KernelOffsets, file: u64) -> Option<u32> {
+    let inode = read_at::<u64>(file, o.file_inode)?;
+    device_of_inode(o, inode)
+}
+
+/// The `dev_t` of the filesystem holding `inode` (`struct inode *`).
+#[inline(always)]
+fn device_of_inode(o: &KernelOffsets, inode: u64) -> Option<u32> {
+    let sb = read_at::<u64>(inode, o.inode_sb)?;
+    read_at::<u32>(sb, o.sb_dev)
+}
+
+/// The file open at descriptor `fd` of the calling task
+/// (`current->files->fdt->fd[fd]`).
+#[inline(always)]
+fn file_of_fd(o: &KernelOffsets, fd: u64) -> Option<u64> {
+    // SAFETY: helper without side effects.
+    let task = unsafe { bpf_get_current_task() };
+    let files = read_at::<u64>(task, o.task_files)?;
+    let fdt = read_at::<u64>(files, o.files_fdt)?;
+    let max = read_at::<u32>(fdt, o.fdt_max_fds)?;
+    if fd >= u64::from(max) {
+        return None;
+    }
+    let fds = read_at::<u64>(fdt, o.fdt_fd)?;
+    read_at::<u64>(fds + fd * 8, 0)
+}
+
+/// What a hook can tell about the call's object, for the device and
+/// socket filters (asked only when the rule has one).
+trait Subject {
+    /// The `dev_t` of the filesystem holding the file the call acts on.
+    fn device(&self, rule: &SyscallRule) -> Option<u32>;
+    /// The socket's family and type.
+    fn socket(&self, rule: &SyscallRule) -> Option<(u16, u8)>;
+}
+
+/// A syscall's own registers as the subject (kprobe and tracepoint
+/// hooks, which run before the kernel looks at the arguments): the file
+/// behind a descriptor argument, the family and type arguments of
+/// socket() and socketpair().
+struct Registers(*const pt_regs);
+
+impl Subject for Registers {
+    #[inline(always)]
+    fn device(&self, rule: &SyscallRule) -> Option<u32> {
+        if rule.fd_arg == NO_PATH_ARG {
+            return None;
+        }
+        let o = offsets()?;
+        // An int argument: the upper half of the register is not its own.
+        let fd = syscall_arg(self.0, rule.fd_arg)? as u32;
+        let file = file_of_fd(o, u64::from(fd))?;
+        device_of_file(o, file)
+    }
+
+    #[inline(always)]
+    fn socket(&self, rule: &SyscallRule) -> Option<(u16, u8)> {
+        if rule.sock_args == 0 {
+            return None;
+        }
+        let family = syscall_arg(self.0, 0)? as u16;
+        let sock_type = syscall_arg(self.0, 1)? as u8 & SOCK_TYPE_MASK;
+        Some((family, sock_type))
+    }
+}
+
+/// The socket type without SOCK_NONBLOCK and SOCK_CLOEXEC.
+const SOCK_TYPE_MASK: u8 = 0xf;
+
+/// Whether the rule's device and socket filters (if any) agree with what
+/// `subject` sees. A filter the hook cannot answer does not match: the
+/// daemon only installs filters the chosen hook can see.
+#[inline(always)]
+fn object_matches(rule: &SyscallRule, subject: &impl Subject) -> bool {
+    if rule.has_device != 0 && subject.device(rule) != Some(rule.device) {
+        return false;
+    }
+    if rule.family != 0 || rule.sock_type != 0 {
+        let Some((family, sock_type)) = subject.socket(rule) else {
+            return false;
+        };
+        if (rule.family != 0 && rule.family != family)
+            || (rule.sock_type != 0 && rule.sock_type != sock_type)
+        {
+            return false;
+        }
+    }
+    true
+}
+
 /// The errno a rule served by `backend` (and LSM `hook`, 0 elsewhere)
 /// makes syscall `nr` fail with, if the calling task is in its target and
-/// its filter and trigger agree.
+/// its filters and trigger agree.
 #[inline(always)]
-fn error_for(nr: u32, backend: u8, hook: u8, regs: *const pt_regs) -> Option<u32> {
+fn error_for(
+    nr: u32,
+    backend: u8,
+    hook: u8,
+    regs: *const pt_regs,
+    subject: &impl Subject,
+) -> Option<u32> {
     let rule = rule_for_caller(nr, injector_common::syscall::ACTION_ERROR)?;
-    if rule.backend != backend || (rule.hook != 0 && rule.hook != hook) || !path_matches(rule, regs)
+    if rule.backend != backend
+        || (rule.hook != 0 && rule.hook != hook)
+        || !path_matches(rule, regs)
+        || !object_matches(rule, subject)
     {
         return None;
     }

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use injector_common::syscall::{ACTION_SIGNAL, SIGSTOP, SignalEvent};
 
-use super::{SYSCALL_EVENTS, path_matches, rule_for_caller};
+use super::{Registers, SYSCALL_EVENTS, object_matches, path_matches, rule_for_caller};
 use crate::trigger;
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -25,7 +25,7 @@ pub fn syscall_signal(ctx: RawTracePointContext) -> i32 {
     let Some(rule) = rule_for_caller(nr as u32, ACTION_SIGNAL) else {
         return 0;
     };
-    if !path_matches(rule, regs) {
+    if !path_matches(rule, regs) || !object_matches(rule, &Registers(regs)) {
         return 0;
     }
     if !trigger::evaluate(rule.slot, &rule.trigger) {

@@ -192,6 +192,15 @@ impl Cidr {
     pub fn net(&self) -> IpNet {
         self.0
     }
+
+    /// Every address of one family (0.0.0.0/0 or ::/0).
+    pub fn everything(v6: bool) -> Self {
+        Self(if v6 {
+            IpNet::V6(Default::default())
+        } else {
+            IpNet::V4(Default::default())
+        })
+    }
 }
 
 impl Serialize for Cidr {

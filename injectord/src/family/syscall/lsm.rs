@@ -16,7 +16,7 @@ use injector_common::syscall::{LSM_HOOKS, LsmHook};
 
 use crate::{
     error::{Error, chain},
-    kernel::{Kernel, btf::Arities},
+    kernel::{Kernel, btf::KernelBtf},
 };
 
 pub struct LsmHooks {
@@ -47,12 +47,12 @@ impl LsmHooks {
     /// first one (file_open) to learn whether BPF LSM works here. The
     /// others load at their first use: verifying all of them at every
     /// start-up would cost seconds on slow machines.
-    pub fn load(kernel: &mut Kernel) -> Self {
+    pub fn load(kernel: &mut Kernel, kernel_btf: Result<&KernelBtf, &str>) -> Self {
         let mut loaded = HashMap::new();
         let ready = active().and_then(|()| {
-            let arities = Arities::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
+            let arities = kernel_btf.map_err(|e| format!("reading kernel BTF: {e}"))?;
             for hook in LSM_HOOKS {
-                if let Err(e) = arity(&arities, hook) {
+                if let Err(e) = arity(arities, hook) {
                     loaded.insert(hook.program, Err(e));
                 }
             }
@@ -150,8 +150,8 @@ fn program<'a>(kernel: &'a mut Kernel, hook: &LsmHook) -> Result<&'a mut Lsm, Er
 }
 
 /// Whether the hook takes as many arguments here as the program expects.
-fn arity(arities: &Arities, hook: &LsmHook) -> Result<(), String> {
-    match arities.of(&format!("bpf_lsm_{}", hook.hook)) {
+fn arity(arities: &KernelBtf, hook: &LsmHook) -> Result<(), String> {
+    match arities.arity(&format!("bpf_lsm_{}", hook.hook)) {
         Some(n) if n == usize::from(hook.arity) => Ok(()),
         Some(n) => Err(format!(
             "LSM hook {} takes {n} arguments on this kernel, the program was built for {}",

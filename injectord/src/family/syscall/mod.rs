@@ -1,6 +1,7 @@
 //! `syscall_error`: a syscall returns a chosen errno in one cgroup (and its
-//! descendants), optionally only for a path prefix or, for socket calls,
-//! an address and port.
+//! descendants), optionally only for a path prefix or the device of the
+//! file's filesystem, or, for socket calls, a family, type, address and
+//! port.
 //!
 //! The backend is chosen per fault, best first: a kprobe on the syscall's
 //! entry with `bpf_override_return` (any syscall, where the kernel has
@@ -14,9 +15,11 @@
 
 mod cgroup;
 mod depths;
+mod filters;
 mod kprobe;
 pub mod latency;
 mod lsm;
+mod offsets;
 pub mod process;
 mod resume;
 mod rules;
@@ -27,7 +30,8 @@ use std::any::Any;
 
 use injector_common::syscall::{
     ACTION_ERROR, BACKEND_CGROUP, BACKEND_KPROBE, BACKEND_LSM, LSM_MMAP_ADDR, NO_PATH_ARG,
-    PATH_PREFIX_MAX, SYSCALL_LEVELS, SyscallRule,
+    OBJ_BPRM, OBJ_FILE, OBJ_INODE, OBJ_PATH, OBJ_SOCKET, OBJ_SOCKET_ARGS, OBJ_VMA,
+    SYSCALL_LEVELS, SyscallRule,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -35,6 +39,7 @@ use serde_json::{Value, json};
 use self::{
     cgroup::CgroupHooks,
     depths::Depths,
+    filters::{Device, PathPrefix, SocketFamily, SocketType},
     kprobe::Kprobes,
     latency::Watches,
     lsm::LsmHooks,
@@ -51,7 +56,7 @@ use crate::{
     capabilities::Capability,
     errno::Errno,
     error::Error,
-    kernel::Slot,
+    kernel::{Slot, btf::KernelBtf},
     spec::values::{Cidr, Port},
     target::Cgroup,
 };
@@ -101,6 +106,17 @@ pub struct SyscallError {
     /// /proc/sys files under it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathPrefix>,
+    /// Only calls on a file of the filesystem on this device
+    /// (`"major:minor"`): syscalls that take a path or a file descriptor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Device>,
+    /// Socket calls: only on sockets of this family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<SocketFamily>,
+    /// Socket calls: only on sockets of this type (`type` names the fault
+    /// itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_type: Option<SocketType>,
     /// connect, bind and UDP sends: only towards (or on) this prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Cidr>,
@@ -110,31 +126,6 @@ pub struct SyscallError {
 
 impl SyscallError {
     pub const KIND: &str = "syscall_error";
-}
-
-/// A path prefix: non-empty, at most [`PATH_PREFIX_MAX`] bytes, no NUL.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct PathPrefix(String);
-
-impl<'de> Deserialize<'de> for PathPrefix {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
-        let s = String::deserialize(d)?;
-        if s.is_empty() {
-            return Err(D::Error::custom("a path prefix must not be empty"));
-        }
-        if s.len() > PATH_PREFIX_MAX {
-            return Err(D::Error::custom(format!(
-                "a path prefix is at most {PATH_PREFIX_MAX} bytes; this one has {}",
-                s.len()
-            )));
-        }
-        if s.contains('\0') {
-            return Err(D::Error::custom("a path prefix must not contain NUL"));
-        }
-        Ok(Self(s))
-    }
 }
 
 /// Where /proc/sys files live; sysctl rules hold the name after it.
@@ -171,6 +162,43 @@ fn parse(kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
             });
         }
     }
+    if f.device.is_some() && !on_files(f.syscall) {
+        return Err(SpecError::Never {
+            field: "device",
+            message: format!(
+                "{name} acts on no file; device filters work on syscalls that take a path or a file descriptor (openat, read, write, fsync, mkdir, execve...)"
+            ),
+        });
+    }
+    if !on_sockets(f.syscall) {
+        for (field, given) in [
+            ("family", f.family.is_some()),
+            ("socket_type", f.socket_type.is_some()),
+        ] {
+            if given {
+                return Err(SpecError::Never {
+                    field,
+                    message: format!(
+                        "{name} is not a socket call; {field} filters work on socket, bind, connect, listen, accept, sends, receives, get/setsockopt and shutdown"
+                    ),
+                });
+            }
+        }
+    }
+    if let (Some(family), Some(address)) = (f.family, f.address) {
+        let v6 = address.net().addr().is_ipv6();
+        if family != if v6 { SocketFamily::Inet6 } else { SocketFamily::Inet } {
+            return Err(SpecError::Never {
+                field: "family",
+                message: format!(
+                    "address {} is an IPv{} prefix, so its sockets are never of family {}",
+                    address.net(),
+                    if v6 { 6 } else { 4 },
+                    family.name()
+                ),
+            });
+        }
+    }
     let addressed = matches!(
         f.syscall.cgroup_hook(),
         Some(CgroupHook::Connect | CgroupHook::Bind | CgroupHook::UdpSend)
@@ -190,6 +218,35 @@ fn parse(kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
     Ok(Box::new(f))
 }
 
+/// Whether the syscall acts on a file a hook can see (device filters).
+fn on_files(sc: Syscall) -> bool {
+    sc.path_arg().is_some()
+        || sc.fd_arg().is_some()
+        || sc.lsm_hook().is_some_and(|h| {
+            matches!(
+                h.object,
+                OBJ_FILE | OBJ_INODE | OBJ_PATH | OBJ_BPRM | OBJ_VMA
+            )
+        })
+}
+
+/// Whether the syscall acts on a socket (family and type filters).
+fn on_sockets(sc: Syscall) -> bool {
+    sc.lsm_hook()
+        .is_some_and(|h| matches!(h.object, OBJ_SOCKET | OBJ_SOCKET_ARGS))
+        || matches!(
+            sc.cgroup_hook(),
+            Some(
+                CgroupHook::SockCreate
+                    | CgroupHook::Bind
+                    | CgroupHook::Connect
+                    | CgroupHook::UdpSend
+                    | CgroupHook::Getsockopt
+                    | CgroupHook::Setsockopt
+            )
+        )
+}
+
 /// The backend serving a fault.
 #[derive(Debug)]
 enum Choice {
@@ -205,6 +262,10 @@ struct Syscalls {
     lsm: LsmHooks,
     cgroup: CgroupHooks,
     process: Processes,
+    /// Whether the kernel struct offsets the device and socket filters
+    /// read are known here, or why not.
+    offsets: Result<(), String>,
+    _offsets_map: Option<offsets::OffsetsMap>,
 }
 
 fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
@@ -226,16 +287,24 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
         }
     }
     let connect = load.services.get::<ConnectRules>();
+    let btf = KernelBtf::from_sys_fs().map_err(|e| e.to_string());
+    let btf = btf.as_ref().map_err(String::as_str);
+    let (offsets, offsets_map) = match offsets::publish(load.kernel, btf) {
+        Ok(map) => (Ok(()), Some(map)),
+        Err(e) => (Err(e), None),
+    };
     let kprobe = Kprobes::load(load.kernel);
-    let lsm = LsmHooks::load(load.kernel);
+    let lsm = LsmHooks::load(load.kernel, btf);
     let cgroup = CgroupHooks::load(load.kernel, connect);
-    let process = Processes::load(load.kernel, load.reaper);
+    let process = Processes::load(load.kernel, load.reaper, offsets.clone());
     Box::new(Syscalls {
         rules,
         kprobe,
         lsm,
         cgroup,
         process,
+        offsets,
+        _offsets_map: offsets_map,
     })
 }
 
@@ -244,60 +313,106 @@ impl Syscalls {
     fn choose(&self, f: &SyscallError) -> Result<Choice, Error> {
         let sc = f.syscall;
         let name = sc.name();
-        let hook = sc.cgroup_hook();
-        let sysctl = f.path.is_some()
-            && sc.path_arg().is_none()
-            && matches!(hook, Some(CgroupHook::SysctlRead | CgroupHook::SysctlWrite));
-        let addressed = f.address.is_some() || f.port.is_some();
         let mut why = Vec::new();
-        let filter = if sysctl {
-            Some("a /proc/sys path")
-        } else if addressed {
-            Some("an address or port")
-        } else {
-            None
-        };
-
-        match (filter, self.kprobe.ready()) {
-            (Some(what), _) => why.push(format!("kprobe override cannot filter by {what}")),
-            (None, Err(e)) => why.push(format!("kprobe override: {e}")),
-            (None, Ok(())) => match self.kprobe.entry(sc) {
+        match self
+            .kprobe_cannot(f)
+            .map_or_else(|| self.kprobe.ready().map_err(str::to_string), Err)
+        {
+            Err(e) => why.push(format!("kprobe override: {e}")),
+            Ok(()) => match self.kprobe.entry(sc) {
                 Some(function) => return Ok(Choice::Kprobe(function)),
                 None => why.push(format!(
                     "kprobe override: no entry point __x64_sys_{name} in /proc/kallsyms"
                 )),
             },
         }
-        match (filter, sc.lsm_hook()) {
-            (Some(what), _) => why.push(format!("BPF LSM cannot filter by {what}")),
-            (None, None) => why.push(format!("BPF LSM: no LSM hook runs inside {name}")),
-            (None, Some(h)) => match self.lsm.hook_ready(&h) {
+        match sc.lsm_hook() {
+            None => why.push(format!("BPF LSM: no LSM hook runs inside {name}")),
+            Some(h) => match self
+                .lsm_cannot(f, &h)
+                .map_or_else(|| self.lsm.hook_ready(&h), Err)
+            {
                 Ok(()) => return Ok(Choice::Lsm(h)),
                 Err(e) => why.push(format!("BPF LSM: {e}")),
             },
         }
-        match hook {
+        match sc.cgroup_hook() {
             None => why.push(format!("cgroup programs: none runs inside {name}")),
-            Some(CgroupHook::SysctlRead | CgroupHook::SysctlWrite) if !sysctl => why.push(format!(
-                "cgroup programs: {name} is reachable for /proc/sys files only (give a path starting with {PROC_SYS})"
-            )),
-            Some(_) if f.path.is_some() && !sysctl => {
-                why.push("cgroup programs cannot filter by path".into());
-            }
-            Some(h) => match self.cgroup.ready(h) {
+            Some(h) => match cgroup_cannot(f, h).map_or_else(|| self.cgroup.ready(h), Err) {
                 Ok(()) => return Ok(Choice::Cgroup(h)),
                 Err(e) => why.push(format!("cgroup programs: {e}")),
             },
         }
+        let filtered = f.path.is_some()
+            || f.device.is_some()
+            || f.family.is_some()
+            || f.socket_type.is_some()
+            || f.address.is_some()
+            || f.port.is_some();
         Err(Error::UnsupportedKernel(format!(
             "no backend of this kernel can make {name} fail{}: {}. A kernel with CONFIG_BPF_KPROBE_OVERRIDE reaches every syscall",
-            if filter.is_some() || f.path.is_some() {
-                " with these filters"
-            } else {
-                ""
-            },
+            if filtered { " with these filters" } else { "" },
             why.join("; ")
         )))
+    }
+
+    /// Why the kprobe on the syscall's entry cannot apply the fault's
+    /// filters: it sees only the caller's registers, before the kernel
+    /// looked at them.
+    fn kprobe_cannot(&self, f: &SyscallError) -> Option<String> {
+        let sc = f.syscall;
+        if sysctl_path(f) {
+            return Some("cannot filter by a /proc/sys path".into());
+        }
+        if f.address.is_some() || f.port.is_some() {
+            return Some("cannot filter by address or port".into());
+        }
+        if f.device.is_some() {
+            if sc.fd_arg().is_none() {
+                return Some(format!(
+                    "cannot filter by device: at {sc}'s entry the kernel has not looked up the file yet"
+                ));
+            }
+            if let Err(e) = &self.offsets {
+                return Some(format!("cannot filter by device: {e}"));
+            }
+        }
+        let socket = f.family.is_some() || f.socket_type.is_some();
+        if socket && !matches!(sc.name(), "socket" | "socketpair") {
+            return Some(format!(
+                "cannot filter by socket family or type: at {sc}'s entry the socket is only a descriptor"
+            ));
+        }
+        None
+    }
+
+    /// Why LSM hook `h` cannot apply the fault's filters.
+    fn lsm_cannot(&self, f: &SyscallError, h: &injector_common::syscall::LsmHook) -> Option<String> {
+        if sysctl_path(f) {
+            return Some("cannot filter by a /proc/sys path".into());
+        }
+        if f.address.is_some() || f.port.is_some() {
+            return Some("cannot filter by address or port".into());
+        }
+        let file = matches!(h.object, OBJ_FILE | OBJ_INODE | OBJ_PATH | OBJ_BPRM | OBJ_VMA);
+        let socket = f.family.is_some() || f.socket_type.is_some();
+        if f.device.is_some() && !file {
+            return Some(format!(
+                "cannot filter by device: the {} hook sees no file",
+                h.hook
+            ));
+        }
+        if socket && !matches!(h.object, OBJ_SOCKET | OBJ_SOCKET_ARGS) {
+            return Some(format!(
+                "cannot filter by socket family or type: the {} hook sees no socket",
+                h.hook
+            ));
+        }
+        let reads_structs = f.device.is_some() || (socket && h.object == OBJ_SOCKET);
+        if reads_structs && let Err(e) = &self.offsets {
+            return Some(format!("cannot filter by device or socket: {e}"));
+        }
+        None
     }
 
     /// What serves each syscall of a capability group here.
@@ -317,6 +432,9 @@ impl Syscalls {
                 syscall: sc,
                 errno: Errno::EIO,
                 path: None,
+                device: None,
+                family: None,
+                socket_type: None,
                 address: None,
                 port: None,
             };
@@ -340,6 +458,56 @@ impl Syscalls {
             .join("; ");
         let any = by_backend.iter().any(|(b, _)| *b != "none");
         Capability::probe(cap, if any { Ok(detail) } else { Err(detail) })
+    }
+}
+
+/// Whether the fault's path names /proc/sys files of a read or write.
+fn sysctl_path(f: &SyscallError) -> bool {
+    f.path.is_some()
+        && f.syscall.path_arg().is_none()
+        && matches!(
+            f.syscall.cgroup_hook(),
+            Some(CgroupHook::SysctlRead | CgroupHook::SysctlWrite)
+        )
+}
+
+/// Why cgroup hook `h` cannot apply the fault's filters.
+fn cgroup_cannot(f: &SyscallError, h: CgroupHook) -> Option<String> {
+    let name = f.syscall.name();
+    if f.device.is_some() {
+        return Some("cannot filter by device".into());
+    }
+    if matches!(h, CgroupHook::SysctlRead | CgroupHook::SysctlWrite) && !sysctl_path(f) {
+        return Some(format!(
+            "{name} is reachable for /proc/sys files only (give a path starting with {PROC_SYS})"
+        ));
+    }
+    if f.path.is_some() && !sysctl_path(f) {
+        return Some("cannot filter by path".into());
+    }
+    if let Some(family) = f.family
+        && !family.is_ip()
+        && matches!(
+            h,
+            CgroupHook::SockCreate | CgroupHook::Bind | CgroupHook::Connect | CgroupHook::UdpSend
+        )
+    {
+        return Some(format!(
+            "{} runs for IPv4 and IPv6 sockets only, not family {}",
+            h.describe(),
+            family.name()
+        ));
+    }
+    match (h, f.socket_type) {
+        (CgroupHook::Connect, Some(_)) => Some(
+            "cannot filter connect by socket type (its rules are connect_error's, which match by address and port)".into(),
+        ),
+        (CgroupHook::UdpSend, Some(t)) if t != SocketType::Dgram => Some(format!(
+            "{} runs for datagram sockets only, not {}",
+            h.describe(),
+            t.name()
+        )),
+        _ => None,
     }
 }
 
@@ -434,6 +602,14 @@ impl Backend for Syscalls {
             rule.path_len = bytes.len() as u8;
             rule.path_arg = sc.path_arg().unwrap_or(NO_PATH_ARG);
         }
+        if let Some(device) = fault.device {
+            rule.device = device.kernel_dev();
+            rule.has_device = 1;
+            rule.fd_arg = sc.fd_arg().unwrap_or(NO_PATH_ARG);
+        }
+        rule.family = fault.family.map_or(0, SocketFamily::value);
+        rule.sock_type = fault.socket_type.map_or(0, |t| t.value() as u8);
+        rule.sock_args = u8::from(matches!(sc.name(), "socket" | "socketpair"));
         let what = format!("{} fail", sc.name());
         let mut describe = serde_json::Map::new();
         let (installed, attachment): (Box<dyn Any + Send>, Option<Box<dyn Any + Send>>) =
@@ -478,9 +654,13 @@ impl Backend for Syscalls {
                         Error::Internal("connect rules unavailable after the check".into())
                     })?;
                     describe.insert("hook".into(), json!(CgroupHook::Connect.describe()));
+                    // A family alone is every address of it.
+                    let family = fault
+                        .family
+                        .map(|f| Cidr::everything(f == SocketFamily::Inet6));
                     let spec = RuleSpec {
                         errno: fault.errno.get(),
-                        address: fault.address,
+                        address: fault.address.or(family),
                         ports: fault.port.map(|p| (p.get(), p.get())),
                     };
                     let r = connect.install(req, &cgroup, spec, slot.index())?;

@@ -36,7 +36,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use serde_json::{Map, Value, json};
 
 use super::{
-    PathPrefix,
+    filters::{Device, PathPrefix},
     resume::{self, Owner, Resume, Resumer},
     rules::{Place, SyscallRules},
     signal::SignalHook,
@@ -168,6 +168,10 @@ pub struct ProcessKill {
     /// Only calls of `syscall` whose path argument starts with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathPrefix>,
+    /// Only calls of `syscall` on a file descriptor of a file on this
+    /// device (`"major:minor"`): "the 10th write to the data disk".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Device>,
 }
 
 /// `process_pause`: the target stops for `pause`, at once or at the
@@ -180,16 +184,27 @@ pub struct ProcessPause {
     pub syscall: Option<Syscall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathPrefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Device>,
+}
+
+/// Which calls of the syscall a process fault acts at.
+#[derive(Clone, Debug, Default)]
+struct CallFilter {
+    path: Option<PathPrefix>,
+    device: Option<Device>,
 }
 
 pub fn parse(kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
     if kind == KILL {
         let f: ProcessKill = serde_path_to_error::deserialize(value)?;
         check_path(f.syscall, f.path.as_ref())?;
+        check_device(f.syscall, f.device)?;
         Ok(Box::new(f))
     } else {
         let f: ProcessPause = serde_path_to_error::deserialize(value)?;
         check_path(f.syscall, f.path.as_ref())?;
+        check_device(f.syscall, f.device)?;
         Ok(Box::new(f))
     }
 }
@@ -205,6 +220,25 @@ fn check_path(syscall: Option<Syscall>, path: Option<&PathPrefix>) -> Result<(),
             message: format!(
                 "{} takes no path argument; path filters work on syscalls that take one (openat, mkdir, unlink, execve...)",
                 sc.name()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A device filter needs a syscall whose file the tracepoint can find:
+/// one that takes a file descriptor (at the entry, a path is not looked
+/// up yet).
+fn check_device(syscall: Option<Syscall>, device: Option<Device>) -> Result<(), SpecError> {
+    match (syscall, device) {
+        (None, Some(_)) => Err(SpecError::Never {
+            field: "device",
+            message: "a device filter picks the calls of \"syscall\" the fault acts at; without a syscall the fault acts at once".into(),
+        }),
+        (Some(sc), Some(_)) if sc.fd_arg().is_none() => Err(SpecError::Never {
+            field: "device",
+            message: format!(
+                "{sc} takes no file descriptor; a process fault's device filter works on calls on an open file (read, write, fsync, ioctl...), since at a call's entry a path is not looked up yet"
             ),
         }),
         _ => Ok(()),
@@ -240,10 +274,12 @@ pub struct Processes {
     /// (`None`: no cgroup below the root to look at).
     freeze: Option<bool>,
     kill: Option<bool>,
+    /// Whether the device filter's kernel struct offsets are known.
+    offsets: Result<(), String>,
 }
 
 impl Processes {
-    pub fn load(kernel: &mut Kernel, reaper: &Reaper) -> Self {
+    pub fn load(kernel: &mut Kernel, reaper: &Reaper, offsets: Result<(), String>) -> Self {
         let events = kernel
             .ebpf
             .take_map(SYSCALL_EVENTS)
@@ -261,6 +297,7 @@ impl Processes {
             reaper: reaper.clone(),
             freeze,
             kill,
+            offsets,
         }
     }
 
@@ -314,12 +351,20 @@ impl Processes {
         rules: Result<&SyscallRules, &String>,
     ) -> Result<Box<dyn Installed>, Error> {
         let kind = req.params.kind();
-        let (action, syscall, path) = if kind == KILL {
+        let (action, syscall, filter) = if kind == KILL {
             let f = params_as::<ProcessKill>(req.params)?;
-            (Action::Kill(f.signal), f.syscall, f.path.clone())
+            let filter = CallFilter {
+                path: f.path.clone(),
+                device: f.device,
+            };
+            (Action::Kill(f.signal), f.syscall, filter)
         } else {
             let f = params_as::<ProcessPause>(req.params)?;
-            (Action::Pause(f.pause.get()), f.syscall, f.path.clone())
+            let filter = CallFilter {
+                path: f.path.clone(),
+                device: f.device,
+            };
+            (Action::Pause(f.pause.get()), f.syscall, filter)
         };
         let Target::Cgroup(cgroup) = req.target else {
             return Err(Error::UnsupportedTarget(format!(
@@ -330,7 +375,7 @@ impl Processes {
         let cgroup = cgroup.clone();
         let dir = req.cgroup_dir(&cgroup);
         match syscall {
-            Some(sc) => self.at_syscall(req, &cgroup, dir, sc, path, action, rules),
+            Some(sc) => self.at_syscall(req, &cgroup, dir, sc, filter, action, rules),
             None => {
                 let t = &req.trigger;
                 if t.threshold < Trigger::ALWAYS || t.is_counted() {
@@ -487,7 +532,7 @@ impl Processes {
         cgroup: &Cgroup,
         dir: PathBuf,
         sc: Syscall,
-        path: Option<PathPrefix>,
+        filter: CallFilter,
         action: Action,
         rules: Result<&SyscallRules, &String>,
     ) -> Result<Box<dyn Installed>, Error> {
@@ -500,6 +545,13 @@ impl Processes {
             .at("target.pid"));
         }
         guard_daemon(cgroup, action)?;
+        if filter.device.is_some()
+            && let Err(e) = &self.offsets
+        {
+            return Err(Error::UnsupportedKernel(format!(
+                "{kind} with a device filter reads the file behind the call's descriptor: {e}"
+            )));
+        }
         let rules = rules.map_err(|why| {
             Error::UnsupportedKernel(format!("the syscall rule table is unavailable: {why}"))
         })?;
@@ -533,11 +585,16 @@ impl Processes {
             trigger: req.trigger,
             ..SyscallRule::default()
         };
-        if let Some(p) = &path {
+        if let Some(p) = &filter.path {
             let bytes = p.0.as_bytes();
             rule.path[..bytes.len()].copy_from_slice(bytes);
             rule.path_len = bytes.len() as u8;
             rule.path_arg = sc.path_arg().unwrap_or(NO_PATH_ARG);
+        }
+        if let Some(device) = filter.device {
+            rule.device = device.kernel_dev();
+            rule.has_device = 1;
+            rule.fd_arg = sc.fd_arg().unwrap_or(NO_PATH_ARG);
         }
         // Recorded before the rule can stop anything.
         let record = owner.as_ref().map(|_| {

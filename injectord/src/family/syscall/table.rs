@@ -37,6 +37,15 @@ impl Syscall {
             .map(|(_, a)| *a)
     }
 
+    /// The argument (0-based) that is the file descriptor the call acts
+    /// on, for the `device` filter at the syscall's entry.
+    pub fn fd_arg(self) -> Option<u8> {
+        FD_ARGS
+            .iter()
+            .find(|(names, _)| names.contains(&self.name()))
+            .map(|(_, a)| *a)
+    }
+
     /// The LSM hook that runs inside this syscall (and tells which
     /// syscall it is by the caller's registers).
     pub fn lsm_hook(self) -> Option<LsmHook> {
@@ -210,6 +219,46 @@ const PATH_ARGS: &[(&str, u8)] = &[
     ("inotify_add_watch", 1),
 ];
 
+/// Syscalls that act on the file behind a descriptor argument (0-based).
+const FD_ARGS: &[(&[&str], u8)] = &[
+    (
+        &[
+            "read",
+            "write",
+            "pread64",
+            "pwrite64",
+            "readv",
+            "writev",
+            "preadv",
+            "pwritev",
+            "preadv2",
+            "pwritev2",
+            "fsync",
+            "fdatasync",
+            "sync_file_range",
+            "syncfs",
+            "ftruncate",
+            "fallocate",
+            "fadvise64",
+            "readahead",
+            "lseek",
+            "getdents64",
+            "fstat",
+            "fstatfs",
+            "fchmod",
+            "fchown",
+            "fgetxattr",
+            "fsetxattr",
+            "ioctl",
+            "fcntl",
+            "flock",
+            "close",
+        ],
+        0,
+    ),
+    (&["mmap"], 4),
+];
+
 /// Which LSM hook runs inside which syscalls.
 const LSM: &[(&[&str], LsmHook)] = &[
     (&["open", "openat", "openat2", "creat"], LSM_FILE_OPEN),
@@ -364,6 +413,7 @@ mod tests {
             .iter()
             .map(|(n, _)| *n)
             .chain(LSM.iter().flat_map(|(n, _)| n.iter().copied()))
+            .chain(FD_ARGS.iter().flat_map(|(n, _)| n.iter().copied()))
             .chain(GROUPS.iter().flat_map(|(_, n)| n.iter().copied()));
         for n in names {
             assert!(n.parse::<Syscall>().is_ok(), "{n}");
