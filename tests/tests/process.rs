@@ -612,7 +612,7 @@ fn a_kill_at_the_nth_write_to_a_disk_kills_exactly_there() {
     const N: u64 = 10;
     let d = Daemon::start();
     let cg = TestCgroup::new("pk-disk");
-    let data = injectord_tests::workload::Filesystem::loop_ext4("pk-disk-data", 16);
+    let data = injectord_tests::workload::Filesystem::tmpfs("pk-disk-data");
     let other = injectord_tests::workload::Filesystem::tmpfs("pk-disk-other");
     d.inject(json!({
         "name": "crash", "target": {"cgroup": cg.rel},

@@ -524,7 +524,7 @@ fn a_device_filter_fails_calls_on_that_filesystem_only() {
     let d = Daemon::start();
     let cg = TestCgroup::new("sc-device");
     let sibling = TestCgroup::new("sc-device-sibling");
-    let data = Filesystem::loop_ext4("sc-device-data", 16);
+    let data = Filesystem::tmpfs("sc-device-data");
     let other = Filesystem::tmpfs("sc-device-other");
     let dev = data.device();
     println!("data disk {dev}, other filesystem {}", other.device());

@@ -41,18 +41,31 @@ pub fn this_binary() -> anyhow::Result<String> {
 
 /// ns per connect() to a closed local port, median of `rounds` runs.
 fn connect_cost(cg: &TestCgroup, port: u16, iterations: u32, rounds: usize) -> anyhow::Result<f64> {
+    let (port, n) = (port.to_string(), iterations.to_string());
+    worker_ns(cg, None, &["bench-worker", "connect", &port, &n], rounds)
+}
+
+/// The median over `rounds` runs of what a bench worker prints (ns per
+/// iteration), run in `cg` as this binary with `args`, or under
+/// `wrapper` (a program and its arguments, given ours after them).
+pub fn worker_ns(
+    cg: &TestCgroup,
+    wrapper: Option<(&str, &[&str])>,
+    args: &[&str],
+    rounds: usize,
+) -> anyhow::Result<f64> {
     let me = this_binary()?;
     let mut samples = Vec::new();
     for _ in 0..rounds {
-        let out = cg.run(
-            &me,
-            &[
-                "bench-worker",
-                "connect",
-                &port.to_string(),
-                &iterations.to_string(),
-            ],
-        );
+        let out = match wrapper {
+            Some((program, before)) => {
+                let mut all: Vec<&str> = before.to_vec();
+                all.push(&me);
+                all.extend_from_slice(args);
+                cg.run(program, &all)
+            }
+            None => cg.run(&me, args),
+        };
         if !out.status.success() {
             bail!(
                 "bench worker failed: {}",

@@ -7,12 +7,11 @@
 //! `--seccomp-bpf`, strace's fastest mode). Figures are ns per iteration
 //! and ratios in one run.
 
-use anyhow::bail;
 use injectord_tests::{Daemon, TestCgroup};
 use serde_json::{Value, json};
 
 use crate::{
-    bench::{start_daemon, this_binary},
+    bench::{start_daemon, worker_ns},
     deps,
 };
 
@@ -54,34 +53,18 @@ fn cost(
     rounds: usize,
     strace: Option<(&str, bool)>,
 ) -> anyhow::Result<f64> {
-    let me = this_binary()?;
     let (port, n) = (port.to_string(), iterations.to_string());
-    let mut samples = Vec::new();
-    for _ in 0..rounds {
-        let worker_args = ["bench-worker", "syscalls", worker, &port, &n];
-        let out = match strace {
-            Some((inject, seccomp)) => {
-                let spec = format!("inject={inject}");
-                let mut args = vec!["-f", "-qq", "-o", "/dev/null"];
-                if seccomp {
-                    args.push("--seccomp-bpf");
-                }
-                args.extend(["-e", &spec, &me]);
-                args.extend(worker_args);
-                cg.run("strace", &args)
-            }
-            None => cg.run(&me, &worker_args),
-        };
-        if !out.status.success() {
-            bail!(
-                "bench worker failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        samples.push(String::from_utf8_lossy(&out.stdout).trim().parse::<f64>()?);
+    let args = ["bench-worker", "syscalls", worker, &port, &n];
+    let Some((inject, seccomp)) = strace else {
+        return worker_ns(cg, None, &args, rounds);
+    };
+    let spec = format!("inject={inject}");
+    let mut before = vec!["-f", "-qq", "-o", "/dev/null"];
+    if seccomp {
+        before.push("--seccomp-bpf");
     }
-    samples.sort_by(f64::total_cmp);
-    Ok(samples[samples.len() / 2])
+    before.extend(["-e", &spec]);
+    worker_ns(cg, Some(("strace", &before)), &args, rounds)
 }
 
 pub fn run(bin: &std::path::Path, iterations: u32, port: u16) -> anyhow::Result<()> {

@@ -4,12 +4,11 @@
 //! publishes its target in `CGROUP_ATTACH`.
 
 use std::{
-    collections::HashMap,
     fmt,
     fs::File,
     os::fd::{AsFd as _, BorrowedFd},
     path::Path,
-    sync::{Arc, Weak},
+    sync::Arc,
 };
 
 use aya::programs::{
@@ -23,7 +22,7 @@ use aya_obj::{
     programs::{CgroupSockAddrAttachType, CgroupSockAttachType, CgroupSockoptAttachType},
 };
 
-use super::Kernel;
+use super::{Kernel, shared::SharedByKey};
 use crate::{error::Error, target::Cgroup};
 
 /// bpf_link cgroup attachments always coexist with other programs (multi
@@ -120,7 +119,7 @@ impl<L> fmt::Debug for Attachment<L> {
 pub struct CgroupLinks<P: CgroupProgram> {
     /// Program name and attach type, in attach order.
     programs: &'static [(&'static str, P::AttachType)],
-    by_cgroup: HashMap<u64, Weak<Attachment<P::Link>>>,
+    by_cgroup: SharedByKey<u64, Attachment<P::Link>>,
 }
 
 impl<P> CgroupLinks<P>
@@ -131,7 +130,7 @@ where
     pub fn new(programs: &'static [(&'static str, P::AttachType)]) -> Self {
         Self {
             programs,
-            by_cgroup: HashMap::new(),
+            by_cgroup: SharedByKey::default(),
         }
     }
 
@@ -143,17 +142,32 @@ where
         cgroup: &Cgroup,
         dir: &Path,
     ) -> Result<Arc<Attachment<P::Link>>, Error> {
-        self.by_cgroup.retain(|_, a| a.strong_count() > 0);
-        if let Some(a) = self.by_cgroup.get(&cgroup.id).and_then(Weak::upgrade) {
-            return Ok(a);
-        }
+        let programs = self.programs;
+        self.by_cgroup
+            .get_or_try_make(cgroup.id, || attach::<P>(kernel, programs, cgroup, dir))
+    }
+}
+
+/// Attaches `programs` to the cgroup, in order; on error, what was
+/// attached is dropped (detached) again.
+fn attach<P>(
+    kernel: &mut Kernel,
+    programs: &'static [(&'static str, P::AttachType)],
+    cgroup: &Cgroup,
+    dir: &Path,
+) -> Result<Attachment<P::Link>, Error>
+where
+    P: CgroupProgram,
+    for<'a> &'a mut P: TryFrom<&'a mut Program>,
+{
+    {
         let file = File::open(dir)
             .map_err(|e| Error::TargetNotFound(format!("opening cgroup {}: {e}", dir.display())))?;
         let mut attachment = Attachment {
             cgroup: cgroup.path.clone(),
-            links: Vec::with_capacity(self.programs.len()),
+            links: Vec::with_capacity(programs.len()),
         };
-        for &(name, attach_type) in self.programs {
+        for &(name, attach_type) in programs {
             let link = program::<P>(kernel, name)?
                 .attach_cgroup(file.as_fd(), attach_type)
                 .map_err(|source| Error::Attach {
@@ -166,10 +180,7 @@ where
                 .publish_attachment(cgroup.id, kernel_type)
                 .map_err(|e| Error::io(format!("publishing the target of {name}"), e))?;
         }
-        let attachment = Arc::new(attachment);
-        self.by_cgroup
-            .insert(cgroup.id, Arc::downgrade(&attachment));
-        tracing::debug!(cgroup = %cgroup.path, programs = ?self.programs, "attached");
+        tracing::debug!(cgroup = %cgroup.path, ?programs, "attached");
         Ok(attachment)
     }
 }

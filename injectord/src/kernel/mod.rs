@@ -9,6 +9,7 @@ pub mod lease;
 pub mod logs;
 pub mod netns;
 pub mod reaper;
+pub mod shared;
 pub mod slots;
 
 use std::{

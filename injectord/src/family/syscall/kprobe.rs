@@ -4,10 +4,7 @@
 //! syscall on the kernel's error-injection list (all of them). One
 //! attachment per syscall, shared by the faults that use it.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Weak},
-};
+use std::{collections::HashSet, sync::Arc};
 
 use aya::programs::{KProbe, kprobe::KProbeLink};
 use injector_common::syscall::SYSCALL_KPROBE;
@@ -15,7 +12,7 @@ use injector_common::syscall::SYSCALL_KPROBE;
 use super::table::Syscall;
 use crate::{
     error::{Error, chain},
-    kernel::Kernel,
+    kernel::{Kernel, shared::SharedByKey},
 };
 
 pub struct Kprobes {
@@ -23,7 +20,7 @@ pub struct Kprobes {
     ready: Result<(), String>,
     /// This kernel's syscall entry points (`__x64_sys_*`).
     entries: HashSet<String>,
-    attached: HashMap<String, Weak<Attachment>>,
+    attached: SharedByKey<String, Attachment>,
 }
 
 /// `syscall_kprobe` on one syscall's entry; detached when the last fault
@@ -50,7 +47,7 @@ impl Kprobes {
         Self {
             ready,
             entries,
-            attached: HashMap::new(),
+            attached: SharedByKey::default(),
         }
     }
 
@@ -76,29 +73,24 @@ impl Kprobes {
         kernel: &mut Kernel,
         function: &str,
     ) -> Result<Arc<Attachment>, Error> {
-        self.attached.retain(|_, a| a.strong_count() > 0);
-        if let Some(a) = self.attached.get(function).and_then(Weak::upgrade) {
-            return Ok(a);
-        }
-        let prog: &mut KProbe = program(kernel)?;
-        let link = prog
-            .attach(function, 0)
-            .and_then(|id| prog.take_link(id))
-            .map_err(|e| {
-                Error::UnsupportedKernel(format!(
-                    "attaching the override kprobe to {function} failed ({}); \
-                     the function must be on /sys/kernel/debug/error_injection/list",
-                    chain(&e)
-                ))
-            })?;
-        let a = Arc::new(Attachment {
-            function: function.to_string(),
-            _link: link,
-        });
-        self.attached
-            .insert(function.to_string(), Arc::downgrade(&a));
-        tracing::debug!(function, "kprobe attached");
-        Ok(a)
+        self.attached.get_or_try_make(function.to_string(), || {
+            let prog: &mut KProbe = program(kernel)?;
+            let link = prog
+                .attach(function, 0)
+                .and_then(|id| prog.take_link(id))
+                .map_err(|e| {
+                    Error::UnsupportedKernel(format!(
+                        "attaching the override kprobe to {function} failed ({}); \
+                         the function must be on /sys/kernel/debug/error_injection/list",
+                        chain(&e)
+                    ))
+                })?;
+            tracing::debug!(function, "kprobe attached");
+            Ok(Attachment {
+                function: function.to_string(),
+                _link: link,
+            })
+        })
     }
 }
 

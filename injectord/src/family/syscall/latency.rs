@@ -5,10 +5,7 @@
 //! syscalls}`. The two tracepoint programs are attached while anything is
 //! watched.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError, Weak},
-};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context as _;
 use aya::{
@@ -27,7 +24,7 @@ use super::{
 };
 use crate::{
     error::{Error, chain},
-    kernel::Kernel,
+    kernel::{Kernel, shared::SharedByKey},
     target::Cgroup,
 };
 
@@ -45,7 +42,7 @@ struct Inner {
     watch: HashMap<MapData, u64, u32>,
     hist: PerCpuArray<MapData, u64>,
     free: Vec<u32>,
-    by_cgroup: StdHashMap<u64, Weak<Watch>>,
+    by_cgroup: SharedByKey<u64, Watch>,
     links: Vec<RawTracePointLink>,
     depths: Depths,
 }
@@ -103,7 +100,7 @@ impl Watches {
             watch,
             hist,
             free: (0..MAX_WATCHES).rev().collect(),
-            by_cgroup: StdHashMap::new(),
+            by_cgroup: SharedByKey::default(),
             links: Vec::new(),
             depths,
         }))))
@@ -116,58 +113,63 @@ impl Watches {
     /// The cgroup's watch, started now if none holds one.
     pub fn watch(&self, kernel: &mut Kernel, cgroup: &Cgroup) -> Result<Arc<Watch>, Error> {
         let mut inner = self.lock();
-        inner.by_cgroup.retain(|_, w| w.strong_count() > 0);
-        if let Some(w) = inner.by_cgroup.get(&cgroup.id).and_then(Weak::upgrade) {
-            return Ok(w);
-        }
-        if inner.links.is_empty() {
-            for name in [SYSCALL_LATENCY_ENTER, SYSCALL_LATENCY_EXIT] {
-                let tp = if name == SYSCALL_LATENCY_ENTER {
-                    "sys_enter"
-                } else {
-                    "sys_exit"
-                };
-                let prog = program(kernel, name).map_err(|e| Error::Internal(format!("{e:#}")))?;
-                let link = prog
-                    .attach(tp)
-                    .and_then(|id| prog.take_link(id))
-                    .map_err(|source| Error::Attach {
-                        what: format!("{name} to raw tracepoint {tp}"),
-                        source,
-                    });
-                match link {
-                    Ok(l) => inner.links.push(l),
-                    Err(e) => {
-                        inner.links.clear();
-                        return Err(e);
+        let Inner {
+            watch,
+            free,
+            by_cgroup,
+            links,
+            depths,
+            ..
+        } = &mut *inner;
+        by_cgroup.get_or_try_make(cgroup.id, || {
+            if links.is_empty() {
+                for name in [SYSCALL_LATENCY_ENTER, SYSCALL_LATENCY_EXIT] {
+                    let tp = if name == SYSCALL_LATENCY_ENTER {
+                        "sys_enter"
+                    } else {
+                        "sys_exit"
+                    };
+                    let prog =
+                        program(kernel, name).map_err(|e| Error::Internal(format!("{e:#}")))?;
+                    let link = prog
+                        .attach(tp)
+                        .and_then(|id| prog.take_link(id))
+                        .map_err(|source| Error::Attach {
+                            what: format!("{name} to raw tracepoint {tp}"),
+                            source,
+                        });
+                    match link {
+                        Ok(l) => links.push(l),
+                        Err(e) => {
+                            links.clear();
+                            return Err(e);
+                        }
                     }
                 }
             }
-        }
-        let Some(index) = inner.free.pop() else {
-            return Err(Error::Capacity(format!(
-                "syscall latency is measured for at most {MAX_WATCHES} cgroups at once"
-            )));
-        };
-        let depth = match inner.depths.acquire(LEVELS_WATCHES, &cgroup.path) {
-            Ok(d) => d,
-            Err(e) => {
-                inner.free.push(index);
-                return Err(e);
+            let Some(index) = free.pop() else {
+                return Err(Error::Capacity(format!(
+                    "syscall latency is measured for at most {MAX_WATCHES} cgroups at once"
+                )));
+            };
+            let depth = match depths.acquire(LEVELS_WATCHES, &cgroup.path) {
+                Ok(d) => d,
+                Err(e) => {
+                    free.push(index);
+                    return Err(e);
+                }
+            };
+            if let Err(e) = watch.insert(&cgroup.id, &index, 0) {
+                free.push(index);
+                return Err(Error::map(LATENCY_WATCH)(e));
             }
-        };
-        if let Err(e) = inner.watch.insert(&cgroup.id, &index, 0) {
-            inner.free.push(index);
-            return Err(Error::map(LATENCY_WATCH)(e));
-        }
-        let w = Arc::new(Watch {
-            owner: self.clone(),
-            cgroup: cgroup.clone(),
-            index,
-            _depth: depth,
-        });
-        inner.by_cgroup.insert(cgroup.id, Arc::downgrade(&w));
-        Ok(w)
+            Ok(Watch {
+                owner: self.clone(),
+                cgroup: cgroup.clone(),
+                index,
+                _depth: depth,
+            })
+        })
     }
 
     /// Every watched cgroup's histograms, by syscall group (groups without
@@ -175,7 +177,7 @@ impl Watches {
     pub fn series(&self) -> Vec<LatencySeries> {
         let inner = self.lock();
         let mut out = Vec::new();
-        for w in inner.by_cgroup.values().filter_map(Weak::upgrade) {
+        for w in inner.by_cgroup.held() {
             for g in 0..LATENCY_GROUPS {
                 let base = (w.index * LATENCY_GROUPS + g) * LATENCY_SLOTS;
                 let read = |i: u32| -> u64 {
@@ -206,15 +208,10 @@ impl Drop for Watch {
         let mut inner = self.owner.lock();
         // A fault may have watched the cgroup anew between our last
         // reference going and this lock: then the entries are its own.
-        let replaced = inner
-            .by_cgroup
-            .get(&self.cgroup.id)
-            .is_some_and(|w| w.strong_count() > 0);
-        if !replaced {
-            if let Err(e) = inner.watch.remove(&self.cgroup.id) {
-                tracing::error!(error = %e, cgroup = %self.cgroup.path, "unwatching");
-            }
-            inner.by_cgroup.remove(&self.cgroup.id);
+        if !inner.by_cgroup.is_held(&self.cgroup.id)
+            && let Err(e) = inner.watch.remove(&self.cgroup.id)
+        {
+            tracing::error!(error = %e, cgroup = %self.cgroup.path, "unwatching");
         }
         // A later watch reuses the index: it starts from zero.
         if let Ok(cpus) = nr_cpus() {
@@ -228,7 +225,7 @@ impl Drop for Watch {
             }
         }
         inner.free.push(self.index);
-        if inner.by_cgroup.values().all(|w| w.strong_count() == 0) {
+        if inner.by_cgroup.is_empty() {
             // Detaches both programs: nothing is watched.
             inner.links.clear();
         }

@@ -3,10 +3,7 @@
 //! BPF LSM is active and the hook's arity in this kernel's BTF is the one
 //! the program was built for, and attached while a fault uses it.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Weak},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use aya::{
     Btf,
@@ -16,7 +13,7 @@ use injector_common::syscall::{LSM_HOOKS, LsmHook};
 
 use crate::{
     error::{Error, chain},
-    kernel::{Kernel, btf::KernelBtf},
+    kernel::{Kernel, btf::KernelBtf, shared::SharedByKey},
 };
 
 pub struct LsmHooks {
@@ -27,7 +24,7 @@ pub struct LsmHooks {
     loaded: HashMap<&'static str, Result<(), String>>,
     /// The kernel's BTF, parsed at the first load after start-up.
     btf: Option<Btf>,
-    attached: HashMap<&'static str, Weak<Attachment>>,
+    attached: SharedByKey<&'static str, Attachment>,
 }
 
 /// A hook's program attached; detached when the last fault drops it.
@@ -66,7 +63,7 @@ impl LsmHooks {
             ready,
             loaded,
             btf: None,
-            attached: HashMap::new(),
+            attached: SharedByKey::default(),
         }
     }
 
@@ -86,40 +83,42 @@ impl LsmHooks {
         kernel: &mut Kernel,
         hook: &LsmHook,
     ) -> Result<Arc<Attachment>, Error> {
-        self.attached.retain(|_, a| a.strong_count() > 0);
-        if let Some(a) = self.attached.get(hook.program).and_then(Weak::upgrade) {
-            return Ok(a);
-        }
-        self.hook_ready(hook).map_err(Error::UnsupportedKernel)?;
-        if !self.loaded.contains_key(hook.program) {
-            if self.btf.is_none() {
-                self.btf = Some(Btf::from_sys_fs().map_err(|e| {
-                    Error::UnsupportedKernel(format!("reading the kernel's BTF: {e}"))
-                })?);
+        let Self {
+            attached,
+            loaded,
+            btf,
+            ready,
+        } = self;
+        attached.get_or_try_make(hook.program, || {
+            ready.clone().map_err(Error::UnsupportedKernel)?;
+            match loaded.get(hook.program) {
+                Some(outcome) => outcome.clone().map_err(Error::UnsupportedKernel)?,
+                None => {
+                    if btf.is_none() {
+                        *btf = Some(Btf::from_sys_fs().map_err(|e| {
+                            Error::UnsupportedKernel(format!("reading the kernel's BTF: {e}"))
+                        })?);
+                    }
+                    let btf = btf.as_ref().ok_or_else(|| Error::Internal("BTF".into()))?;
+                    let outcome = load_program(kernel, btf, hook);
+                    loaded.insert(hook.program, outcome.clone());
+                    outcome.map_err(Error::UnsupportedKernel)?;
+                }
             }
-            let btf = self
-                .btf
-                .as_ref()
-                .ok_or_else(|| Error::Internal("BTF".into()))?;
-            let outcome = load_program(kernel, btf, hook);
-            self.loaded.insert(hook.program, outcome.clone());
-            outcome.map_err(Error::UnsupportedKernel)?;
-        }
-        let prog = program(kernel, hook)?;
-        let link = prog
-            .attach()
-            .and_then(|id| prog.take_link(id))
-            .map_err(|source| Error::Attach {
-                what: format!("{} to LSM hook {}", hook.program, hook.hook),
-                source,
-            })?;
-        let a = Arc::new(Attachment {
-            hook: hook.hook,
-            _link: link,
-        });
-        self.attached.insert(hook.program, Arc::downgrade(&a));
-        tracing::debug!(hook = hook.hook, "LSM program attached");
-        Ok(a)
+            let prog = program(kernel, hook)?;
+            let link = prog
+                .attach()
+                .and_then(|id| prog.take_link(id))
+                .map_err(|source| Error::Attach {
+                    what: format!("{} to LSM hook {}", hook.program, hook.hook),
+                    source,
+                })?;
+            tracing::debug!(hook = hook.hook, "LSM program attached");
+            Ok(Attachment {
+                hook: hook.hook,
+                _link: link,
+            })
+        })
     }
 }
 

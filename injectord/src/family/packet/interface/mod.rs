@@ -23,8 +23,7 @@ mod tc;
 mod xdp;
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError, Weak},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use aya::{Ebpf, programs::TcAttachType};
@@ -51,6 +50,7 @@ use crate::{
         logs::{self, LogReader},
         netns::{Device, DeviceKey, NsHandle, resolve_device},
         reaper::{NetlinkGuard, Reaper, Undo},
+        shared::SharedByKey,
     },
     spec::target::{IfName, Netns},
 };
@@ -82,7 +82,7 @@ pub struct Attach {
 
 /// The interfaces that have faults, each shared by its faults.
 pub struct Interfaces {
-    by_key: HashMap<DeviceKey, Weak<Mutex<Interface>>>,
+    by_key: SharedByKey<DeviceKey, Mutex<Interface>>,
     attach: Attach,
     reaper: Reaper,
 }
@@ -117,7 +117,7 @@ struct Interface {
 impl Interfaces {
     pub fn new(attach: Attach, reaper: Reaper) -> Self {
         Self {
-            by_key: HashMap::new(),
+            by_key: SharedByKey::default(),
             attach,
             reaper,
         }
@@ -144,21 +144,10 @@ impl Interfaces {
         }
         let Device { ns, key, mtu } = resolve_device(name, netns)?;
         plan.check_mtu(mtu)?;
-        self.by_key.retain(|_, i| i.strong_count() > 0);
-        let iface = match self.by_key.get(&key).and_then(Weak::upgrade) {
-            Some(i) => i,
-            None => {
-                let i = Arc::new(Mutex::new(Interface::load(
-                    ns,
-                    label,
-                    name.as_str(),
-                    key.ifindex,
-                    lease,
-                )?));
-                self.by_key.insert(key, Arc::downgrade(&i));
-                i
-            }
-        };
+        let ifindex = key.ifindex;
+        let iface = self.by_key.get_or_try_make(key, || {
+            Interface::load(ns, label, name.as_str(), ifindex, lease).map(Mutex::new)
+        })?;
         // On error, `iface` is dropped here; if no fault holds it, its
         // programs and netlink state go with it.
         let (indices, slot) = lock(&iface).install(plan, trigger, self.attach, &self.reaper)?;
