@@ -338,7 +338,10 @@ impl Filesystem {
         let path = dir.path.join("mnt");
         fs::create_dir_all(&path).unwrap();
         let target = path.display().to_string();
-        run_out("mount", &["-t", "tmpfs", "-o", "size=16m", "tmpfs", &target]);
+        run_out(
+            "mount",
+            &["-t", "tmpfs", "-o", "size=16m", "tmpfs", &target],
+        );
         Self { path, _dir: dir }
     }
 

@@ -543,7 +543,14 @@ fn a_device_filter_fails_calls_on_that_filesystem_only() {
         assert_eq!(backend_of(&d, "open-data"), "lsm");
         let (on, off, again) = (data.file("f"), other.file("f"), data.file("g"));
         assert_eq!(
-            ops(&cg, &[&format!("open:{on}"), &format!("open:{off}"), &format!("open:{again}")]),
+            ops(
+                &cg,
+                &[
+                    &format!("open:{on}"),
+                    &format!("open:{off}"),
+                    &format!("open:{again}")
+                ]
+            ),
             ["EIO", "ok", "EIO"]
         );
         assert_eq!(ops(&sibling, &[&format!("open:{on}")]), ["ok"]);
@@ -570,10 +577,19 @@ fn a_device_filter_fails_calls_on_that_filesystem_only() {
         println!("read with a device filter: {backend}");
         assert_eq!(backend, if kprobe { "kprobe" } else { "lsm" });
         assert_eq!(
-            ops(&cg, &[&format!("read:{}", data.file("r")), &format!("read:{}", other.file("r"))]),
+            ops(
+                &cg,
+                &[
+                    &format!("read:{}", data.file("r")),
+                    &format!("read:{}", other.file("r"))
+                ]
+            ),
             ["EIO", "ok"]
         );
-        assert_eq!(ops(&sibling, &[&format!("read:{}", data.file("r"))]), ["ok"]);
+        assert_eq!(
+            ops(&sibling, &[&format!("read:{}", data.file("r"))]),
+            ["ok"]
+        );
         assert_eq!(d.counters("read-data", "syscall_error"), (1, 1));
     } else {
         refused(&d, spec, &["read", "cannot filter by device"]);
@@ -589,7 +605,13 @@ fn a_device_filter_fails_calls_on_that_filesystem_only() {
         d.inject(spec);
         assert_eq!(backend_of(&d, "fsync-data"), "kprobe");
         assert_eq!(
-            ops(&cg, &[&format!("fsync:{}", data.file("s")), &format!("fsync:{}", other.file("s"))]),
+            ops(
+                &cg,
+                &[
+                    &format!("fsync:{}", data.file("s")),
+                    &format!("fsync:{}", other.file("s"))
+                ]
+            ),
             ["EIO", "ok"]
         );
         assert_eq!(d.counters("fsync-data", "syscall_error"), (1, 1));
@@ -615,7 +637,15 @@ fn socket_family_and_type_filters_pick_the_sockets() {
     ));
     println!("socket() with a family filter: {}", backend_of(&d, "no-v6"));
     assert_eq!(
-        ops(&cg, &["sock:inet6:stream", "sock:inet:stream", "sock:inet6:dgram", "sock:unix:stream"]),
+        ops(
+            &cg,
+            &[
+                "sock:inet6:stream",
+                "sock:inet:stream",
+                "sock:inet6:dgram",
+                "sock:unix:stream"
+            ]
+        ),
         ["EAFNOSUPPORT", "ok", "EAFNOSUPPORT", "ok"]
     );
     assert_eq!(ops(&sibling, &["sock:inet6:stream"]), ["ok"]);
@@ -628,7 +658,10 @@ fn socket_family_and_type_filters_pick_the_sockets() {
                "socket_type": "dgram"}),
     ));
     assert_eq!(
-        ops(&cg, &["sock:inet:dgram", "sock:inet:stream", "sock:inet6:dgram"]),
+        ops(
+            &cg,
+            &["sock:inet:dgram", "sock:inet:stream", "sock:inet6:dgram"]
+        ),
         ["EMFILE", "ok", "EMFILE"]
     );
     d.call("remove", json!({"name": "no-udp"})).unwrap();
@@ -654,7 +687,10 @@ fn socket_family_and_type_filters_pick_the_sockets() {
         json!({"type": "syscall_error", "syscall": "getsockopt", "errno": "ENOPROTOOPT",
                "family": "inet6"}),
     ));
-    println!("getsockopt with a family filter: {}", backend_of(&d, "v6-opts"));
+    println!(
+        "getsockopt with a family filter: {}",
+        backend_of(&d, "v6-opts")
+    );
     assert_eq!(
         ops(&cg, &["getsockopt:inet6", "getsockopt:inet"]),
         ["ENOPROTOOPT", "ok"]
@@ -670,9 +706,16 @@ fn socket_family_and_type_filters_pick_the_sockets() {
     if lsm {
         d.inject(spec);
         assert_eq!(backend_of(&d, "v6-listen"), "lsm");
-        assert_eq!(ops(&cg, &["listen:inet6", "listen:inet"]), ["EADDRINUSE", "ok"]);
+        assert_eq!(
+            ops(&cg, &["listen:inet6", "listen:inet"]),
+            ["EADDRINUSE", "ok"]
+        );
     } else {
-        refused(&d, spec, &["listen", "cgroup programs: none runs inside listen"]);
+        refused(
+            &d,
+            spec,
+            &["listen", "cgroup programs: none runs inside listen"],
+        );
     }
 
     // cgroup/sock_create runs for IPv4 and IPv6 sockets only: a unix
@@ -685,8 +728,15 @@ fn socket_family_and_type_filters_pick_the_sockets() {
     );
     if lsm || d.has_backend("syscall_kprobe_override") {
         d.inject(spec);
-        assert_eq!(ops(&cg, &["sock:unix:stream", "sock:inet:dgram"]), ["EMFILE", "ok"]);
+        assert_eq!(
+            ops(&cg, &["sock:unix:stream", "sock:inet:dgram"]),
+            ["EMFILE", "ok"]
+        );
     } else {
-        refused(&d, spec, &["socket", "IPv4 and IPv6 sockets only, not family unix"]);
+        refused(
+            &d,
+            spec,
+            &["socket", "IPv4 and IPv6 sockets only, not family unix"],
+        );
     }
 }

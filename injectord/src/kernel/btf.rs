@@ -148,7 +148,11 @@ impl KernelBtf {
                             type_id: u32_at(m + 4)?,
                             // With the kind flag, the top byte is a bit
                             // field's size.
-                            bit_offset: if bitfields { offset & 0xff_ffff } else { offset },
+                            bit_offset: if bitfields {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
                         });
                     }
                     if name_off != 0
@@ -164,9 +168,7 @@ impl KernelBtf {
         }
         btf.arities = funcs
             .into_iter()
-            .filter_map(|(name, proto)| {
-                Some((btf.name(name)?.to_string(), *protos.get(&proto)?))
-            })
+            .filter_map(|(name, proto)| Some((btf.name(name)?.to_string(), *protos.get(&proto)?)))
             .collect();
         Some(btf)
     }

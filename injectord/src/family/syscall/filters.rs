@@ -52,7 +52,9 @@ impl FromStr for Device {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("{s:?} is not a device: expected \"major:minor\", e.g. \"7:0\" (see stat -c %Hd:%Ld FILE)")
+            format!(
+                "{s:?} is not a device: expected \"major:minor\", e.g. \"7:0\" (see stat -c %Hd:%Ld FILE)"
+            )
         };
         let (major, minor) = s.split_once(':').ok_or_else(bad)?;
         let major: u32 = major.parse().map_err(|_| bad())?;
@@ -148,9 +150,21 @@ mod tests {
     fn devices_parse_as_stat_prints_them() {
         let d: Device = "7:0".parse().unwrap();
         assert_eq!(d.kernel_dev(), 7 << 20);
-        assert_eq!("259:3".parse::<Device>().unwrap().kernel_dev(), (259 << 20) | 3);
+        assert_eq!(
+            "259:3".parse::<Device>().unwrap().kernel_dev(),
+            (259 << 20) | 3
+        );
         assert_eq!(d.to_string(), "7:0");
-        for bad in ["7", "7:", ":0", "a:b", "-1:0", "4096:0", "0:1048576", "7:0:1"] {
+        for bad in [
+            "7",
+            "7:",
+            ":0",
+            "a:b",
+            "-1:0",
+            "4096:0",
+            "0:1048576",
+            "7:0:1",
+        ] {
             assert!(bad.parse::<Device>().is_err(), "{bad}");
         }
     }

@@ -131,13 +131,13 @@ impl Watches {
                     };
                     let prog =
                         program(kernel, name).map_err(|e| Error::Internal(format!("{e:#}")))?;
-                    let link = prog
-                        .attach(tp)
-                        .and_then(|id| prog.take_link(id))
-                        .map_err(|source| Error::Attach {
-                            what: format!("{name} to raw tracepoint {tp}"),
-                            source,
-                        });
+                    let link =
+                        prog.attach(tp)
+                            .and_then(|id| prog.take_link(id))
+                            .map_err(|source| Error::Attach {
+                                what: format!("{name} to raw tracepoint {tp}"),
+                                source,
+                            });
                     match link {
                         Ok(l) => links.push(l),
                         Err(e) => {

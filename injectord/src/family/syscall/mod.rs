@@ -30,8 +30,8 @@ use std::any::Any;
 
 use injector_common::syscall::{
     ACTION_ERROR, BACKEND_CGROUP, BACKEND_KPROBE, BACKEND_LSM, LSM_MMAP_ADDR, NO_PATH_ARG,
-    OBJ_BPRM, OBJ_FILE, OBJ_INODE, OBJ_PATH, OBJ_SOCKET, OBJ_SOCKET_ARGS, OBJ_VMA,
-    SYSCALL_LEVELS, SyscallRule,
+    OBJ_BPRM, OBJ_FILE, OBJ_INODE, OBJ_PATH, OBJ_SOCKET, OBJ_SOCKET_ARGS, OBJ_VMA, SYSCALL_LEVELS,
+    SyscallRule,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -187,7 +187,13 @@ fn parse(kind: &str, value: Value) -> Result<Box<dyn Params>, SpecError> {
     }
     if let (Some(family), Some(address)) = (f.family, f.address) {
         let v6 = address.net().addr().is_ipv6();
-        if family != if v6 { SocketFamily::Inet6 } else { SocketFamily::Inet } {
+        if family
+            != if v6 {
+                SocketFamily::Inet6
+            } else {
+                SocketFamily::Inet
+            }
+        {
             return Err(SpecError::Never {
                 field: "family",
                 message: format!(
@@ -387,14 +393,21 @@ impl Syscalls {
     }
 
     /// Why LSM hook `h` cannot apply the fault's filters.
-    fn lsm_cannot(&self, f: &SyscallError, h: &injector_common::syscall::LsmHook) -> Option<String> {
+    fn lsm_cannot(
+        &self,
+        f: &SyscallError,
+        h: &injector_common::syscall::LsmHook,
+    ) -> Option<String> {
         if sysctl_path(f) {
             return Some("cannot filter by a /proc/sys path".into());
         }
         if f.address.is_some() || f.port.is_some() {
             return Some("cannot filter by address or port".into());
         }
-        let file = matches!(h.object, OBJ_FILE | OBJ_INODE | OBJ_PATH | OBJ_BPRM | OBJ_VMA);
+        let file = matches!(
+            h.object,
+            OBJ_FILE | OBJ_INODE | OBJ_PATH | OBJ_BPRM | OBJ_VMA
+        );
         let socket = f.family.is_some() || f.socket_type.is_some();
         if f.device.is_some() && !file {
             return Some(format!(

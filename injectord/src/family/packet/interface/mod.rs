@@ -22,9 +22,7 @@ mod fq;
 mod tc;
 mod xdp;
 
-use std::{
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aya::{Ebpf, programs::TcAttachType};
 use injector_common::{
