@@ -19,13 +19,19 @@ fn flow(tag: &str, src: &str, dst: &str, proto: u8, ext: &[&str], dport: u16) ->
 
 /// Starts the frame counter on `ns`'s eth0.
 fn counter(ns: &Netns) -> Child {
+    counter_idle(ns, IDLE)
+}
+
+/// A frame counter that stops after `idle` without a frame, or at a frame
+/// tagged "end".
+fn counter_idle(ns: &Netns, idle: Duration) -> Child {
     let mut child = ns.spawn(
         "python3",
         &[
             helper("frames.py").to_str().expect("utf-8"),
             "recv",
             "eth0",
-            &IDLE.as_secs_f64().to_string(),
+            &idle.as_secs_f64().to_string(),
         ],
     );
     wait_line(&mut child, "ready").expect("frame counter ready");
@@ -198,8 +204,10 @@ fn cgroup_rule_by_number_hits_that_protocol_of_that_cgroup() {
     let cg = TestCgroup::new("proto-cg");
     d.inject(json!({"name": "no-ospf", "target": {"cgroup": cg.rel},
                     "fault": {"type": "packet_drop", "direction": "both", "protocol": 89}}));
-    let rx = counter(&link.b);
-    let raw = |cg: Option<&TestCgroup>, dst: &str, proto: &str, tag: &str| {
+    // Four senders, each a new python process: under load one can take
+    // longer to start than any idle wait, so the last one ends the count.
+    let rx = counter_idle(&link.b, Duration::from_secs(60));
+    let raw = |cg: Option<&TestCgroup>, dst: &str, proto: &str, tag: &str, n: &str| {
         let frames = helper("frames.py");
         let args = [
             "netns",
@@ -211,7 +219,7 @@ fn cgroup_rule_by_number_hits_that_protocol_of_that_cgroup() {
             dst,
             proto,
             tag,
-            "50",
+            n,
         ];
         let out = match cg {
             Some(cg) => cg.run("ip", &args),
@@ -226,10 +234,11 @@ fn cgroup_rule_by_number_hits_that_protocol_of_that_cgroup() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    raw(Some(&cg), B_IP, "89", "ospf4");
-    raw(Some(&cg), B_IP6, "89", "ospf6");
-    raw(Some(&cg), B_IP, "47", "gre4");
-    raw(None, B_IP, "89", "ospf4-other");
+    raw(Some(&cg), B_IP, "89", "ospf4", "50");
+    raw(Some(&cg), B_IP6, "89", "ospf6", "50");
+    raw(Some(&cg), B_IP, "47", "gre4", "50");
+    raw(None, B_IP, "89", "ospf4-other", "50");
+    raw(None, B_IP, "47", "end", "1");
     assert_counts(
         &counted(rx),
         &[
