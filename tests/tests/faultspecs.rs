@@ -914,6 +914,14 @@ fn config_unreadable_fails_a_reload_while_nginx_keeps_serving() {
     let ns = Netns::new("conf");
     let mut web = nginx_with(&ns, Some(&vnf), 8080, Some(&etc.dir));
     d.inject(spec.clone());
+    let want = best_backend(
+        &d,
+        &[
+            ("syscall_kprobe_override", "kprobe"),
+            ("syscall_lsm", "lsm"),
+        ],
+    );
+    assert_eq!(backend_of(&d, &name_of(&spec)), want);
 
     let conf = etc.file("nginx.conf");
     let reload = vnf.run("nginx", &["-e", "stderr", "-s", "reload", "-c", &conf]);
