@@ -743,7 +743,8 @@ fn python_in(cg: &TestCgroup, script: &str, args: &[&str]) -> Child {
 
 /// Waits for the script in `cg` to print "ready": started and past its
 /// imports before the fault exists, so that the fault meets only what it
-/// does afterwards. The scripts then wait for a flag file (`wait()`).
+/// does afterwards (so every import comes before [`STAGED`]). The scripts
+/// then wait for a flag file (`wait()`).
 fn staged(cg: &TestCgroup, script: &str, args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut child = python_in(cg, script, args);
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -994,9 +995,8 @@ fn memory_exhausted_refuses_growth_until_the_fault_ends() {
         return;
     }
     let pool = format!(
-        "{STAGED}{}",
+        "import mmap\n{STAGED}{}",
         r#"
-import mmap
 wait(sys.argv[1])
 res = []
 for _ in range(3):
@@ -1050,10 +1050,11 @@ fn entropy_starved_fails_key_generation_with_eagain() {
     ) {
         return;
     }
+    // secrets imports random, which seeds itself from getrandom: before
+    // "ready", so that the fault meets only the draws below.
     let keys = format!(
-        "{STAGED}{}",
+        "import secrets\n{STAGED}{}",
         r#"
-import secrets
 wait(sys.argv[1])
 res = []
 for draw in (lambda: secrets.token_bytes(16), lambda: os.getrandom(16, os.GRND_NONBLOCK)):
