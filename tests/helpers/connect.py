@@ -16,9 +16,11 @@ family = socket.AF_INET6 if ":" in host else socket.AF_INET
 kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
 ok, errors, pattern = 0, {}, []
 for _ in range(count):
-    s = socket.socket(family, kind)
-    s.settimeout(5)
+    s = None
     try:
+        # Inside the try: a socket() that fails (EMFILE) is an outcome too.
+        s = socket.socket(family, kind)
+        s.settimeout(5)
         s.connect((host, port))
         ok += 1
         if len(pattern) < 2000:
@@ -29,5 +31,6 @@ for _ in range(count):
         if len(pattern) < 2000:
             pattern.append("X")
     finally:
-        s.close()
+        if s is not None:
+            s.close()
 print(json.dumps({"ok": ok, "errors": errors, "pattern": "".join(pattern)}))

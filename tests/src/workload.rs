@@ -91,6 +91,11 @@ impl Service {
         self.child.id()
     }
 
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Panics, with the log, if the service has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -118,13 +123,27 @@ pub fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) 
 /// nginx serving `dir/www` on `port` (IPv4 and IPv6), with WebDAV PUT
 /// under `/upload/`, as the backend or the far end of a test.
 pub fn nginx(ns: &Netns, port: u16) -> Service {
+    nginx_with(ns, None, port, None)
+}
+
+/// [`nginx`] inside `cg` if given (the VNF a fault targets: its master
+/// and one worker), reading its `nginx.conf` from `conf_dir` if given
+/// (where a spec's path filter looks) rather than from its scratch
+/// directory.
+pub fn nginx_with(
+    ns: &Netns,
+    cg: Option<&TestCgroup>,
+    port: u16,
+    conf_dir: Option<&Path>,
+) -> Service {
     let dir = Scratch::new("nginx");
     fs::create_dir_all(dir.path.join("www/upload")).expect("www");
     fs::write(dir.path.join("www/index.html"), "ok\n").expect("index.html");
     let d = dir.path.display();
-    let conf = dir.write(
-        "nginx.conf",
-        &format!(
+    let conf = conf_dir.map_or_else(|| dir.path.join("nginx.conf"), |c| c.join("nginx.conf"));
+    fs::write(
+        &conf,
+        format!(
             "daemon off; user root; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 256; }}
 http {{
@@ -139,9 +158,11 @@ http {{
 }}
 "
         ),
-    );
+    )
+    .unwrap_or_else(|e| panic!("writing {}: {e}", conf.display()));
+    let conf = conf.display().to_string();
     let err = dir.file("startup.log");
-    let mut svc = Service::start("nginx", ns, None, dir, "nginx", &["-e", &err, "-c", &conf]);
+    let mut svc = Service::start("nginx", ns, cg, dir, "nginx", &["-e", &err, "-c", &conf]);
     let url = format!("http://127.0.0.1:{port}/");
     wait_until(Duration::from_secs(20), "nginx answering", || {
         svc.assert_running();
