@@ -391,3 +391,26 @@ fn run_out(program: &str, args: &[&str]) -> String {
     assert!(out.status.success(), "{program} {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// `python -c script args...` in `cg`, its stdout piped, with a fixed hash
+/// seed (no getrandom() at start-up) and without core dumps (a process a
+/// test ends with SIGSEGV must leave no core file behind).
+pub fn python_command(cg: &TestCgroup, python: &str, script: &str, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut all = vec!["-c", script];
+    all.extend_from_slice(args);
+    let mut cmd = cg.command(python, &all);
+    cmd.stdout(Stdio::piped()).env("PYTHONHASHSEED", "0");
+    // SAFETY: setrlimit is async-signal safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            Ok(())
+        });
+    }
+    cmd
+}

@@ -11,7 +11,7 @@ use std::{
     io::{BufRead as _, BufReader, Lines},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Stdio},
+    process::{Child, ChildStdout},
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -719,26 +719,11 @@ fn python3() -> &'static str {
     })
 }
 
-/// `python3 -c script args...` in `cg`, its stdout piped, without core
-/// dumps (a SIGSEGV must leave no core file behind).
+/// `python3 -c script args...` in `cg` (see [`python_command`]).
 fn python_in(cg: &TestCgroup, script: &str, args: &[&str]) -> Child {
-    use std::os::unix::process::CommandExt as _;
-    let mut all = vec!["-c", script];
-    all.extend_from_slice(args);
-    let mut cmd = cg.command(python3(), &all);
-    cmd.stdout(Stdio::piped()).env("PYTHONHASHSEED", "0");
-    // SAFETY: setrlimit is async-signal safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &none);
-            Ok(())
-        });
-    }
-    cmd.spawn().expect("python3")
+    python_command(cg, python3(), script, args)
+        .spawn()
+        .expect("python3")
 }
 
 /// Waits for the script in `cg` to print "ready": started and past its

@@ -3,13 +3,16 @@
 //! or frozen when the fault ends or the daemon dies.
 
 use std::{
-    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    os::unix::process::ExitStatusExt as _,
     path::Path,
-    process::{Child, Output, Stdio},
+    process::{Child, Output},
     time::{Duration, Instant},
 };
 
-use injectord_tests::{workload::Scratch, *};
+use injectord_tests::{
+    workload::{Scratch, python_command},
+    *,
+};
 use serde_json::{Value, json};
 
 /// Prints `time.monotonic_ns()` every 10 ms for `secs` seconds; with a
@@ -43,25 +46,12 @@ for i in range(n):
 print("done", flush=True)
 "#;
 
-/// `python3 -c script args...` in `cg`, its stdout piped, without core
-/// dumps (a SIGSEGV must not leave a core file behind).
+/// `python3 -c script args...` in `cg` (see [`python_command`]), once it
+/// is in the cgroup.
 fn python(cg: &TestCgroup, script: &str, args: &[&str]) -> Child {
-    let mut all = vec!["-c", script];
-    all.extend_from_slice(args);
-    let mut cmd = cg.command("python3", &all);
-    cmd.stdout(Stdio::piped()).env("PYTHONHASHSEED", "0");
-    // SAFETY: setrlimit is async-signal safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &none);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().expect("python3");
+    let child = python_command(cg, "python3", script, args)
+        .spawn()
+        .expect("python3");
     wait_in_cgroup(cg, child.id());
     child
 }

@@ -398,19 +398,7 @@ impl Reaper {
     /// outlives a kill of the daemon's process group. See [`Self::record`].
     pub fn record_process(&self, undo: Undo) -> Record {
         debug_assert!(undo.is_process());
-        let Some(pipe) = &self.0 else {
-            return Record(None);
-        };
-        let mut p = lock(pipe);
-        let id = p.next;
-        p.next += 1;
-        p.send(&Entry::Add {
-            add: id,
-            netns: None,
-            netns_id: None,
-            undo,
-        });
-        Record(Some((Arc::clone(pipe), id)))
+        self.add(None, None, undo)
     }
 
     /// Records how to undo state about to be created in `ns`. The
@@ -418,6 +406,14 @@ impl Reaper {
     /// reaper and the journal the state is gone (undone by us, or never
     /// created); [`Record::keep`] leaves it pending.
     pub fn record(&self, ns: &NsHandle, undo: Undo) -> Record {
+        if self.0.is_none() {
+            return Record(None);
+        }
+        self.add(ns.path.clone(), ns.file().and_then(NsId::of), undo)
+    }
+
+    /// Sends an `Add` entry under the next id; its pending record.
+    fn add(&self, netns: Option<String>, netns_id: Option<NsId>, undo: Undo) -> Record {
         let Some(pipe) = &self.0 else {
             return Record(None);
         };
@@ -426,8 +422,8 @@ impl Reaper {
         p.next += 1;
         p.send(&Entry::Add {
             add: id,
-            netns: ns.path.clone(),
-            netns_id: ns.file().and_then(NsId::of),
+            netns,
+            netns_id,
             undo,
         });
         Record(Some((Arc::clone(pipe), id)))

@@ -624,6 +624,14 @@ impl Backend for Syscalls {
         rule.sock_type = fault.socket_type.map_or(0, |t| t.value() as u8);
         rule.sock_args = u8::from(matches!(sc.name(), "socket" | "socketpair"));
         let what = format!("{} fail", sc.name());
+        // kprobe and LSM programs run for every task: their rules are
+        // found through the caller's ancestors at the targets' depths.
+        let for_every_task = Place {
+            cgroup: &cgroup,
+            nr: sc.nr(),
+            action: ACTION_ERROR,
+            by_depth: true,
+        };
         let mut describe = serde_json::Map::new();
         let (installed, attachment): (Box<dyn Any + Send>, Option<Box<dyn Any + Send>>) =
             match &choice {
@@ -631,17 +639,7 @@ impl Backend for Syscalls {
                     rule.backend = BACKEND_KPROBE;
                     let a = self.kprobe.attach(req.kernel, function)?;
                     describe.insert("hook".into(), json!(format!("kprobe {function}")));
-                    let r = rules.install(
-                        req.name,
-                        Place {
-                            cgroup: &cgroup,
-                            nr: sc.nr(),
-                            action: ACTION_ERROR,
-                            by_depth: true,
-                        },
-                        rule,
-                        &what,
-                    )?;
+                    let r = rules.install(req.name, for_every_task, rule, &what)?;
                     (Box::new(r), Some(Box::new(a)))
                 }
                 Choice::Lsm(hook) => {
@@ -649,17 +647,7 @@ impl Backend for Syscalls {
                     rule.hook = hook.id;
                     let a = self.lsm.attach(req.kernel, hook)?;
                     describe.insert("hook".into(), json!(format!("lsm {}", hook.hook)));
-                    let r = rules.install(
-                        req.name,
-                        Place {
-                            cgroup: &cgroup,
-                            nr: sc.nr(),
-                            action: ACTION_ERROR,
-                            by_depth: true,
-                        },
-                        rule,
-                        &what,
-                    )?;
+                    let r = rules.install(req.name, for_every_task, rule, &what)?;
                     (Box::new(r), Some(Box::new(a)))
                 }
                 Choice::Cgroup(CgroupHook::Connect) => {
