@@ -682,10 +682,15 @@ fn pod_latency_100ms_slows_one_pod_only() {
                 })
                 .collect()
         };
-        // The SYN leaves 80 to 120 ms late (uniform jitter).
-        let slow = connect_ms(&pod_a, c0);
+        // The SYN leaves 80 to 120 ms late (uniform jitter). Every connect
+        // is at least that late; the median is within the jitter's range
+        // plus a margin (a TCG guest on a busy machine adds tens of ms to
+        // one connect now and then: CI saw 156 ms once).
+        let mut slow = connect_ms(&pod_a, c0);
+        slow.sort_by(f64::total_cmp);
         assert!(
-            slow.iter().all(|ms| (75.0..=150.0).contains(ms)),
+            slow.iter().all(|ms| (75.0..=400.0).contains(ms))
+                && (75.0..=150.0).contains(&slow[slow.len() / 2]),
             "pod a's connects: {slow:?} ms"
         );
         // Pod b's SYNs are not delayed: every connect is faster than the
