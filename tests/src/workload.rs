@@ -382,6 +382,76 @@ impl Drop for Filesystem {
     }
 }
 
+/// A loop block device backed by a file of `size_mb` MiB, optionally
+/// with an ext4 filesystem mounted on it; on every kernel of the matrix
+/// (the Debian guests load the loop module first). Unmounted, detached
+/// and deleted on drop.
+pub struct LoopDevice {
+    /// `/dev/loopN`.
+    pub dev: String,
+    /// Where its filesystem is mounted, if it has one.
+    pub mount: Option<PathBuf>,
+    dir: Scratch,
+}
+
+impl LoopDevice {
+    /// A bare device (for O_DIRECT I/O on the device itself).
+    pub fn new(name: &str, size_mb: u32) -> Self {
+        // Built in on the host and the built kernel, a module in Debian's.
+        let _ = Command::new("modprobe").arg("loop").status();
+        let dir = Scratch::new(name);
+        let backing = dir.path.join("backing.img");
+        let file = fs::File::create(&backing).unwrap();
+        file.set_len(u64::from(size_mb) << 20).unwrap();
+        drop(file);
+        let dev = run_out("losetup", &["-f", "--show", &backing.display().to_string()]);
+        Self {
+            dev,
+            mount: None,
+            dir,
+        }
+    }
+
+    /// A device with ext4 mounted on it.
+    pub fn ext4(name: &str, size_mb: u32) -> Self {
+        let mut d = Self::new(name, size_mb);
+        run_out("mkfs.ext4", &["-q", "-F", &d.dev]);
+        let mnt = d.dir.path.join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        run_out("mount", &[&d.dev, &mnt.display().to_string()]);
+        // Anyone may write there (tests run workloads as root anyway).
+        run_out("chmod", &["1777", &mnt.display().to_string()]);
+        d.mount = Some(mnt);
+        d
+    }
+
+    /// `"major:minor"` of the device.
+    pub fn numbers(&self) -> String {
+        run_out("lsblk", &["-dno", "MAJ:MIN", &self.dev])
+            .trim()
+            .to_string()
+    }
+
+    /// A path in its filesystem.
+    pub fn file(&self, name: &str) -> String {
+        self.mount
+            .as_ref()
+            .expect("a LoopDevice without a filesystem")
+            .join(name)
+            .display()
+            .to_string()
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if let Some(m) = &self.mount {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
 /// Runs a command that must succeed; its trimmed stdout.
 fn run_out(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)

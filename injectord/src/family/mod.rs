@@ -11,6 +11,7 @@
 //! construction, and `remove`, TTL expiry, `clear` and shutdown are all
 //! just a drop.
 
+pub mod block;
 pub mod connect;
 pub mod packet;
 pub mod syscall;
@@ -31,7 +32,12 @@ use crate::{
 
 /// Every family, in load order (a family may use services that an earlier
 /// one published in [`Services`]). Adding a family adds one line here.
-pub static FAMILIES: &[Declaration] = &[connect::FAMILY, packet::FAMILY, syscall::FAMILY];
+pub static FAMILIES: &[Declaration] = &[
+    connect::FAMILY,
+    packet::FAMILY,
+    syscall::FAMILY,
+    block::FAMILY,
+];
 
 /// What a family tells the registry about itself.
 pub struct Declaration {

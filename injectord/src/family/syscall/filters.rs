@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 /// A path prefix: non-empty, at most [`PATH_PREFIX_MAX`] bytes, no NUL.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(transparent)]
-pub struct PathPrefix(pub(super) String);
+pub struct PathPrefix(pub(crate) String);
 
 impl<'de> Deserialize<'de> for PathPrefix {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -15,7 +15,7 @@
 
 mod cgroup;
 mod depths;
-mod filters;
+pub mod filters;
 mod kprobe;
 pub mod latency;
 mod lsm;
