@@ -79,13 +79,47 @@ pub enum Undo {
         #[serde(default)]
         cgroup_id: u64,
     },
+    /// A limit an io_throttle wrote to a cgroup v2 `io.max`: `line` (the
+    /// device's previous limits, every key, `max` where there was none)
+    /// goes back, which removes the device's line if it had none.
+    IoMax {
+        cgroup_dir: String,
+        #[serde(default)]
+        cgroup_id: u64,
+        line: String,
+    },
+    /// `+controller` an io_throttle wrote to a cgroup's
+    /// `cgroup.subtree_control`: `-controller` undoes it.
+    SubtreeControl {
+        cgroup_dir: String,
+        #[serde(default)]
+        cgroup_id: u64,
+        controller: String,
+    },
+    /// A v1 blkio cgroup an io_throttle made on a hybrid host (the target's
+    /// processes moved in): every process there goes back to `home`, then
+    /// the cgroup is removed.
+    BlkioGroup {
+        dir: String,
+        home: String,
+        #[serde(default)]
+        cgroup_id: u64,
+    },
 }
 
 impl Undo {
-    /// Whether this is process state (the keeper's), not netlink state
-    /// (the reaper's).
+    /// Whether this is process or cgroup state (the keeper's: it must not
+    /// wait for the next start, as a frozen cgroup or a throttled target
+    /// would suffer meanwhile), not netlink state (the reaper's).
     pub fn is_process(&self) -> bool {
-        matches!(self, Self::Thaw { .. } | Self::Continue { .. })
+        matches!(
+            self,
+            Self::Thaw { .. }
+                | Self::Continue { .. }
+                | Self::IoMax { .. }
+                | Self::SubtreeControl { .. }
+                | Self::BlkioGroup { .. }
+        )
     }
 
     /// Runs the undo in the calling thread's network namespace (process
@@ -107,6 +141,34 @@ impl Undo {
                 let dir = same_cgroup(cgroup_dir, *cgroup_id)?;
                 continue_stopped(dir);
                 Ok(())
+            }
+            Self::IoMax {
+                cgroup_dir,
+                cgroup_id,
+                line,
+            } => {
+                let dir = same_cgroup(cgroup_dir, *cgroup_id)?;
+                std::fs::write(dir.join("io.max"), line)
+                    .map_err(|e| format!("writing {line:?} to {cgroup_dir}/io.max: {e}"))
+            }
+            Self::SubtreeControl {
+                cgroup_dir,
+                cgroup_id,
+                controller,
+            } => {
+                let dir = same_cgroup(cgroup_dir, *cgroup_id)?;
+                std::fs::write(dir.join("cgroup.subtree_control"), format!("-{controller}"))
+                    .map_err(|e| {
+                        format!("writing -{controller} to {cgroup_dir}/cgroup.subtree_control: {e}")
+                    })
+            }
+            Self::BlkioGroup {
+                dir,
+                home,
+                cgroup_id,
+            } => {
+                let dir = same_cgroup(dir, *cgroup_id)?;
+                undo_blkio_group(dir, Path::new(home))
             }
             Self::Filter {
                 dev,
@@ -154,6 +216,49 @@ fn same_cgroup(dir: &str, id: u64) -> Result<&Path, String> {
         )),
         Err(e) => Err(format!("cgroup {dir} not found: {e}")),
     }
+}
+
+/// Moves every process of the v1 cgroup `dir` to `home` (a few passes:
+/// forks race the moves), then removes `dir`.
+pub fn undo_blkio_group(dir: &Path, home: &Path) -> Result<(), String> {
+    let procs = |d: &Path| -> Vec<u32> {
+        std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    for _ in 0..8 {
+        let here = procs(dir);
+        if here.is_empty() {
+            break;
+        }
+        for pid in here {
+            match std::fs::write(home.join("cgroup.procs"), pid.to_string()) {
+                Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                    return Err(format!("moving process {pid} to {}: {e}", home.display()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut last = None;
+    for _ in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!("blkio cgroup {} not found", dir.display()));
+            }
+            // A process exiting there may hold it a moment.
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(format!(
+        "removing {}: {}",
+        dir.display(),
+        last.map_or_else(String::new, |e| e.to_string())
+    ))
 }
 
 /// Sends SIGCONT to every stopped process (state `T` in /proc/PID/stat)
