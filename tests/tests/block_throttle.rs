@@ -19,9 +19,11 @@ use injectord_tests::{
 };
 use serde_json::{Value, json};
 
-/// Reads commands `read|write BS COUNT` from stdin and does them with
-/// O_DIRECT on the device (argv[1]), from offset 0 (wrapping at its
-/// size); prints `{"bytes": .., "ops": .., "secs": ..}` for each.
+/// Reads commands `read|write BS COUNT WARM` from stdin and does them
+/// with O_DIRECT on the device (argv[1]), from offset 0 (wrapping at its
+/// size): WARM operations first, unmeasured (they take the burst a
+/// throttle grants a cgroup that was idle), then COUNT measured ones;
+/// prints `{"bytes": .., "ops": .., "secs": ..}` for each.
 const WORKER: &str = r#"
 import json, mmap, os, sys, time
 dev = sys.argv[1]
@@ -31,14 +33,15 @@ size = os.lseek(fd_size, 0, os.SEEK_END)
 os.close(fd_size)
 print("ready", flush=True)
 for line in sys.stdin:
-    op, bs, count = line.split()
-    bs, count = int(bs), int(count)
+    op, bs, count, warm = line.split()
+    bs, count, warm = int(bs), int(count), int(warm)
     buf = mmap.mmap(-1, bs)
     buf.write(b"\x5a" * bs)
     fd = os.open(dev, (os.O_WRONLY if op == "write" else os.O_RDONLY) | os.O_DIRECT)
-    t0 = time.monotonic()
     off = 0
-    for i in range(count):
+    for i in range(warm + count):
+        if i == warm:
+            t0 = time.monotonic()
         if op == "write":
             n = os.pwritev(fd, [buf], off)
         else:
@@ -79,9 +82,10 @@ impl Worker {
         self.child.id()
     }
 
-    /// Does `count` direct `op`s of `bs` bytes: (bytes/s, ops/s, seconds).
+    /// Does `count` direct `op`s of `bs` bytes, after a tenth as many
+    /// unmeasured: (bytes/s, ops/s, seconds).
     fn run(&mut self, op: &str, bs: u64, count: u64) -> (f64, f64, f64) {
-        writeln!(self.stdin, "{op} {bs} {count}").unwrap();
+        writeln!(self.stdin, "{op} {bs} {count} {}", count / 10).unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         let v: Value =
@@ -391,6 +395,48 @@ fn ends_with(d: &mut Daemon, end: impl FnOnce(&mut Daemon), what: &str) {
     assert_eq!(status["recovered"]["undone"], 0, "{status}");
     assert_eq!(status["recovered"]["failed"], 0, "{status}");
     assert_eq!(before, snapshot(&cg, &[w.pid()]));
+}
+
+#[test]
+fn a_killed_daemon_cgroup_is_undone_by_the_next_start_before_it_serves() {
+    let unit = TestCgroup::new("injectord-unit");
+    let mut d = Daemon::builder().in_cgroup(&unit.path).start().unwrap();
+    let disk = LoopDevice::new("thr-unit", 64);
+    let cg = TestCgroup::new("thr-unit");
+    if refused_without_controller(&d, &cg, &disk.dev) {
+        return;
+    }
+    let w = Worker::start(&cg, &disk.dev);
+    let before = snapshot(&cg, &[w.pid()]);
+    d.inject(throttle(
+        &cg,
+        "k",
+        json!({"type": "io_throttle", "device": disk.dev, "bps": MIB}),
+    ));
+    let during = snapshot(&cg, &[w.pid()]);
+    assert_ne!(before, during, "the throttle changed nothing");
+    // The daemon, its reaper and its keeper: a service's whole cgroup.
+    std::fs::write(unit.path.join("cgroup.kill"), "1").unwrap();
+    d.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        during,
+        snapshot(&cg, &[w.pid()]),
+        "nothing is left to undo it until the next start"
+    );
+    d.restart().unwrap();
+    assert_eq!(
+        before,
+        snapshot(&cg, &[w.pid()]),
+        "the next start must undo it before it serves"
+    );
+    let status = d.call("status", Value::Null).unwrap();
+    println!("recovered: {}", status["recovered"]);
+    assert!(
+        status["recovered"]["undone"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert_eq!(status["recovered"]["failed"], 0, "{status}");
 }
 
 #[test]
