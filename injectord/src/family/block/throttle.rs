@@ -475,8 +475,8 @@ impl Throttles {
         }
         chain.reverse();
         let mut held = Vec::new();
+        let mut shared = lock(&self.shared);
         for p in chain {
-            let mut shared = lock(&self.shared);
             if let Some(e) = shared.enables.get(&p).and_then(Weak::upgrade) {
                 held.push(e);
                 continue;
@@ -922,8 +922,10 @@ struct Throttled {
 
 impl Drop for Throttled {
     fn drop(&mut self) {
-        drop(self.part.take());
+        // Undone under the lock: an install meanwhile must not see a `+io`
+        // or a blkio cgroup that is about to go.
         let mut s = lock(&self.shared);
+        drop(self.part.take());
         s.active.remove(&self.key);
         s.enables.retain(|_, w| w.strong_count() > 0);
         s.groups.retain(|_, w| w.strong_count() > 0);
