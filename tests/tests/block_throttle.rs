@@ -169,8 +169,8 @@ fn read_or_absent(p: &Path) -> String {
 
 /// Every file a throttle on `cg` may write, as text, to compare byte for
 /// byte: v2: the target's io.max and each ancestor's subtree_control; v1:
-/// the processes' blkio cgroups, the home's throttle files and the
-/// cgroups under the blkio mount's root.
+/// the processes' blkio cgroups, the home's throttle files and whether
+/// the blkio cgroup a throttle on `cg` makes exists.
 fn snapshot(cg: &TestCgroup, pids: &[u32]) -> String {
     let mut out = String::new();
     out += &format!("io.max: {}\n", read_or_absent(&cg.path.join("io.max")));
@@ -200,14 +200,11 @@ fn snapshot(cg: &TestCgroup, pids: &[u32]) -> String {
         ] {
             out += &format!("{f}: {}\n", read_or_absent(&v1.join(f)));
         }
-        let mut dirs: Vec<String> = std::fs::read_dir(&v1)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        dirs.sort();
-        out += &format!("blkio cgroups: {dirs:?}\n");
+        // The one a throttle on `cg` makes (tests run in parallel on the
+        // host: others' are theirs).
+        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg.path).unwrap());
+        let ours = v1.join(format!("injectord-throttle-{id}"));
+        out += &format!("{}: {}\n", ours.display(), ours.exists());
     }
     out
 }
