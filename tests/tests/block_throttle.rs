@@ -169,9 +169,10 @@ fn read_or_absent(p: &Path) -> String {
 
 /// Every file a throttle on `cg` may write, as text, to compare byte for
 /// byte: v2: the target's io.max and each ancestor's subtree_control; v1:
-/// the processes' blkio cgroups, the home's throttle files and whether
+/// the processes' blkio cgroups, the device's lines of the v1 root's
+/// throttle files (the home in these tests) and whether
 /// the blkio cgroup a throttle on `cg` makes exists.
-fn snapshot(cg: &TestCgroup, pids: &[u32]) -> String {
+fn snapshot(cg: &TestCgroup, pids: &[u32], dev: &str) -> String {
     let mut out = String::new();
     out += &format!("io.max: {}\n", read_or_absent(&cg.path.join("io.max")));
     let mount = cgroup2_mount();
@@ -198,7 +199,10 @@ fn snapshot(cg: &TestCgroup, pids: &[u32]) -> String {
             "blkio.throttle.read_iops_device",
             "blkio.throttle.write_iops_device",
         ] {
-            out += &format!("{f}: {}\n", read_or_absent(&v1.join(f)));
+            // The device's line only: tests run in parallel on the host.
+            let text = read_or_absent(&v1.join(f));
+            let line = text.lines().find(|l| l.starts_with(&format!("{dev} ")));
+            out += &format!("{f}: {line:?}\n");
         }
         // The one a throttle on `cg` makes (tests run in parallel on the
         // host: others' are theirs).
@@ -210,10 +214,10 @@ fn snapshot(cg: &TestCgroup, pids: &[u32]) -> String {
 }
 
 /// Waits (up to 5 s) until [`snapshot`] reads `before` again.
-fn wait_for_snapshot(cg: &TestCgroup, pids: &[u32], before: &str, what: &str) {
+fn wait_for_snapshot(cg: &TestCgroup, pids: &[u32], dev: &str, before: &str, what: &str) {
     let t = Instant::now();
     loop {
-        let now = snapshot(cg, pids);
+        let now = snapshot(cg, pids, dev);
         if now == before {
             break;
         }
@@ -279,7 +283,7 @@ fn bandwidth_is_held_to_the_limit_for_the_target_only_and_remove_restores_every_
     }
     let mut w = Worker::start(&cg, &disk.dev);
     let mut s = Worker::start(&sibling, &disk.dev);
-    let before = snapshot(&cg, &[w.pid(), s.pid()]);
+    let before = snapshot(&cg, &[w.pid(), s.pid()], &disk.numbers());
     let limit = 4 * MIB;
     d.inject(throttle(
         &cg,
@@ -309,9 +313,19 @@ fn bandwidth_is_held_to_the_limit_for_the_target_only_and_remove_restores_every_
     std::thread::sleep(Duration::from_millis(500));
     let (lw, _, _) = late.run("write", 64 << 10, 160);
     within(lw, limit as f64, "late joiner's direct writes");
+    // One that leaves the target is not held any more (at once on v2;
+    // within the sweep on v1).
+    std::fs::write(sibling.path.join("cgroup.procs"), late.pid().to_string()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (gone, _, _) = late.run("write", 64 << 10, 160);
+    unlimited(
+        gone,
+        limit as f64,
+        "direct writes of a process that left the target",
+    );
     drop(late);
     d.call("remove", json!({"name": "bps"})).unwrap();
-    let after = snapshot(&cg, &[w.pid(), s.pid()]);
+    let after = snapshot(&cg, &[w.pid(), s.pid()], &disk.numbers());
     assert_eq!(before, after, "remove must restore every file exactly");
     let (wbps, _, _) = w.run("write", 64 << 10, 160);
     unlimited(wbps, limit as f64, "target's direct writes after remove");
@@ -326,7 +340,7 @@ fn iops_limit_reads_only_and_ttl_expiry_restores() {
         return;
     }
     let mut w = Worker::start(&cg, &disk.dev);
-    let before = snapshot(&cg, &[w.pid()]);
+    let before = snapshot(&cg, &[w.pid()], &disk.numbers());
     let iops = 100;
     let started = Instant::now();
     let mut spec = throttle(
@@ -364,7 +378,7 @@ fn iops_limit_reads_only_and_ttl_expiry_restores() {
     }
     println!("expired after {:?}", started.elapsed());
     // The table lets the fault go first, then undoes it.
-    wait_for_snapshot(&cg, &[w.pid()], &before, "TTL expiry");
+    wait_for_snapshot(&cg, &[w.pid()], &disk.numbers(), &before, "TTL expiry");
     let (_, riops, _) = w.run("read", 4096, 250);
     unlimited(riops, iops as f64, "target's direct reads after expiry");
 }
@@ -378,7 +392,7 @@ fn ends_with(d: &mut Daemon, end: impl FnOnce(&mut Daemon), what: &str) {
         return;
     }
     let w = Worker::start(&cg, &disk.dev);
-    let before = snapshot(&cg, &[w.pid()]);
+    let before = snapshot(&cg, &[w.pid()], &disk.numbers());
     d.inject(throttle(
         &cg,
         "k",
@@ -386,17 +400,17 @@ fn ends_with(d: &mut Daemon, end: impl FnOnce(&mut Daemon), what: &str) {
     ));
     assert_ne!(
         before,
-        snapshot(&cg, &[w.pid()]),
+        snapshot(&cg, &[w.pid()], &disk.numbers()),
         "the throttle changed nothing"
     );
     end(d);
-    wait_for_snapshot(&cg, &[w.pid()], &before, what);
+    wait_for_snapshot(&cg, &[w.pid()], &disk.numbers(), &before, what);
     // Nothing is left for the next start to undo.
     d.restart().unwrap();
     let status = d.call("status", Value::Null).unwrap();
     assert_eq!(status["recovered"]["undone"], 0, "{status}");
     assert_eq!(status["recovered"]["failed"], 0, "{status}");
-    assert_eq!(before, snapshot(&cg, &[w.pid()]));
+    assert_eq!(before, snapshot(&cg, &[w.pid()], &disk.numbers()));
 }
 
 #[test]
@@ -409,13 +423,13 @@ fn a_killed_daemon_cgroup_is_undone_by_the_next_start_before_it_serves() {
         return;
     }
     let w = Worker::start(&cg, &disk.dev);
-    let before = snapshot(&cg, &[w.pid()]);
+    let before = snapshot(&cg, &[w.pid()], &disk.numbers());
     d.inject(throttle(
         &cg,
         "k",
         json!({"type": "io_throttle", "device": disk.dev, "bps": MIB}),
     ));
-    let during = snapshot(&cg, &[w.pid()]);
+    let during = snapshot(&cg, &[w.pid()], &disk.numbers());
     assert_ne!(before, during, "the throttle changed nothing");
     // The daemon, its reaper and its keeper: a service's whole cgroup.
     std::fs::write(unit.path.join("cgroup.kill"), "1").unwrap();
@@ -423,13 +437,13 @@ fn a_killed_daemon_cgroup_is_undone_by_the_next_start_before_it_serves() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         during,
-        snapshot(&cg, &[w.pid()]),
+        snapshot(&cg, &[w.pid()], &disk.numbers()),
         "nothing is left to undo it until the next start"
     );
     d.restart().unwrap();
     assert_eq!(
         before,
-        snapshot(&cg, &[w.pid()]),
+        snapshot(&cg, &[w.pid()], &disk.numbers()),
         "the next start must undo it before it serves"
     );
     let status = d.call("status", Value::Null).unwrap();
@@ -550,4 +564,128 @@ fn bad_throttles_get_specific_errors() {
         "{msg}"
     );
     println!("conflict: {msg}");
+}
+
+/// The device's line of a v2 `io.max` ("" when it has none).
+fn io_max_line(cg: &TestCgroup, dev: &str) -> String {
+    std::fs::read_to_string(cg.path.join("io.max"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(&format!("{dev} ")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly() {
+    let d = Daemon::start();
+    let disk = LoopDevice::new("thr-prev", 64);
+    let cg = TestCgroup::new("thr-prev");
+    let Ok(kind) = controller(&d) else {
+        assert!(refused_without_controller(&d, &cg, &disk.dev));
+        return;
+    };
+    let dev = disk.numbers();
+    let tighter = 2 * MIB;
+    let limit = 4 * MIB;
+    // Someone else's limits on the device: writes at 2 MiB/s, and reads
+    // at a million IOPS (a key the fault does not set).
+    let mut enabled = Vec::new();
+    let undo_setup: Box<dyn Fn()>;
+    if kind == "v2" {
+        // Delegate io down to the target ourselves (root first).
+        let mount = cgroup2_mount();
+        let mut chain = Vec::new();
+        let mut p = cg.path.parent();
+        while let Some(dir) = p {
+            chain.push(dir.to_path_buf());
+            if dir == mount {
+                break;
+            }
+            p = dir.parent();
+        }
+        for dir in chain.iter().rev() {
+            let sc = dir.join("cgroup.subtree_control");
+            if !std::fs::read_to_string(&sc)
+                .unwrap()
+                .split_whitespace()
+                .any(|c| c == "io")
+            {
+                std::fs::write(&sc, "+io").unwrap();
+                enabled.push(sc);
+            }
+        }
+        std::fs::write(
+            cg.path.join("io.max"),
+            format!("{dev} wbps={tighter} riops=1000000"),
+        )
+        .unwrap();
+        let (path, dev2, enabled) = (cg.path.clone(), dev.clone(), enabled.clone());
+        undo_setup = Box::new(move || {
+            let _ = std::fs::write(path.join("io.max"), format!("{dev2} wbps=max riops=max"));
+            for sc in enabled.iter().rev() {
+                let _ = std::fs::write(sc, "-io");
+            }
+        });
+    } else {
+        // The processes' blkio cgroup (the v1 root here): the fault's own
+        // blkio cgroup starts with a copy of its limits.
+        let root = v1_blkio_mount().unwrap();
+        std::fs::write(
+            root.join("blkio.throttle.write_bps_device"),
+            format!("{dev} {tighter}"),
+        )
+        .unwrap();
+        let dev2 = dev.clone();
+        undo_setup = Box::new(move || {
+            let _ = std::fs::write(
+                root.join("blkio.throttle.write_bps_device"),
+                format!("{dev2} 0"),
+            );
+        });
+    }
+    let mut w = Worker::start(&cg, &disk.dev);
+    let before = snapshot(&cg, &[w.pid()], &disk.numbers());
+    let line_before = io_max_line(&cg, &dev);
+    d.inject(throttle(
+        &cg,
+        "prev",
+        json!({"type": "io_throttle", "device": dev, "bps": limit}),
+    ));
+    let f = d.call("get", json!({"name": "prev"})).unwrap();
+    println!("get: {f}");
+    assert_eq!(f["limits"], json!({"rbps": limit, "wbps": tighter}), "{f}");
+    if kind == "v2" {
+        assert_eq!(
+            f["previous"],
+            format!("{dev} rbps=max wbps={tighter} riops=1000000 wiops=max"),
+            "{f}"
+        );
+        assert_eq!(
+            io_max_line(&cg, &dev),
+            format!("{dev} rbps={limit} wbps={tighter} riops=1000000 wiops=max")
+        );
+    }
+    let (wbps, _, _) = w.run("write", 64 << 10, 80);
+    within(
+        wbps,
+        tighter as f64,
+        "target's direct writes under the tighter limit set before",
+    );
+    let (rbps, _, _) = w.run("read", 64 << 10, 160);
+    within(
+        rbps,
+        limit as f64,
+        "target's direct reads under the fault's limit",
+    );
+    d.call("remove", json!({"name": "prev"})).unwrap();
+    assert_eq!(
+        before,
+        snapshot(&cg, &[w.pid()], &disk.numbers()),
+        "remove must restore every file exactly"
+    );
+    assert_eq!(line_before, io_max_line(&cg, &dev));
+    println!("{kind}: the line before and after: {line_before:?}");
+    drop(w);
+    undo_setup();
 }
