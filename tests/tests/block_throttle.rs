@@ -590,12 +590,11 @@ fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly(
     let limit = 4 * MIB;
     // Someone else's limits on the device: writes at 2 MiB/s, and reads
     // at a million IOPS (a key the fault does not set).
-    let mut enabled = Vec::new();
-    let undo_setup: Box<dyn Fn()>;
-    if kind == "v2" {
+    let undo_setup: Box<dyn Fn()> = if kind == "v2" {
         // Delegate io down to the target ourselves (root first).
         let mount = cgroup2_mount();
         let mut chain = Vec::new();
+        let mut enabled = Vec::new();
         let mut p = cg.path.parent();
         while let Some(dir) = p {
             chain.push(dir.to_path_buf());
@@ -620,13 +619,13 @@ fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly(
             format!("{dev} wbps={tighter} riops=1000000"),
         )
         .unwrap();
-        let (path, dev2, enabled) = (cg.path.clone(), dev.clone(), enabled.clone());
-        undo_setup = Box::new(move || {
+        let (path, dev2) = (cg.path.clone(), dev.clone());
+        Box::new(move || {
             let _ = std::fs::write(path.join("io.max"), format!("{dev2} wbps=max riops=max"));
             for sc in enabled.iter().rev() {
                 let _ = std::fs::write(sc, "-io");
             }
-        });
+        })
     } else {
         // The processes' blkio cgroup (the v1 root here): the fault's own
         // blkio cgroup starts with a copy of its limits.
@@ -637,13 +636,13 @@ fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly(
         )
         .unwrap();
         let dev2 = dev.clone();
-        undo_setup = Box::new(move || {
+        Box::new(move || {
             let _ = std::fs::write(
                 root.join("blkio.throttle.write_bps_device"),
                 format!("{dev2} 0"),
             );
-        });
-    }
+        })
+    };
     let mut w = Worker::start(&cg, &disk.dev);
     let before = snapshot(&cg, &[w.pid()], &disk.numbers());
     let line_before = io_max_line(&cg, &dev);
