@@ -590,6 +590,7 @@ fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly(
     let limit = 4 * MIB;
     // Someone else's limits on the device: writes at 2 MiB/s, and reads
     // at a million IOPS (a key the fault does not set).
+    let mut v1_home = None;
     let undo_setup: Box<dyn Fn()> = if kind == "v2" {
         // Delegate io down to the target ourselves (root first).
         let mount = cgroup2_mount();
@@ -627,23 +628,44 @@ fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly(
             }
         })
     } else {
-        // The processes' blkio cgroup (the v1 root here): the fault's own
-        // blkio cgroup starts with a copy of its limits.
-        let root = v1_blkio_mount().unwrap();
+        // A blkio cgroup of the test's own holds the worker (its home):
+        // the fault's blkio cgroup starts with a copy of its limits.
+        let home = v1_blkio_mount().unwrap().join(unique("thr-prev-home"));
+        std::fs::create_dir(&home).unwrap();
         std::fs::write(
-            root.join("blkio.throttle.write_bps_device"),
+            home.join("blkio.throttle.write_bps_device"),
             format!("{dev} {tighter}"),
         )
         .unwrap();
-        let dev2 = dev.clone();
+        v1_home = Some(home.clone());
         Box::new(move || {
-            let _ = std::fs::write(
-                root.join("blkio.throttle.write_bps_device"),
-                format!("{dev2} 0"),
-            );
+            let root = v1_blkio_mount().unwrap();
+            for pid in std::fs::read_to_string(home.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = std::fs::write(root.join("cgroup.procs"), pid);
+            }
+            let _ = std::fs::remove_dir(&home);
         })
     };
     let mut w = Worker::start(&cg, &disk.dev);
+    let home_files = |home: &Path| -> String {
+        [
+            "blkio.throttle.read_bps_device",
+            "blkio.throttle.write_bps_device",
+            "blkio.throttle.read_iops_device",
+            "blkio.throttle.write_iops_device",
+            "cgroup.procs",
+        ]
+        .iter()
+        .map(|f| format!("{f}: {}\n", read_or_absent(&home.join(f))))
+        .collect()
+    };
+    let home_before = v1_home.as_ref().map(|home| {
+        std::fs::write(home.join("cgroup.procs"), w.pid().to_string()).unwrap();
+        home_files(home)
+    });
     let before = snapshot(&cg, &[w.pid()], &disk.numbers());
     let line_before = io_max_line(&cg, &dev);
     d.inject(throttle(
@@ -684,7 +706,84 @@ fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly(
         "remove must restore every file exactly"
     );
     assert_eq!(line_before, io_max_line(&cg, &dev));
+    if let (Some(home), Some(was)) = (&v1_home, &home_before) {
+        assert_eq!(*was, home_files(home), "the home's files and processes");
+        println!("v1 home {}: {was}", home.display());
+    }
     println!("{kind}: the line before and after: {line_before:?}");
     drop(w);
     undo_setup();
+}
+
+#[test]
+fn a_target_that_goes_away_ends_the_throttle_and_its_delegation() {
+    let d = Daemon::start();
+    let disk = LoopDevice::new("thr-gone", 16);
+    let cg = TestCgroup::new("thr-gone");
+    if refused_without_controller(&d, &cg, &disk.dev) {
+        return;
+    }
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg.path).unwrap());
+    let parents = |cg: &TestCgroup| -> String {
+        // What the snapshot says of the ancestors and of the blkio cgroup
+        // (its first line is the target's own io.max).
+        let s = snapshot(cg, &[], &disk.numbers());
+        s.lines().skip(1).collect::<Vec<_>>().join("\n")
+    };
+    let before = parents(&cg);
+    let w = Worker::start(&cg, &disk.dev);
+    d.inject(throttle(
+        &cg,
+        "gone",
+        json!({"type": "io_throttle", "device": disk.dev, "iops": 10}),
+    ));
+    drop(w);
+    let path = cg.path.clone();
+    // Removes the (now empty) cgroup: the target is gone.
+    drop(cg);
+    assert!(!path.exists());
+    let t = Instant::now();
+    loop {
+        let list = d.call("list", Value::Null).unwrap();
+        if list.as_array().is_some_and(Vec::is_empty)
+            || list["faults"].as_array().is_some_and(Vec::is_empty)
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the fault outlived its target: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("ended {:?} after its target went", t.elapsed());
+    // The same ancestors (a fresh cgroup at the path reads as before).
+    let again = TestCgroup::at(
+        &path
+            .strip_prefix(cgroup2_mount())
+            .unwrap()
+            .display()
+            .to_string(),
+    );
+    let t = Instant::now();
+    while parents(&again)
+        != before.replace(
+            &format!("injectord-throttle-{id}"),
+            &format!(
+                "injectord-throttle-{}",
+                std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&again.path).unwrap())
+            ),
+        )
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "not undone:\n{}\nwas:\n{before}",
+            parents(&again)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(v1) = v1_blkio_mount() {
+        assert!(!v1.join(format!("injectord-throttle-{id}")).exists());
+    }
+    assert!(!d.logs().contains("could not restore"), "{}", d.logs());
 }

@@ -32,7 +32,9 @@
 //! and the target loses nothing it was held to. A sweep every 100 ms moves
 //! in processes that joined the v2 target since (e.g. `docker exec`, which
 //! places them in the container's own blkio cgroup) and moves back those
-//! that left it, so the set held is exactly the target's. Removal moves
+//! that left it, so the set held is exactly the target's (a process that
+//! joins from outside is held within that period; one forked inside, at
+//! once). Removal moves
 //! every process back to the blkio cgroup it came from and removes the
 //! cgroup; the journal and the keeper hold one record for that (each
 //! process goes back to the home there: the per-process origins are kept
@@ -624,12 +626,14 @@ impl Throttles {
         });
         fs::create_dir(&dir).map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
         let g = V1Group {
-            dir: dir.clone(),
-            home: home.clone(),
-            mount: mount.to_path_buf(),
+            held: Arc::new(Held {
+                dir: dir.clone(),
+                home: home.clone(),
+                mount: mount.to_path_buf(),
+                v2_dir: v2_dir.to_path_buf(),
+                origins: Mutex::new(HashMap::new()),
+            }),
             target: cgroup.path.clone(),
-            v2_dir: v2_dir.to_path_buf(),
-            origins: Mutex::new(HashMap::new()),
             record: Mutex::new(Some(record)),
             stop: Mutex::new(None),
         };
@@ -661,13 +665,15 @@ impl Throttles {
         tracing::info!(dir = %dir.display(), moved, "v1 blkio cgroup made for the target's processes");
         let g = Arc::new(g);
         let (tx, rx) = mpsc::channel::<()>();
-        let weak = Arc::downgrade(&g);
+        // The thread shares what it sweeps, never the group: the group's
+        // drop (on the thread that ends the fault) stops and joins it,
+        // then moves the processes back.
+        let held = Arc::clone(&g.held);
         let handle = std::thread::Builder::new()
             .name("io-throttle-sweep".into())
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(SWEEP) {
-                    let Some(g) = weak.upgrade() else { break };
-                    g.sweep(None);
+                    held.sweep(None);
                 }
             })
             .ok();
@@ -740,6 +746,11 @@ impl Drop for FileGuard {
             Ok(()) => {
                 tracing::debug!(file = %self.file.display(), line = %self.undo_line, "restored")
             }
+            // The target cgroup was removed (its fault ends as target_gone):
+            // nothing is left to restore.
+            Err(_) if self.file.parent().is_some_and(|d| !d.exists()) => {
+                tracing::debug!(file = %self.file.display(), "the cgroup is gone");
+            }
             Err(e) => {
                 tracing::error!(file = %self.file.display(), line = %self.undo_line, error = %e, "could not restore; the keeper will retry when injectord exits");
                 if let Some(r) = self.record.take() {
@@ -750,22 +761,36 @@ impl Drop for FileGuard {
     }
 }
 
-/// The v1 blkio cgroup made for one target: its processes moved in, the
-/// sweep thread, the journal record.
+/// The v1 blkio cgroup made for one target: what it holds, the sweep
+/// thread, the journal record.
 struct V1Group {
-    dir: PathBuf,
-    home: PathBuf,
-    mount: PathBuf,
+    held: Arc<Held>,
     /// The v2 target's path (for the nesting check).
     target: String,
-    v2_dir: PathBuf,
-    /// Where each process moved in came from (v1 paths).
-    origins: Mutex<HashMap<u32, PathBuf>>,
     record: Mutex<Option<Record>>,
     stop: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
-impl V1Group {
+impl std::ops::Deref for V1Group {
+    type Target = Held;
+
+    fn deref(&self) -> &Held {
+        &self.held
+    }
+}
+
+/// The v1 blkio cgroup, its home, the v2 target, and where each process
+/// moved in came from: what the sweep works on.
+struct Held {
+    dir: PathBuf,
+    home: PathBuf,
+    mount: PathBuf,
+    v2_dir: PathBuf,
+    /// Where each process moved in came from (v1 paths).
+    origins: Mutex<HashMap<u32, PathBuf>>,
+}
+
+impl Held {
     /// Moves the target's processes that are not here in, and processes
     /// here that left the target back; `first` gives the origins read at
     /// install. Returns how many moved in.
@@ -809,10 +834,7 @@ impl Drop for V1Group {
     fn drop(&mut self) {
         if let Some((tx, h)) = lock(&self.stop).take() {
             drop(tx);
-            // The sweep thread may hold the last reference itself.
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
+            let _ = h.join();
         }
         let origins = std::mem::take(&mut *lock(&self.origins));
         // Forks race the moves: a few passes.
