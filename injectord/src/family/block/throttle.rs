@@ -430,7 +430,15 @@ impl Throttles {
         }
         let mut describe = Map::new();
         describe.insert("controller".into(), json!("cgroup v2 io.max"));
-        describe.insert("files".into(), json!([io_max.display().to_string()]));
+        // The limit's file, then the delegations it relies on (written by
+        // this fault or an earlier one, undone with the last).
+        let mut files = vec![io_max.display().to_string()];
+        files.extend(
+            enables
+                .iter()
+                .map(|e| e.dir.join("cgroup.subtree_control").display().to_string()),
+        );
+        describe.insert("files".into(), json!(files));
         describe.insert("written".into(), json!(line));
         describe.insert("limits".into(), limits.to_json());
         describe.insert("previous".into(), json!(previous.map(|p| p.full_line(dev))));
