@@ -304,6 +304,10 @@ pub struct KernelOffsets {
     pub file_inode: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
+    /// `inode.i_mode` (u16) and `inode.i_rdev` (u32): a block device
+    /// node's I/O goes to the device it names, not to its filesystem.
+    pub inode_mode: u32,
+    pub inode_rdev: u32,
     pub path_dentry: u32,
     pub dentry_sb: u32,
     pub bprm_file: u32,
@@ -338,6 +342,14 @@ pub struct SignalEvent {
     pub signal: u32,
     /// `bpf_ktime_get_ns()` when it fired.
     pub at_ns: u64,
+    /// How long this stop lasts (0: the pause of the rule's fault); the
+    /// block family's io_delay draws one per I/O.
+    pub delay_ns: u64,
+    /// 1 when the stop was counted against its rule's limit of tasks held
+    /// at once (io_delay), so the daemon counts it as ended when it
+    /// continues the task.
+    pub counted: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -27,6 +27,8 @@ pub fn publish(kernel: &mut Kernel, btf: Result<&KernelBtf, &str>) -> Result<Off
         file_inode: field("file", "f_inode")?,
         inode_sb: field("inode", "i_sb")?,
         sb_dev: field("super_block", "s_dev")?,
+        inode_mode: field("inode", "i_mode")?,
+        inode_rdev: field("inode", "i_rdev")?,
         path_dentry: field("path", "dentry")?,
         dentry_sb: field("dentry", "d_sb")?,
         bprm_file: field("linux_binprm", "file")?,
