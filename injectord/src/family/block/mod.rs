@@ -221,12 +221,6 @@ impl Block {
         cgroup: &Cgroup,
     ) -> Result<Box<dyn Installed>, Error> {
         let f = params_as::<IoDelay>(req.params)?.clone();
-        if f.path.is_some() {
-            return Err(Error::UnsupportedKernel(
-                "io_delay: a bio belongs to no file, so path filters are not supported (give the device)".into(),
-            )
-            .at("fault.path"));
-        }
         self.delays
             .ready()
             .map_err(|e| Error::UnsupportedKernel(format!("io_delay: {e}")))?;
