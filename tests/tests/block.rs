@@ -465,12 +465,12 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
     // TTL: after it, I/O is fast again.
     d.inject(
         json!({"name": "ttl", "target": {"cgroup": target.rel}, "duration": "1s",
-                    "fault": {"type": "io_delay", "device": a.dev, "delay": "5ms"}}),
+                    "fault": {"type": "io_delay", "device": a.dev, "delay": "100ms"}}),
     );
     std::thread::sleep(Duration::from_millis(1500));
     let r = io(&target, &[&format!("read:{}:5", a.dev)]);
     assert!(
-        r[0]["max_ms"].as_f64().unwrap() < 5.0,
+        r[0]["max_ms"].as_f64().unwrap() < 50.0,
         "after the TTL: {r:?}"
     );
     // SIGKILL of the daemon's whole process group while a task is held:
@@ -493,7 +493,7 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
     // Nothing is delayed any more: the rule died with the daemon's maps.
     let r = io(&target, &[&format!("read:{}:5", a.dev)]);
     assert!(
-        r[0]["max_ms"].as_f64().unwrap() < 5.0,
+        r[0]["max_ms"].as_f64().unwrap() < 1000.0,
         "after the kill: {r:?}"
     );
     // SIGTERM: the same, through the daemon's own shutdown.
