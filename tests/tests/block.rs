@@ -242,7 +242,7 @@ fn io_error_layer(d: &Daemon, name: &str, cg: &TestCgroup, spec: Value) -> Optio
 
 #[test]
 fn io_error_fails_the_selected_device_and_operation_of_the_target_only() {
-    let d = Daemon::start();
+    let mut d = Daemon::start();
     let a = LoopDevice::new("blk-err-a", 8);
     let b = LoopDevice::new("blk-err-b", 8);
     let target = TestCgroup::new("blk-err-target");
@@ -271,6 +271,22 @@ fn io_error_fails_the_selected_device_and_operation_of_the_target_only() {
     assert_eq!(errno_of(&s[0]), "ok", "{s:?}");
     assert_eq!(d.counters("eio", "io_error").1, 1);
     d.call("remove", json!({"name": "eio"})).unwrap();
+    assert_eq!(
+        errno_of(&io(&target, &[&format!("read:{}:3", a.dev)])[0]),
+        "ok"
+    );
+    // Nothing outlives the daemon: after a SIGKILL, reads succeed.
+    d.inject(fault(
+        "eio",
+        &target,
+        json!({"type": "io_error", "device": a.dev}),
+    ));
+    assert_eq!(
+        errno_of(&io(&target, &[&format!("read:{}:1", a.dev)])[0]),
+        "EIO"
+    );
+    d.signal(libc::SIGKILL);
+    d.wait();
     assert_eq!(
         errno_of(&io(&target, &[&format!("read:{}:3", a.dev)])[0]),
         "ok"
@@ -507,6 +523,24 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
     d.signal(libc::SIGTERM);
     d.wait();
     wait_for("the continue after SIGTERM", Duration::from_secs(3), || {
+        state(pid) != Some('T')
+    });
+    assert_eq!(finish(p)[0]["ok"], 1);
+    // SIGKILL of the daemon's pid alone: its keeper continues the task.
+    d.restart().unwrap();
+    d.inject(fault(
+        "long",
+        &target,
+        json!({"type": "io_delay", "device": a.dev, "delay": "10s"}),
+    ));
+    let p = io_spawn(&target, &[&format!("read:{}:1", a.dev)]);
+    let pid = p.id();
+    wait_for("the stop", Duration::from_secs(20), || {
+        state(pid) == Some('T')
+    });
+    d.signal(libc::SIGKILL);
+    d.wait();
+    wait_for("the continue after SIGKILL", Duration::from_secs(3), || {
         state(pid) != Some('T')
     });
     assert_eq!(finish(p)[0]["ok"], 1);
