@@ -614,3 +614,50 @@ fn bad_block_specs_get_specific_errors() {
     let list = d.call("list", json!(null)).unwrap();
     assert_eq!(list["faults"].as_array().map(Vec::len), Some(0), "{list}");
 }
+
+#[test]
+fn io_error_with_a_path_fails_the_files_under_it_only() {
+    let d = Daemon::start();
+    let fs = LoopDevice::ext4("blk-err-path", 32);
+    let target = TestCgroup::new("blk-err-path");
+    let data = fs.file("data");
+    std::fs::create_dir_all(format!("{data}/deep/er")).unwrap();
+    let spec = json!({"type": "io_error", "path": data, "errno": "EROFS", "op": "write"});
+    if !d.has_backend("io_error_file") {
+        let e = d
+            .call("inject", fault("path", &target, spec))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no file"), "the block layer must say why: {e}");
+        assert!(e.contains("BPF LSM"), "{e}");
+        return;
+    }
+    d.inject(fault("path", &target, spec));
+    let f = d.call("get", json!({"name": "path"})).unwrap();
+    assert_eq!(f["layer"], "file", "{f}");
+    let r = io(
+        &target,
+        &[
+            &format!("bwrite:{data}/a"),
+            &format!("bwrite:{data}/deep/er/b"),
+            &format!("bwrite:{}", fs.file("beside")),
+            &format!("bwrite:{}", fs.file("database")),
+        ],
+    );
+    let got: Vec<&str> = r.iter().map(errno_of).collect();
+    assert_eq!(got, ["EROFS", "EROFS", "ok", "ok"], "{r:?}");
+    // A path and a device that cannot both hold a file.
+    let other = LoopDevice::new("blk-err-path-other", 8);
+    let e = d
+        .call(
+            "inject",
+            fault(
+                "both",
+                &target,
+                json!({"type": "io_error", "path": data, "device": other.dev}),
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no file is under both"), "{e}");
+}

@@ -235,6 +235,41 @@ trait Subject {
     fn device(&self, rule: &SyscallRule) -> Option<u32>;
     /// The socket's family and type.
     fn socket(&self, rule: &SyscallRule) -> Option<(u16, u8)>;
+    /// Whether the file the call acts on is under the directory with
+    /// inode number `ino` (hooks that see a `struct file`).
+    fn under(&self, _ino: u64) -> bool {
+        false
+    }
+}
+
+/// How many directory levels [`file_under`] climbs (deeper files never
+/// match).
+const MAX_WALK: usize = 32;
+
+/// Whether `file` (`struct file *`) sits under the directory whose inode
+/// number is `ino` on the same filesystem: its dentry or an ancestor's
+/// inode is `ino` (the filesystem's root is its own parent).
+#[inline(always)]
+pub(crate) fn file_under(o: &KernelOffsets, file: u64, ino: u64) -> bool {
+    let Some(mut dentry) = read_at::<u64>(file, o.file_path + o.path_dentry) else {
+        return false;
+    };
+    for _ in 0..MAX_WALK {
+        let Some(inode) = read_at::<u64>(dentry, o.dentry_inode) else {
+            return false;
+        };
+        if read_at::<u64>(inode, o.inode_ino) == Some(ino) {
+            return true;
+        }
+        let Some(parent) = read_at::<u64>(dentry, o.dentry_parent) else {
+            return false;
+        };
+        if parent == dentry {
+            return false;
+        }
+        dentry = parent;
+    }
+    false
 }
 
 /// A syscall's own registers as the subject (kprobe and tracepoint
@@ -276,6 +311,9 @@ const SOCK_TYPE_MASK: u8 = 0xf;
 #[inline(always)]
 fn object_matches(rule: &SyscallRule, subject: &impl Subject) -> bool {
     if rule.has_device != 0 && subject.device(rule) != Some(rule.device) {
+        return false;
+    }
+    if rule.under_ino != 0 && !subject.under(rule.under_ino) {
         return false;
     }
     if rule.family != 0 || rule.sock_type != 0 {

@@ -108,6 +108,20 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
     })
 }
 
+/// The kernel `dev_t` of the filesystem holding `path` and its inode
+/// number.
+fn under(path: &str) -> Result<(u32, u64), Error> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::InvalidValue(format!(
+            "path {path}: {e} (io_error selects files under an existing directory)"
+        ))
+        .at("fault.path")
+    })?;
+    let dev = meta.dev();
+    Ok(((libc::major(dev) << 20) | libc::minor(dev), meta.ino()))
+}
+
 /// Which layer an io_error acts at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layer {
@@ -146,11 +160,7 @@ impl Block {
         }
         match &self.files {
             None => why.push("file layer: the syscall rule table is unavailable".into()),
-            Some(_) if f.path.is_some() => why.push(
-                "file layer: path filters on io_error are not supported yet (give the device)"
-                    .into(),
-            ),
-            Some(files) => match files.cannot(f.device.is_some()) {
+            Some(files) => match files.cannot(f.device.is_some() || f.path.is_some()) {
                 None => return Ok(Layer::File),
                 Some(e) => why.push(format!("file layer: {e}")),
             },
@@ -168,8 +178,30 @@ impl Block {
     ) -> Result<Box<dyn Installed>, Error> {
         let f = params_as::<IoError>(req.params)?.clone();
         let layer = self.choose(&f)?;
+        let mut dev = f.device.as_ref().map(spec::BlockDevice::kernel_dev);
+        // A path: the files under it, on its filesystem.
+        let under = match &f.path {
+            None => None,
+            Some(p) => {
+                let (path_dev, ino) = under(&p.0)?;
+                if dev.is_some_and(|d| d != path_dev) {
+                    return Err(Error::InvalidValue(format!(
+                        "{} is on device {}:{}, not on {}: no file is under both",
+                        p.0,
+                        path_dev >> 20,
+                        path_dev & 0xf_ffff,
+                        f.device
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
+                    ))
+                    .at("fault.path"));
+                }
+                dev = Some(path_dev);
+                Some(ino)
+            }
+        };
         let watch = self.watch(cgroup)?;
-        let dev = f.device.as_ref().map(spec::BlockDevice::kernel_dev);
         let mut describe = serde_json::Map::new();
         describe.insert("layer".into(), json!(layer.name()));
         let (part, slot): (Box<dyn Any + Send>, Slot) = match layer {
@@ -197,6 +229,7 @@ impl Block {
                     cgroup,
                     (f.op.reads(), f.op.writes()),
                     dev,
+                    under,
                     f.errno.get(),
                 )?;
                 describe.insert("hook".into(), json!("lsm file_permission"));

@@ -73,13 +73,15 @@ impl FileErrors {
     }
 
     /// Reads (`reads`) and/or writes (`writes`) by `cgroup` fail with
-    /// `errno`, on the files of `device` (a kernel `dev_t`) if given.
+    /// `errno`, on the files of `device` (a kernel `dev_t`) if given, and
+    /// under the directory (or the file) with inode number `under` there.
     pub fn install(
         &self,
         req: &mut Request<'_>,
         cgroup: &Cgroup,
         (reads, writes): (bool, bool),
         device: Option<u32>,
+        under: Option<u64>,
         errno: u32,
     ) -> Result<FileError, Error> {
         if let Some(why) = self.cannot(device.is_some()) {
@@ -99,6 +101,7 @@ impl FileErrors {
             trigger: req.trigger,
             device: device.unwrap_or(0),
             has_device: u8::from(device.is_some()),
+            under_ino: under.unwrap_or(0),
             ..SyscallRule::default()
         };
         let mut syscalls = Vec::new();
