@@ -616,7 +616,7 @@ mod tests {
     impl Collector for Fixed {
         fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
             let ended: Vec<_> = End::ALL.iter().map(|e| (*e, 2)).collect();
-            encode_faults(encoder, self.0.len(), &ended, &self.0, &[])
+            encode_faults(encoder, self.0.len(), &ended, &self.0, &[], &[])
         }
     }
 
