@@ -329,6 +329,13 @@ impl Backend for Block {
                     Err,
                 ),
             ),
+            Capability::probe(
+                "io_delay",
+                self.delays
+                    .ready()
+                    .map(|()| "the submitting task held: SIGSTOP at block_bio_queue, SIGCONT after the delay".into())
+                    .map_err(str::to_string),
+            ),
             self.throttle.capability(),
         ]
     }
