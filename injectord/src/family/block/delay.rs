@@ -55,6 +55,15 @@ struct Table {
     over: PerCpuArray<MapData, u64>,
 }
 
+/// Where a delay acts: the target cgroup, its directory, and the device
+/// (`dev_t`; 0: any).
+#[derive(Clone, Copy)]
+pub struct Where<'a> {
+    pub cgroup: &'a Cgroup,
+    pub dir: &'a Path,
+    pub dev: u32,
+}
+
 /// The io_delay backend, or why this kernel has none.
 pub struct Delays {
     inner: Result<(Arc<Mutex<Table>>, Resumer), String>,
@@ -128,17 +137,16 @@ impl Delays {
         self.inner.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
-    /// Arms the delay for `cgroup` (its directory `dir`) on `dev` (0: any).
+    /// Arms the delay `f` where `at` says, counted in `slot`.
     pub fn install(
         &self,
         owner_name: &str,
-        cgroup: &Cgroup,
-        dir: &Path,
-        dev: u32,
+        at: Where<'_>,
         f: &IoDelay,
         slot: &Slot,
         trigger: injector_common::Trigger,
     ) -> Result<DelayFault, Error> {
+        let Where { cgroup, dir, dev } = at;
         let (table, resumer) = self
             .inner
             .as_ref()

@@ -21,7 +21,7 @@ use injector_common::block::{OPS_READ, OPS_WRITE};
 use serde_json::{Value, json};
 
 use self::{
-    delay::{DelayFault, Delays},
+    delay::{DelayFault, Delays, Where},
     error::BioErrors,
     latency::{BioQueue, BlockLatency, Watch},
     spec::{IoDelay, IoError, IoThrottle},
@@ -266,9 +266,12 @@ impl Block {
         let slot = req.kernel.slots.alloc()?;
         let dev = f.device.as_ref().map_or(0, spec::BlockDevice::kernel_dev);
         let dir = req.cgroup_dir(cgroup);
-        let delay = self
-            .delays
-            .install(req.name, cgroup, &dir, dev, &f, &slot, req.trigger)?;
+        let at = Where {
+            cgroup,
+            dir: &dir,
+            dev,
+        };
+        let delay = self.delays.install(req.name, at, &f, &slot, req.trigger)?;
         let mut describe = serde_json::Map::new();
         describe.insert("layer".into(), json!("block"));
         describe.insert(
