@@ -65,9 +65,14 @@ struct Block {
 
 fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
     let depths = load.services.get::<Depths>();
-    let offsets = KernelBtf::from_sys_fs()
-        .map_err(|e| format!("no kernel BTF to find struct fields in: {e}"))
-        .and_then(|btf| offsets::publish(load.kernel, &btf));
+    // The syscall family's parse of the kernel's BTF, or our own.
+    let btf = match load.services.get::<Arc<KernelBtf>>() {
+        Some(b) => Ok(b),
+        None => KernelBtf::from_sys_fs()
+            .map(Arc::new)
+            .map_err(|e| format!("no kernel BTF to find struct fields in: {e}")),
+    };
+    let offsets = btf.and_then(|btf| offsets::publish(load.kernel, &btf));
     let bio_queue = match &offsets {
         Ok(_) => BioQueue::load(load.kernel),
         Err(e) => Err(e.clone()),

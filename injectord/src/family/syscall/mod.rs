@@ -298,8 +298,15 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
         }
     }
     let connect = load.services.get::<ConnectRules>();
-    let btf = KernelBtf::from_sys_fs().map_err(|e| e.to_string());
-    let btf = btf.as_ref().map_err(String::as_str);
+    // Parsed once, and shared with later families (the block family's
+    // offsets).
+    let btf = KernelBtf::from_sys_fs()
+        .map(Arc::new)
+        .map_err(|e| e.to_string());
+    if let Ok(b) = &btf {
+        load.services.publish(Arc::clone(b));
+    }
+    let btf = btf.as_deref().map_err(String::as_str);
     let (offsets, offsets_map) = match offsets::publish(load.kernel, btf) {
         Ok(map) => (Ok(()), Some(map)),
         Err(e) => (Err(e), None),
