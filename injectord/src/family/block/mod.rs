@@ -209,6 +209,9 @@ impl Block {
         let watch = self.watch(cgroup)?;
         let mut describe = serde_json::Map::new();
         describe.insert("layer".into(), json!(layer.name()));
+        if let Some(d) = &f.device {
+            describe.insert("device_numbers".into(), json!(d.numbers()));
+        }
         let (part, slot): (Box<dyn Any + Send>, Slot) = match layer {
             Layer::Block => {
                 let slot = req.kernel.slots.alloc()?;
@@ -279,6 +282,9 @@ impl Block {
         let delay = self.delays.install(req.name, at, &f, &slot, req.trigger)?;
         let mut describe = serde_json::Map::new();
         describe.insert("layer".into(), json!("block"));
+        if let Some(d) = &f.device {
+            describe.insert("device_numbers".into(), json!(d.numbers()));
+        }
         describe.insert(
             "hook".into(),
             json!("raw_tracepoint block_bio_queue: SIGSTOP, SIGCONT after the delay"),
