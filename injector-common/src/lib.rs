@@ -14,6 +14,7 @@
 //! object.
 #![no_std]
 
+pub mod block;
 pub mod connect;
 pub mod packet;
 pub mod probe;
@@ -27,11 +28,18 @@ pub const PROGRAMS: &[&[&str]] = &[
     probe::PROGRAMS,
     syscall::PROGRAMS,
     syscall::LSM_PROGRAM_NAMES,
+    block::PROGRAMS,
     bench::PROGRAMS,
 ];
 
 /// Every map name of the object, by family.
-pub const MAPS: &[&[&str]] = &[maps::ALL, connect::MAPS, packet::MAPS, syscall::MAPS];
+pub const MAPS: &[&[&str]] = &[
+    maps::ALL,
+    connect::MAPS,
+    packet::MAPS,
+    syscall::MAPS,
+    block::MAPS,
+];
 
 /// Names of the maps every family shares.
 pub mod maps {

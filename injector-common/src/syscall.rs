@@ -264,6 +264,10 @@ pub struct SyscallRule {
     /// kprobe rules with a socket filter: 1 when the family and type are
     /// the call's first two arguments (socket, socketpair).
     pub sock_args: u8,
+    /// LSM rules on a file: only files under the directory with this
+    /// inode number (on the filesystem `device` names; 0: anywhere), found
+    /// by walking the file's dentry up to its filesystem's root.
+    pub under_ino: u64,
     pub trigger: Trigger,
 }
 
@@ -287,6 +291,7 @@ impl Default for SyscallRule {
             sock_type: 0,
             fd_arg: NO_PATH_ARG,
             sock_args: 0,
+            under_ino: 0,
             trigger: Trigger::default(),
         }
     }
@@ -304,6 +309,16 @@ pub struct KernelOffsets {
     pub file_inode: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
+    /// `inode.i_mode` (u16) and `inode.i_rdev` (u32): a block device
+    /// node's I/O goes to the device it names, not to its filesystem.
+    pub inode_mode: u32,
+    pub inode_rdev: u32,
+    /// For the `under_ino` walk: `file.f_path`, `dentry.d_parent`,
+    /// `dentry.d_inode`, `inode.i_ino`.
+    pub file_path: u32,
+    pub dentry_parent: u32,
+    pub dentry_inode: u32,
+    pub inode_ino: u32,
     pub path_dentry: u32,
     pub dentry_sb: u32,
     pub bprm_file: u32,
@@ -338,6 +353,14 @@ pub struct SignalEvent {
     pub signal: u32,
     /// `bpf_ktime_get_ns()` when it fired.
     pub at_ns: u64,
+    /// How long this stop lasts (0: the pause of the rule's fault); the
+    /// block family's io_delay draws one per I/O.
+    pub delay_ns: u64,
+    /// 1 when the stop was counted against its rule's limit of tasks held
+    /// at once (io_delay), so the daemon counts it as ended when it
+    /// continues the task.
+    pub counted: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -359,4 +382,4 @@ mod pod {
 
 // The rule is shared with the eBPF programs byte for byte: no implicit
 // padding anywhere (Trigger starts 8-aligned).
-const _: () = assert!(core::mem::size_of::<SyscallRule>() == 176 + 40);
+const _: () = assert!(core::mem::size_of::<SyscallRule>() == 184 + 40);

@@ -6,6 +6,7 @@
 #![allow(internal_features)]
 
 mod bench;
+mod block;
 mod connect;
 mod log;
 mod maps;

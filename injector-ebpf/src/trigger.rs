@@ -91,7 +91,19 @@ fn chance(threshold: u64) -> bool {
 ///
 /// `counter` must be valid, 8-byte aligned and only accessed atomically.
 #[inline(always)]
-unsafe fn fetch_inc(counter: *mut u64) -> u64 {
+pub(crate) unsafe fn fetch_inc(counter: *mut u64) -> u64 {
     // SAFETY: guaranteed by the caller.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) }
+    unsafe { fetch_add(counter, 1) }
+}
+
+/// Atomically adds `n` (wrapping: `u64::MAX` subtracts one) and returns
+/// the previous value.
+///
+/// # Safety
+///
+/// As [`fetch_inc`].
+#[inline(always)]
+pub(crate) unsafe fn fetch_add(counter: *mut u64, n: u64) -> u64 {
+    // SAFETY: guaranteed by the caller.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, n) }
 }

@@ -29,6 +29,7 @@ use crate::{
     error::{Error, ErrorCode, RpcError},
     family::{
         self, Backend, Counters, Installed, Load, Options, Request, Services, Target,
+        block::latency::{BlockLatency, BlockSeries},
         syscall::latency::{LatencySeries, Watch, Watches},
     },
     kernel::{Kernel, reaper::Reaper},
@@ -69,6 +70,7 @@ pub struct Faults {
     ended: [AtomicU64; End::ALL.len()],
     cgroup2_mount: String,
     latency: Option<Watches>,
+    block_latency: Option<BlockLatency>,
 }
 
 #[derive(Default)]
@@ -176,6 +178,7 @@ impl Faults {
             })
             .collect();
         let latency = services.get::<Watches>();
+        let block_latency = services.get::<BlockLatency>();
         Self {
             table: Mutex::new(Table {
                 next_id: 1,
@@ -183,6 +186,7 @@ impl Faults {
             }),
             cgroup2_mount: cgroups.mount().display().to_string(),
             latency: latency.clone(),
+            block_latency,
             installer: Mutex::new(Installer {
                 kernel,
                 backends,
@@ -500,6 +504,14 @@ impl Faults {
         self.latency
             .as_ref()
             .map(Watches::series)
+            .unwrap_or_default()
+    }
+
+    /// The block I/O latency histograms.
+    pub fn block_latency(&self) -> Vec<BlockSeries> {
+        self.block_latency
+            .as_ref()
+            .map(BlockLatency::series)
             .unwrap_or_default()
     }
 

@@ -58,6 +58,11 @@ struct Args {
     /// while anything is targeted (see the README's benchmark).
     #[arg(long)]
     syscall_latency: bool,
+    /// Leave the block I/O latency histograms off
+    /// (`injectord_block_io_latency_seconds`, on by default: three block
+    /// tracepoints and per-CPU histograms, see the README's benchmark).
+    #[arg(long)]
+    no_block_latency: bool,
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -155,6 +160,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Options {
                 force_clsact: args.tc_attach == TcAttachMode::Clsact,
                 syscall_latency: args.syscall_latency,
+                no_block_latency: args.no_block_latency,
             },
             reaper,
         );

@@ -28,6 +28,7 @@ use tokio::{
 
 use crate::{
     family::Metric,
+    family::block::latency::BlockSeries,
     family::syscall::latency::LatencySeries,
     faults::{End, FaultCounters},
     rpc::Shared,
@@ -43,7 +44,8 @@ impl Collector for FaultCollector {
         let faults = &self.state.faults;
         let (active, ended, counters) = (faults.len(), faults.ended(), faults.counters());
         let latency = faults.syscall_latency();
-        encode_faults(encoder, active, &ended, &counters, &latency)
+        let block = faults.block_latency();
+        encode_faults(encoder, active, &ended, &counters, &latency, &block)
     }
 }
 
@@ -56,6 +58,7 @@ fn encode_faults(
     ended: &[(End, u64)],
     counters: &[FaultCounters],
     latency: &[LatencySeries],
+    block: &[BlockSeries],
 ) -> Result<(), std::fmt::Error> {
     let gauge = ConstGauge::new(active as i64);
     gauge.encode(encoder.encode_descriptor(
@@ -93,7 +96,40 @@ fn encode_faults(
     }
     encode_family_samples(&mut encoder, counters)?;
     encode_delay(&mut encoder, counters)?;
-    encode_syscall_latency(&mut encoder, latency)
+    encode_syscall_latency(&mut encoder, latency)?;
+    encode_block_latency(&mut encoder, block)
+}
+
+/// `injectord_block_io_latency_seconds{device, op[, cgroup]}`: block I/O
+/// latency from submission to completion; the series without `cgroup`
+/// count every I/O of the device, those with one the I/O a targeted
+/// cgroup issued (a subset).
+fn encode_block_latency(
+    encoder: &mut DescriptorEncoder,
+    block: &[BlockSeries],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "injectord_block_io_latency_seconds",
+        "Block I/O latency from submission to completion, by device and operation; with a cgroup label, the I/O that a cgroup a block fault targets issued",
+        None,
+        MetricType::Histogram,
+    )?;
+    for s in block {
+        let buckets = log2_buckets(&s.buckets, 1024e-9);
+        let mut labels = vec![("device", s.device.as_str()), ("op", s.op)];
+        if let Some(c) = &s.cgroup {
+            labels.push(("cgroup", c.as_str()));
+        }
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<Vec<(String, String)>>(
+                s.sum_ns as f64 * 1e-9,
+                s.buckets.iter().sum(),
+                &buckets,
+                None,
+            )?;
+    }
+    Ok(())
 }
 
 /// The families' own counters (e.g. `injectord_packets_total{outcome}`),
@@ -580,7 +616,7 @@ mod tests {
     impl Collector for Fixed {
         fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
             let ended: Vec<_> = End::ALL.iter().map(|e| (*e, 2)).collect();
-            encode_faults(encoder, self.0.len(), &ended, &self.0, &[])
+            encode_faults(encoder, self.0.len(), &ended, &self.0, &[], &[])
         }
     }
 

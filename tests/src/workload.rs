@@ -398,7 +398,10 @@ impl LoopDevice {
     /// A bare device (for O_DIRECT I/O on the device itself).
     pub fn new(name: &str, size_mb: u32) -> Self {
         // Built in on the host and the built kernel, a module in Debian's.
-        let _ = Command::new("modprobe").arg("loop").status();
+        let _ = Command::new("modprobe")
+            .arg("loop")
+            .stderr(Stdio::null())
+            .status();
         let dir = Scratch::new(name);
         let backing = dir.path.join("backing.img");
         let file = fs::File::create(&backing).unwrap();

@@ -4,7 +4,7 @@
 use injectord_tests::*;
 use serde_json::{Value, json};
 
-const BACKENDS: [&str; 18] = [
+const BACKENDS: [&str; 23] = [
     "cgroup_sock_addr",
     "bpf_set_retval",
     "cgroup_skb",
@@ -23,6 +23,11 @@ const BACKENDS: [&str; 18] = [
     "syscall_cgroup",
     "process_kill",
     "process_pause",
+    "block_io_latency",
+    "io_error_block",
+    "io_error_file",
+    "io_delay",
+    "io_throttle",
 ];
 
 #[test]
@@ -65,6 +70,11 @@ fn capabilities_cover_every_backend_and_are_recorded() {
             &["kprobe", "bpf_override_return"][..],
         ),
         ("syscall_cgroup", &["bpf_set_retval"][..]),
+        ("io_error_file", &["syscall_lsm"][..]),
+        ("io_error_block", &["syscall_kprobe_override"][..]),
+        // Raw tracepoints exist on every kernel of the matrix.
+        ("block_io_latency", &[][..]),
+        ("io_delay", &["bpf_send_signal"][..]),
     ] {
         if needs.iter().all(|n| available(n)) {
             assert!(

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use injectord_tests::{net::*, *};
+use injectord_tests::{net::*, workload::LoopDevice, *};
 use serde_json::{Value, json};
 
 /// What Prometheus 2.42 sends when it scrapes.
@@ -457,6 +457,14 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     let port = tcp_sink("127.0.0.1:0");
     let link = Link::new("prom");
     let delay = inject_experiment(&d, &cg, port, &link);
+    // Block I/O: direct reads of a loop device from the target, each held
+    // 1 ms by an io_delay (which also splits the histogram by cgroup).
+    let disk = LoopDevice::new("prom", 8);
+    d.inject(json!({
+        "name": "disk-slow",
+        "target": {"cgroup": cg.rel},
+        "fault": {"type": "io_delay", "device": disk.dev, "delay": "1ms"},
+    }));
     prometheus.wait_first_scrape();
 
     let start = unix_now();
@@ -465,6 +473,15 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     let mut ping = link.a.spawn(
         "ping",
         &["-q", "-n", "-i", "0.02", "-w", &secs.to_string(), B_IP],
+    );
+    let mut reads = cg.spawn(
+        "sh",
+        &[
+            "-c",
+            "end=$(( $(date +%s) + $0 )); while [ $(date +%s) -lt $end ]; do dd if=$1 of=/dev/null bs=4k count=20 iflag=direct 2>/dev/null; done",
+            &secs.to_string(),
+            &disk.dev,
+        ],
     );
     // Mid-experiment, every family has samples: check both formats then.
     std::thread::sleep(EXPERIMENT / 2);
@@ -477,7 +494,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
         });
         assert!(inf, "no +Inf bucket: {text}");
     }
-    for child in [&mut connects, &mut ping] {
+    for child in [&mut connects, &mut ping, &mut reads] {
         wait_with_limit(child, EXPERIMENT + Duration::from_secs(30)).expect("traffic ends");
     }
     // Two more scrapes take in the last increments.

@@ -90,6 +90,9 @@ pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
     if only == "all" || only == "packet" {
         crate::bench_net::run(&bin)?;
     }
+    if only == "all" || only == "block" {
+        crate::bench_block::run(&bin)?;
+    }
     if only == "all" || only == "syscall" {
         crate::bench_syscall::run(&bin, iterations, closed_port()?)?;
     }

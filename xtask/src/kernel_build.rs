@@ -160,9 +160,11 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("CONFIG_IP6_NF_IPTABLES", "y"),
     ("CONFIG_IP6_NF_FILTER", "y"),
     ("CONFIG_IP6_NF_RAW", "y"),
-    // Block: loop devices (and fail_make_request above).
+    // Block: loop devices (and fail_make_request above), with a
+    // filesystem on them for the block I/O faults' file-level tests.
     ("CONFIG_BLOCK", "y"),
     ("CONFIG_BLK_DEV_LOOP", "y"),
+    ("CONFIG_EXT4_FS", "y"),
 ];
 
 /// What building needs (command, Debian package) and packages with no

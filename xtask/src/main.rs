@@ -2,6 +2,7 @@
 //! toolchains and bpf-linker first), e.g. `./x run`, `./x test`, `./x bench`.
 
 mod bench;
+mod bench_block;
 mod bench_net;
 mod bench_syscall;
 mod deps;
@@ -64,7 +65,7 @@ enum Task {
         /// inject operations for the control-plane latency.
         #[arg(long, default_value_t = 1000)]
         injects: u32,
-        /// Which part: connect, packet, syscall or all.
+        /// Which part: connect, packet, syscall, block or all.
         #[arg(long, default_value = "all")]
         only: String,
     },

@@ -64,7 +64,9 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
     }
 
     let order: Vec<&str> = results.iter().map(|r| r.0.as_str()).collect();
-    print_matrix(&matrix_dir, &order)?;
+    let never = print_matrix(&matrix_dir, &order)?;
+    // The whole matrix must exercise every backend somewhere.
+    let full = !host_only && only.is_empty();
     println!("\nkernel               passed  failed    time");
     let mut total = Tally::default();
     for (label, t, ok, took) in &results {
@@ -82,6 +84,12 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
     println!("\nsuite: {} passed, {} failed", total.passed, total.failed);
     if !all_ok || total.failed > 0 {
         bail!("the suite failed");
+    }
+    if full && !never.is_empty() {
+        bail!(
+            "no kernel of the matrix has these backends, so their tests only check refusals: {}",
+            never.join(", ")
+        );
     }
     Ok(())
 }
@@ -265,8 +273,9 @@ fn add_result_line(t: &mut Tally, line: &str) {
 }
 
 /// Prints backend x kernel from the rows the capabilities test wrote, one
-/// column per kernel in the order they ran (`order`, labels).
-fn print_matrix(dir: &Path, order: &[&str]) -> anyhow::Result<()> {
+/// column per kernel in the order they ran (`order`, labels); returns the
+/// backends no kernel has.
+fn print_matrix(dir: &Path, order: &[&str]) -> anyhow::Result<Vec<String>> {
     let mut kernels: Vec<(String, Value)> = Vec::new();
     for e in fs::read_dir(dir)?.flatten() {
         if e.path().extension().is_some_and(|x| x == "json") {
@@ -304,8 +313,18 @@ fn print_matrix(dir: &Path, order: &[&str]) -> anyhow::Result<()> {
         print!(" {col:<34}");
     }
     println!();
+    let mut never = Vec::new();
     for name in backends.values() {
         print!("{name:<20}");
+        let somewhere = kernels.iter().any(|(_, caps)| {
+            caps["backends"].as_array().is_some_and(|b| {
+                b.iter()
+                    .any(|c| c["name"] == name.as_str() && c["available"] == true)
+            })
+        });
+        if !somewhere {
+            never.push(name.clone());
+        }
         for (_, caps) in &kernels {
             let c = caps["backends"]
                 .as_array()
@@ -330,5 +349,5 @@ fn print_matrix(dir: &Path, order: &[&str]) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(never)
 }

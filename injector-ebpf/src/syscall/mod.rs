@@ -51,7 +51,7 @@ static SYSCALL_OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
 /// Signal rules report here when they fire, so the daemon can resume the
 /// tasks a pause stopped.
 #[map]
-static SYSCALL_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+pub(crate) static SYSCALL_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 /// The rule of `action` for syscall `nr` whose target contains the calling
 /// task, deepest target first.
@@ -63,7 +63,7 @@ fn rule_for_caller(nr: u32, action: u32) -> Option<&'static SyscallRule> {
 /// The first `find(ancestor)` that answers, over the calling task's
 /// ancestors at the depths of level set `set`, deepest first.
 #[inline(always)]
-fn for_caller<T>(set: u32, mut find: impl FnMut(u64) -> Option<T>) -> Option<T> {
+pub(crate) fn for_caller<T>(set: u32, mut find: impl FnMut(u64) -> Option<T>) -> Option<T> {
     let levels = SYSCALL_LEVELS.get(set)?;
     let count = levels.count as usize;
     for i in 0..MAX_LEVELS {
@@ -182,7 +182,7 @@ fn offsets() -> Option<&'static KernelOffsets> {
 /// A `T` read from kernel memory at `base + offset`; `None` for a null
 /// `base` or a failed read.
 #[inline(always)]
-fn read_at<T>(base: u64, offset: u32) -> Option<T> {
+pub(crate) fn read_at<T>(base: u64, offset: u32) -> Option<T> {
     if base == 0 {
         return None;
     }
@@ -197,12 +197,20 @@ fn device_of_file(o: &KernelOffsets, file: u64) -> Option<u32> {
     device_of_inode(o, inode)
 }
 
-/// The `dev_t` of the filesystem holding `inode` (`struct inode *`).
+/// The `dev_t` of the filesystem holding `inode` (`struct inode *`), or
+/// for a block device node, of the device it names (where its I/O goes).
 #[inline(always)]
 fn device_of_inode(o: &KernelOffsets, inode: u64) -> Option<u32> {
+    let mode = read_at::<u16>(inode, o.inode_mode)?;
+    if u32::from(mode) & S_IFMT == S_IFBLK {
+        return read_at::<u32>(inode, o.inode_rdev);
+    }
     let sb = read_at::<u64>(inode, o.inode_sb)?;
     read_at::<u32>(sb, o.sb_dev)
 }
+
+const S_IFMT: u32 = 0o170000;
+const S_IFBLK: u32 = 0o060000;
 
 /// The file open at descriptor `fd` of the calling task
 /// (`current->files->fdt->fd[fd]`).
@@ -227,6 +235,41 @@ trait Subject {
     fn device(&self, rule: &SyscallRule) -> Option<u32>;
     /// The socket's family and type.
     fn socket(&self, rule: &SyscallRule) -> Option<(u16, u8)>;
+    /// Whether the file the call acts on is under the directory with
+    /// inode number `ino` (hooks that see a `struct file`).
+    fn under(&self, _ino: u64) -> bool {
+        false
+    }
+}
+
+/// How many directory levels [`file_under`] climbs (deeper files never
+/// match).
+const MAX_WALK: usize = 32;
+
+/// Whether `file` (`struct file *`) sits under the directory whose inode
+/// number is `ino` on the same filesystem: its dentry or an ancestor's
+/// inode is `ino` (the filesystem's root is its own parent).
+#[inline(always)]
+pub(crate) fn file_under(o: &KernelOffsets, file: u64, ino: u64) -> bool {
+    let Some(mut dentry) = read_at::<u64>(file, o.file_path + o.path_dentry) else {
+        return false;
+    };
+    for _ in 0..MAX_WALK {
+        let Some(inode) = read_at::<u64>(dentry, o.dentry_inode) else {
+            return false;
+        };
+        if read_at::<u64>(inode, o.inode_ino) == Some(ino) {
+            return true;
+        }
+        let Some(parent) = read_at::<u64>(dentry, o.dentry_parent) else {
+            return false;
+        };
+        if parent == dentry {
+            return false;
+        }
+        dentry = parent;
+    }
+    false
 }
 
 /// A syscall's own registers as the subject (kprobe and tracepoint
@@ -268,6 +311,9 @@ const SOCK_TYPE_MASK: u8 = 0xf;
 #[inline(always)]
 fn object_matches(rule: &SyscallRule, subject: &impl Subject) -> bool {
     if rule.has_device != 0 && subject.device(rule) != Some(rule.device) {
+        return false;
+    }
+    if rule.under_ino != 0 && !subject.under(rule.under_ino) {
         return false;
     }
     if rule.family != 0 || rule.sock_type != 0 {

@@ -40,6 +40,7 @@ pub fn syscall_signal(ctx: RawTracePointContext) -> i32 {
         signal,
         // SAFETY: helper without arguments or side effects.
         at_ns: unsafe { bpf_ktime_get_ns() },
+        ..SignalEvent::default()
     };
     // Written (copied: no reservation to release, which the 6.1 verifier
     // cannot follow across the trigger) before the signal is sent: a stop

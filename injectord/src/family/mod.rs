@@ -177,6 +177,8 @@ pub struct Options {
     pub force_clsact: bool,
     /// Measure the syscall latency of targeted cgroups (`--syscall-latency`).
     pub syscall_latency: bool,
+    /// Leave the block I/O latency histograms off (`--no-block-latency`).
+    pub no_block_latency: bool,
 }
 
 /// Typed values one family publishes for later ones (e.g. the connect

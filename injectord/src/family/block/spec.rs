@@ -85,7 +85,8 @@ impl Serialize for BlockDevice {
 
 impl<'de> Deserialize<'de> for BlockDevice {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+        Self::parse(&String::deserialize(d)?)
+            .map_err(|e| de::Error::custom(format_args!("invalid value: {e}")))
     }
 }
 
@@ -253,6 +254,12 @@ pub fn parse(
         }
         IoDelay::KIND => {
             let f: IoDelay = serde_path_to_error::deserialize(value)?;
+            if f.path.is_some() {
+                return Err(SpecError::Never {
+                    field: "path",
+                    message: "io_delay holds the task that submits a bio, and a bio belongs to no file: select by device (path filters work on io_error)".into(),
+                });
+            }
             if let Some(j) = f.jitter
                 && j.get() > f.delay.get()
             {

@@ -14,19 +14,23 @@
 //! `injector_common::syscall`.
 
 mod cgroup;
-mod depths;
+pub mod depths;
+pub mod file_errors;
 pub mod filters;
 mod kprobe;
 pub mod latency;
 mod lsm;
 mod offsets;
 pub mod process;
-mod resume;
+pub mod resume;
 mod rules;
 mod signal;
 mod table;
 
-use std::any::Any;
+use std::{
+    any::Any,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
 use injector_common::syscall::{
     ACTION_ERROR, BACKEND_CGROUP, BACKEND_KPROBE, BACKEND_LSM, LSM_MMAP_ADDR, NO_PATH_ARG,
@@ -39,6 +43,7 @@ use serde_json::{Value, json};
 use self::{
     cgroup::CgroupHooks,
     depths::Depths,
+    file_errors::FileErrors,
     filters::{Device, PathPrefix, SocketFamily, SocketType},
     kprobe::Kprobes,
     latency::Watches,
@@ -265,7 +270,7 @@ enum Choice {
 struct Syscalls {
     rules: Result<SyscallRules, String>,
     kprobe: Kprobes,
-    lsm: LsmHooks,
+    lsm: Arc<Mutex<LsmHooks>>,
     cgroup: CgroupHooks,
     process: Processes,
     /// Whether the kernel struct offsets the device and socket filters
@@ -293,16 +298,33 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
         }
     }
     let connect = load.services.get::<ConnectRules>();
-    let btf = KernelBtf::from_sys_fs().map_err(|e| e.to_string());
-    let btf = btf.as_ref().map_err(String::as_str);
+    // Parsed once, and shared with later families (the block family's
+    // offsets).
+    let btf = KernelBtf::from_sys_fs()
+        .map(Arc::new)
+        .map_err(|e| e.to_string());
+    if let Ok(b) = &btf {
+        load.services.publish(Arc::clone(b));
+    }
+    let btf = btf.as_deref().map_err(String::as_str);
     let (offsets, offsets_map) = match offsets::publish(load.kernel, btf) {
         Ok(map) => (Ok(()), Some(map)),
         Err(e) => (Err(e), None),
     };
     let kprobe = Kprobes::load(load.kernel);
-    let lsm = LsmHooks::load(load.kernel, btf);
+    let lsm = Arc::new(Mutex::new(LsmHooks::load(load.kernel, btf)));
     let cgroup = CgroupHooks::load(load.kernel, connect);
     let process = Processes::load(load.kernel, load.reaper, offsets.clone());
+    if let Ok(rules) = &rules {
+        load.services
+            .publish(FileErrors::new(rules.clone(), lsm.clone(), offsets.clone()));
+    }
+    if let Ok(d) = &depths {
+        load.services.publish(d.clone());
+    }
+    if let Some(r) = process.shared_resumer() {
+        load.services.publish(r);
+    }
     Box::new(Syscalls {
         rules,
         kprobe,
@@ -315,6 +337,10 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
 }
 
 impl Syscalls {
+    fn lsm(&self) -> MutexGuard<'_, LsmHooks> {
+        self.lsm.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The best backend for this fault here, or why none serves it.
     fn choose(&self, f: &SyscallError) -> Result<Choice, Error> {
         let sc = f.syscall;
@@ -336,7 +362,7 @@ impl Syscalls {
             None => why.push(format!("BPF LSM: no LSM hook runs inside {name}")),
             Some(h) => match self
                 .lsm_cannot(f, &h)
-                .map_or_else(|| self.lsm.hook_ready(&h), Err)
+                .map_or_else(|| self.lsm().hook_ready(&h), Err)
             {
                 Ok(()) => return Ok(Choice::Lsm(h)),
                 Err(e) => why.push(format!("BPF LSM: {e}")),
@@ -544,7 +570,7 @@ impl Backend for Syscalls {
             ),
             Capability::probe(
                 "syscall_lsm",
-                self.lsm
+                self.lsm()
                     .ready()
                     .map(|()| "syscalls fail through the BPF LSM hook inside them".into())
                     .map_err(str::to_string),
@@ -560,7 +586,7 @@ impl Backend for Syscalls {
         ];
         caps.push(Capability::probe(
             "memory_error",
-            self.lsm
+            self.lsm()
                 .hook_ready(&LSM_MMAP_ADDR)
                 .map(|()| {
                     "mmap, brk and mremap fail with ENOMEM through the mmap_addr LSM hook".into()
@@ -645,7 +671,7 @@ impl Backend for Syscalls {
                 Choice::Lsm(hook) => {
                     rule.backend = BACKEND_LSM;
                     rule.hook = hook.id;
-                    let a = self.lsm.attach(req.kernel, hook)?;
+                    let a = self.lsm().attach(req.kernel, hook)?;
                     describe.insert("hook".into(), json!(format!("lsm {}", hook.hook)));
                     let r = rules.install(req.name, for_every_task, rule, &what)?;
                     (Box::new(r), Some(Box::new(a)))
@@ -719,12 +745,12 @@ impl Syscalls {
         rules: &SyscallRules,
     ) -> Result<Box<dyn Installed>, Error> {
         let hook = LSM_MMAP_ADDR;
-        self.lsm.hook_ready(&hook).map_err(|why| {
+        self.lsm().hook_ready(&hook).map_err(|why| {
             Error::UnsupportedKernel(format!(
                 "memory_error needs BPF LSM (its mmap_addr hook runs whenever mmap, brk or mremap maps memory): {why}"
             ))
         })?;
-        let attachment = self.lsm.attach(req.kernel, &hook)?;
+        let attachment = self.lsm().attach(req.kernel, &hook)?;
         let slot = req.kernel.slots.alloc()?;
         let rule = SyscallRule {
             slot: slot.index(),

@@ -301,6 +301,11 @@ impl Processes {
         }
     }
 
+    /// The resume thread, for later families (io_delay).
+    pub fn shared_resumer(&self) -> Option<Resumer> {
+        self.resumer.as_ref().ok().cloned()
+    }
+
     pub fn capabilities(&self) -> Vec<Capability> {
         let at_syscall = self.hook.ready();
         let kill_now = match self.kill {

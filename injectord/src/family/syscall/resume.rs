@@ -61,7 +61,12 @@ struct Watch {
     key: u64,
     pause: Duration,
     stats: Arc<PauseStats>,
+    done: Option<Done>,
 }
+
+/// Told how many counted stops (`SignalEvent::counted`) a continue ended,
+/// whatever its outcome (io_delay's limit of tasks held at once).
+pub type Done = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Something stopped, to be resumed at `due_ns`.
 struct Pending {
@@ -72,6 +77,9 @@ struct Pending {
     stats: Arc<PauseStats>,
     /// The keeper's record of it, settled once it is resumed.
     _record: Option<Record>,
+    /// Counted stops it ends, and whom to tell.
+    counted: u64,
+    done: Option<Done>,
 }
 
 /// What ends a pause.
@@ -229,12 +237,19 @@ impl Owner {
     /// SIGSTOPs that `slot`'s rule sends are continued after `pause`.
     /// Call before the rule is published.
     pub fn watch_slot(&self, slot: u32, pause: Duration) {
+        self.watch_slot_with(slot, pause, None);
+    }
+
+    /// As [`Self::watch_slot`]; `done` is told of every continue, with
+    /// the counted stops it ended.
+    pub fn watch_slot_with(&self, slot: u32, pause: Duration, done: Option<Done>) {
         self.shared.lock().slots.insert(
             slot,
             Watch {
                 key: self.key,
                 pause,
                 stats: Arc::clone(&self.stats),
+                done,
             },
         );
     }
@@ -249,6 +264,8 @@ impl Owner {
             what,
             stats: Arc::clone(&self.stats),
             _record: record,
+            counted: 0,
+            done: None,
         });
         self.shared.wake();
     }
@@ -285,6 +302,9 @@ fn resume(p: Pending) {
         p.stats
             .record(sys::monotonic_ns().saturating_sub(p.started_ns));
     }
+    if let Some(done) = &p.done {
+        done(p.counted);
+    }
 }
 
 impl State {
@@ -310,16 +330,24 @@ impl State {
                 what: Resume::continue_process(ev.tgid),
                 stats: Arc::default(),
                 _record: None,
+                counted: 0,
+                done: None,
             });
             return;
         };
-        let due_ns = ev.at_ns + watch.pause.as_nanos() as u64;
+        let pause = if ev.delay_ns != 0 {
+            ev.delay_ns
+        } else {
+            watch.pause.as_nanos() as u64
+        };
+        let due_ns = ev.at_ns + pause;
         // Another thread of the process may hit the rule before the stop
         // takes effect: one pause, to the later deadline.
         if let Some(p) = self.pending.iter_mut().find(|p| {
             p.key == watch.key && matches!(p.what, Resume::Continue { tgid, .. } if tgid == ev.tgid)
         }) {
             p.due_ns = p.due_ns.max(due_ns);
+            p.counted += u64::from(ev.counted);
             return;
         }
         self.pending.push(Pending {
@@ -329,6 +357,8 @@ impl State {
             what: Resume::continue_process(ev.tgid),
             stats: Arc::clone(&watch.stats),
             _record: None,
+            counted: u64::from(ev.counted),
+            done: watch.done.clone(),
         });
     }
 
