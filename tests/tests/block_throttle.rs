@@ -504,14 +504,14 @@ fn bad_throttles_get_specific_errors() {
         &d,
         spec(json!({"type": "io_throttle", "device": "4095:1", "bps": MIB})),
     );
-    assert_eq!(code, "invalid_spec", "{msg}");
+    assert_eq!(code, "invalid_value", "{msg}");
     println!("{code}: {msg}");
     assert!(msg.contains("no block device 4095:1"), "{msg}");
     let (code, msg) = refusal(
         &d,
         spec(json!({"type": "io_throttle", "device": "/dev/nonexistent", "bps": MIB})),
     );
-    assert_eq!(code, "invalid_spec", "{msg}");
+    assert_eq!(code, "invalid_value", "{msg}");
     println!("{code}: {msg}");
     assert!(msg.contains("/dev/nonexistent"), "{msg}");
     for (fault, want_code, want_text) in [
