@@ -1294,16 +1294,22 @@ fn slow_disk_holds_each_io_20ms() {
     };
     let slow = read(&vnf);
     let fast = read(&other);
-    // Ten reads, each held 15 to 25 ms.
+    // Ten reads, each held 15 to 25 ms (and any page of dd its exec read
+    // from disk: the spec names no device, so every disk of the VNF is
+    // slow).
     assert!(
-        slow >= Duration::from_millis(150) && slow < Duration::from_millis(400),
+        slow >= Duration::from_millis(150) && slow < Duration::from_millis(1000),
         "the VNF's 10 reads took {slow:?}"
     );
     assert!(
         fast < Duration::from_millis(100),
         "another cgroup's took {fast:?}"
     );
-    assert_eq!(d.counters(&name, "io_delay"), (10, 10));
+    let (evaluations, activations) = d.counters(&name, "io_delay");
+    assert!(
+        evaluations >= 10 && activations == evaluations,
+        "evaluations {evaluations}, activations {activations}"
+    );
 }
 
 /// A disk that fails writes: a direct write to a file on an ext4 loop
