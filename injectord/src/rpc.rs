@@ -305,7 +305,17 @@ fn inject(state: &Shared, params: Value) -> Result<Value, RpcError> {
             }
         });
     }
-    Ok(json!({ "id": id, "name": name }))
+    let mut reply = json!({ "id": id, "name": name });
+    // Where it landed, when its family says (a syscall fault's backend,
+    // an io_error's layer: their semantics differ).
+    if let Ok(view) = state.faults.get(&crate::faults::Selector::Id(id)) {
+        for key in ["backend", "layer"] {
+            if let Some(v) = view.get(key) {
+                reply[key] = v.clone();
+            }
+        }
+    }
+    Ok(reply)
 }
 
 /// How often the cgroups faults are aimed at are checked for having gone
