@@ -232,7 +232,10 @@ fn io_error_layer(d: &Daemon, name: &str, cg: &TestCgroup, spec: Value) -> Optio
     }
     let reply = d.call("inject", fault(name, cg, spec)).unwrap();
     let f = d.call("get", json!({"name": name})).unwrap();
-    assert_eq!(reply["layer"], f["layer"], "the reply names the layer: {reply}");
+    assert_eq!(
+        reply["layer"], f["layer"],
+        "the reply names the layer: {reply}"
+    );
     let layer = f["layer"]
         .as_str()
         .unwrap_or_else(|| panic!("no layer: {f}"))

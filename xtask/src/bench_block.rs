@@ -1,10 +1,10 @@
-//! `./x bench --only block`: what the block family costs direct I/O on a
+//! `./x bench --only block`: what the block family costs fio's direct I/O on a
 //! loop device (no daemon, the histograms on, faults aimed at another
 //! cgroup on the same device), how exactly io_delay holds a task, and
 //! how much daemon CPU a delayed millisecond takes. Ratios against the
 //! baseline measured in the same run.
 
-use std::{path::Path, time::Instant};
+use std::path::Path;
 
 use anyhow::bail;
 use injectord_tests::{Daemon, TestCgroup, workload::LoopDevice};
@@ -12,57 +12,55 @@ use serde_json::json;
 
 use crate::bench::{start_daemon, start_daemon_with};
 
-/// 4 KiB direct reads per round (the device holds them all).
-const READS: u32 = 32768;
+/// Seconds of each fio run of the cost rows.
+const SECONDS: u32 = 3;
 
-/// Times `READS` direct 4 KiB reads by dd in `cg`; reads per second.
-fn iops(cg: &TestCgroup, dev: &str) -> anyhow::Result<f64> {
-    let start = Instant::now();
+/// What one fio run measured.
+#[derive(Clone, Copy)]
+struct Fio {
+    iops: f64,
+    /// Completion latency percentiles, µs.
+    p50_us: f64,
+    p99_us: f64,
+    ios: u64,
+}
+
+/// One fio run in `cg`: 4 KiB direct random reads of `dev` with psync
+/// (one at a time) for `seconds`.
+fn fio(cg: &TestCgroup, dev: &str, seconds: u32) -> anyhow::Result<Fio> {
     let out = cg
         .command(
-            "dd",
+            "fio",
             &[
-                &format!("if={dev}"),
-                "of=/dev/null",
-                "bs=4k",
-                &format!("count={READS}"),
-                "iflag=direct",
+                "--name=bench",
+                &format!("--filename={dev}"),
+                "--direct=1",
+                "--rw=randread",
+                "--bs=4k",
+                "--ioengine=psync",
+                "--time_based",
+                &format!("--runtime={seconds}"),
+                "--output-format=json",
             ],
         )
         .output()?;
     if !out.status.success() {
-        bail!("dd: {out:?}");
+        bail!("fio: {out:?}");
     }
-    Ok(f64::from(READS) / start.elapsed().as_secs_f64())
-}
-
-/// Timed direct reads in python: each read's latency in ms, sorted.
-fn timed_reads(cg: &TestCgroup, dev: &str, n: u32) -> anyhow::Result<Vec<f64>> {
-    const SCRIPT: &str = r#"
-import mmap, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
-buf = mmap.mmap(-1, 4096)
-for i in range(int(sys.argv[2])):
-    t = time.monotonic()
-    os.preadv(fd, [buf], i * 4096)
-    print((time.monotonic() - t) * 1000)
-"#;
-    let out = cg
-        .command("python3", &["-c", SCRIPT, dev, &n.to_string()])
-        .output()?;
-    if !out.status.success() {
-        bail!("python: {out:?}");
-    }
-    let mut v: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    v.sort_by(f64::total_cmp);
-    Ok(v)
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let read = &v["jobs"][0]["read"];
+    let pct = |p: &str| {
+        read["clat_ns"]["percentile"][p]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            / 1000.0
+    };
+    Ok(Fio {
+        iops: read["iops"].as_f64().unwrap_or(f64::NAN),
+        p50_us: pct("50.000000"),
+        p99_us: pct("99.000000"),
+        ios: read["total_ios"].as_u64().unwrap_or(0),
+    })
 }
 
 /// The daemon's CPU time so far, in seconds: every thread's time on a
@@ -81,24 +79,25 @@ fn cpu_s(d: &Daemon) -> anyhow::Result<f64> {
 }
 
 pub fn run(bin: &Path) -> anyhow::Result<()> {
+    crate::deps::ensure(&[("fio", "fio")], &[])?;
     let base = TestCgroup::at(&format!("injectord-bench-blk-{}", std::process::id()));
     let (a, other) = (base.child("a"), base.child("other"));
-    let disk = LoopDevice::new("bench-blk", READS / 256 + 1);
-    let rounds = 7;
+    let disk = LoopDevice::new("bench-blk", 256);
+    let rounds = 5;
     eprintln!(
-        "[bench] block I/O: dd, {READS} direct 4 KiB reads of a loop device; {rounds} rounds, each row once per round"
+        "[bench] block I/O: fio, 4 KiB direct random reads (psync) of a loop device, {SECONDS} s; {rounds} rounds, each row once per round"
     );
     // Rows interleaved round by round, so that a slow spell of the
     // machine hits every row alike.
-    let mut rows: [Vec<f64>; 4] = Default::default();
+    let mut rows: [Vec<Fio>; 4] = Default::default();
     let mut errors = false;
     for _ in 0..rounds {
-        rows[0].push(iops(&a, &disk.dev)?);
+        rows[0].push(fio(&a, &disk.dev, SECONDS)?);
         let off = start_daemon_with(bin, &["--no-block-latency"])?;
-        rows[1].push(iops(&a, &disk.dev)?);
+        rows[1].push(fio(&a, &disk.dev, SECONDS)?);
         drop(off);
         let d = start_daemon(bin)?;
-        rows[2].push(iops(&a, &disk.dev)?);
+        rows[2].push(fio(&a, &disk.dev, SECONDS)?);
         d.call(
             "inject",
             json!({"name": "elsewhere-delay", "target": {"cgroup": other.rel},
@@ -111,19 +110,22 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
                        "fault": {"type": "io_error", "device": disk.dev}}),
             )
             .is_ok();
-        rows[3].push(iops(&a, &disk.dev)?);
+        rows[3].push(fio(&a, &disk.dev, SECONDS)?);
     }
+    // The round with the median IOPS, per row.
     let [none, quiet, hist, elsewhere] = rows.map(|mut v| {
-        v.sort_by(f64::total_cmp);
+        v.sort_by(|x, y| x.iops.total_cmp(&y.iops));
         v[v.len() / 2]
     });
-    let d = start_daemon(bin)?;
     println!();
     println!(
-        "block I/O cost ({READS} direct 4 KiB reads by dd, median of {rounds}; ratio to no daemon)"
+        "block I/O cost (fio 4 KiB direct random reads, psync, {SECONDS} s; the median-IOPS round of {rounds}; ratio to no daemon)"
     );
-    println!("{:<58} {:>10} {:>7}", "scenario", "reads/s", "ratio");
-    for (what, v) in [
+    println!(
+        "{:<54} {:>9} {:>7} {:>9} {:>9}",
+        "scenario", "IOPS", "ratio", "p50 us", "p99 us"
+    );
+    for (what, f) in [
         ("no daemon".to_string(), none),
         ("daemon, histograms off (--no-block-latency)".into(), quiet),
         ("daemon, histograms on (the default)".into(), hist),
@@ -135,36 +137,45 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
             elsewhere,
         ),
     ] {
-        println!("{what:<58} {v:>10.0} {:>7.3}", v / none);
+        println!(
+            "{what:<54} {:>9.0} {:>7.3} {:>9.1} {:>9.1}",
+            f.iops,
+            f.iops / none.iops,
+            f.p50_us,
+            f.p99_us
+        );
     }
 
-    // io_delay accuracy, and the daemon's CPU per delayed millisecond.
-    let baseline = timed_reads(&a, &disk.dev, 200)?;
-    let b50 = pct(&baseline, 0.5);
+    // io_delay accuracy as fio in the target measures it, and the
+    // daemon's CPU per delayed millisecond.
+    let d = start_daemon(bin)?;
+    let base_run = fio(&a, &disk.dev, SECONDS)?;
     println!();
     println!(
-        "io_delay accuracy (python, direct 4 KiB reads; added = measured - baseline p50 {b50:.3} ms)"
+        "io_delay accuracy (fio in the target; added = its completion latency - the undelayed p50 {:.1} us)",
+        base_run.p50_us
     );
     println!(
         "{:>10} {:>6} {:>12} {:>12} {:>14}",
-        "requested", "reads", "added p50", "added p99", "daemon CPU/ms"
+        "requested", "I/Os", "added p50", "added p99", "daemon CPU/ms"
     );
-    for (delay_ms, n) in [(1u32, 1000u32), (5, 300), (20, 100)] {
+    for delay_ms in [1u32, 5, 20] {
         d.call(
             "inject",
             json!({"name": "acc", "target": {"cgroup": a.rel},
                    "fault": {"type": "io_delay", "device": disk.dev, "delay": format!("{delay_ms}ms")}}),
         )?;
         let cpu0 = cpu_s(&d)?;
-        let v = timed_reads(&a, &disk.dev, n)?;
+        let f = fio(&a, &disk.dev, 4)?;
         let cpu = cpu_s(&d)? - cpu0;
         d.call("remove", json!({"name": "acc"}))?;
-        let delayed_ms = f64::from(n * delay_ms);
+        let delayed_ms = f.ios as f64 * f64::from(delay_ms);
         println!(
-            "{:>8} ms {n:>6} {:>9.3} ms {:>9.3} ms {:>11.2} us",
+            "{:>7} ms {:>6} {:>9.3} ms {:>9.3} ms {:>11.2} us",
             delay_ms,
-            pct(&v, 0.5) - b50,
-            pct(&v, 0.99) - b50,
+            f.ios,
+            (f.p50_us - base_run.p50_us) / 1000.0,
+            (f.p99_us - base_run.p50_us) / 1000.0,
             cpu * 1e6 / delayed_ms
         );
     }
