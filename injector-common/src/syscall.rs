@@ -264,6 +264,11 @@ pub struct SyscallRule {
     /// kprobe rules with a socket filter: 1 when the family and type are
     /// the call's first two arguments (socket, socketpair).
     pub sock_args: u8,
+    /// LSM rules on a file: 1 to match only I/O that can reach a disk:
+    /// block device nodes, and regular files of a block-backed filesystem
+    /// (`s_bdev` set; not pipes, sockets, ttys, tmpfs or /proc).
+    pub disk_only: u8,
+    pub _pad: [u8; 7],
     /// LSM rules on a file: only files under the directory with this
     /// inode number (on the filesystem `device` names; 0: anywhere), found
     /// by walking the file's dentry up to its filesystem's root.
@@ -291,6 +296,8 @@ impl Default for SyscallRule {
             sock_type: 0,
             fd_arg: NO_PATH_ARG,
             sock_args: 0,
+            disk_only: 0,
+            _pad: [0; 7],
             under_ino: 0,
             trigger: Trigger::default(),
         }
@@ -319,6 +326,9 @@ pub struct KernelOffsets {
     pub dentry_parent: u32,
     pub dentry_inode: u32,
     pub inode_ino: u32,
+    /// `super_block.s_bdev`: set on block-backed filesystems.
+    pub sb_bdev: u32,
+    pub _pad: u32,
     pub path_dentry: u32,
     pub dentry_sb: u32,
     pub bprm_file: u32,
@@ -382,4 +392,4 @@ mod pod {
 
 // The rule is shared with the eBPF programs byte for byte: no implicit
 // padding anywhere (Trigger starts 8-aligned).
-const _: () = assert!(core::mem::size_of::<SyscallRule>() == 184 + 40);
+const _: () = assert!(core::mem::size_of::<SyscallRule>() == 192 + 40);

@@ -13,8 +13,8 @@ use aya_ebpf::{
 use injector_common::syscall::*;
 
 use super::{
-    SOCK_TYPE_MASK, Subject, device_of_file, device_of_inode, error_for, file_under, offsets,
-    read_at, syscall_nr,
+    SOCK_TYPE_MASK, Subject, device_of_file, device_of_inode, error_for, file_on_disk, file_under,
+    offsets, read_at, syscall_nr,
 };
 
 /// The largest errno (the kernel's MAX_ERRNO).
@@ -59,6 +59,11 @@ impl Subject for Object {
             }
             _ => None,
         }
+    }
+
+    #[inline(always)]
+    fn on_disk(&self) -> bool {
+        self.kind == OBJ_FILE && offsets().is_some_and(|o| file_on_disk(o, self.arg))
     }
 
     #[inline(always)]

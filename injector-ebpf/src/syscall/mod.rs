@@ -211,6 +211,7 @@ fn device_of_inode(o: &KernelOffsets, inode: u64) -> Option<u32> {
 
 const S_IFMT: u32 = 0o170000;
 const S_IFBLK: u32 = 0o060000;
+const S_IFREG: u32 = 0o100000;
 
 /// The file open at descriptor `fd` of the calling task
 /// (`current->files->fdt->fd[fd]`).
@@ -239,6 +240,30 @@ trait Subject {
     /// inode number `ino` (hooks that see a `struct file`).
     fn under(&self, _ino: u64) -> bool {
         false
+    }
+    /// Whether the call's file can reach a disk (hooks that see a
+    /// `struct file`).
+    fn on_disk(&self) -> bool {
+        false
+    }
+}
+
+/// Whether `file`'s I/O can reach a disk: a block device node, or a
+/// regular file of a filesystem on a block device.
+#[inline(always)]
+pub(crate) fn file_on_disk(o: &KernelOffsets, file: u64) -> bool {
+    let Some(inode) = read_at::<u64>(file, o.file_inode) else {
+        return false;
+    };
+    let Some(mode) = read_at::<u16>(inode, o.inode_mode) else {
+        return false;
+    };
+    match u32::from(mode) & S_IFMT {
+        S_IFBLK => true,
+        S_IFREG => read_at::<u64>(inode, o.inode_sb)
+            .and_then(|sb| read_at::<u64>(sb, o.sb_bdev))
+            .is_some_and(|bdev| bdev != 0),
+        _ => false,
     }
 }
 
@@ -314,6 +339,9 @@ fn object_matches(rule: &SyscallRule, subject: &impl Subject) -> bool {
         return false;
     }
     if rule.under_ino != 0 && !subject.under(rule.under_ino) {
+        return false;
+    }
+    if rule.disk_only != 0 && !subject.on_disk() {
         return false;
     }
     if rule.family != 0 || rule.sock_type != 0 {

@@ -102,6 +102,9 @@ impl FileErrors {
             device: device.unwrap_or(0),
             has_device: u8::from(device.is_some()),
             under_ino: under.unwrap_or(0),
+            // Block I/O faults: pipes, sockets, ttys and memory-backed
+            // files are not I/O of a disk.
+            disk_only: 1,
             ..SyscallRule::default()
         };
         let mut syscalls = Vec::new();

@@ -33,6 +33,8 @@ pub fn publish(kernel: &mut Kernel, btf: Result<&KernelBtf, &str>) -> Result<Off
         dentry_parent: field("dentry", "d_parent")?,
         dentry_inode: field("dentry", "d_inode")?,
         inode_ino: field("inode", "i_ino")?,
+        sb_bdev: field("super_block", "s_bdev")?,
+        _pad: 0,
         path_dentry: field("path", "dentry")?,
         dentry_sb: field("dentry", "d_sb")?,
         bprm_file: field("linux_binprm", "file")?,
