@@ -84,6 +84,24 @@ fn finish(child: Child) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
 
+/// Held for a whole test: this file's tests one at a time, also when the
+/// harness runs tests in parallel (as the VM suite does): their timings
+/// (20 ms ± 20%) must not absorb another test's stopped and continued
+/// readers on a 2-vCPU TCG guest.
+fn serial() -> std::fs::File {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(std::env::temp_dir().join("injectord-tests-block.lock"))
+        .expect("lock file");
+    // SAFETY: flock on a descriptor we own; released when it is closed.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    f
+}
+
 fn errno_of(v: &Value) -> &str {
     v["errno"].as_str().unwrap_or("ok")
 }
@@ -134,6 +152,7 @@ fn delay_available(d: &Daemon) -> bool {
 
 #[test]
 fn histograms_count_each_direct_io_by_device_op_and_targeted_cgroup() {
+    let _one_at_a_time = serial();
     let d = Daemon::start();
     let a = LoopDevice::new("blk-hist-a", 8);
     let b = LoopDevice::new("blk-hist-b", 8);
@@ -192,6 +211,7 @@ fn histograms_count_each_direct_io_by_device_op_and_targeted_cgroup() {
 
 #[test]
 fn histograms_are_off_with_the_flag() {
+    let _one_at_a_time = serial();
     let d = Daemon::start_with(&["--no-block-latency"]);
     let a = LoopDevice::new("blk-off", 8);
     let cg = TestCgroup::new("blk-off");
@@ -246,6 +266,7 @@ fn io_error_layer(d: &Daemon, name: &str, cg: &TestCgroup, spec: Value) -> Optio
 
 #[test]
 fn io_error_fails_the_selected_device_and_operation_of_the_target_only() {
+    let _one_at_a_time = serial();
     let mut d = Daemon::start();
     let a = LoopDevice::new("blk-err-a", 8);
     let b = LoopDevice::new("blk-err-b", 8);
@@ -299,6 +320,7 @@ fn io_error_fails_the_selected_device_and_operation_of_the_target_only() {
 
 #[test]
 fn io_error_on_a_filesystem_fails_its_files_and_the_block_layer_fails_fsync() {
+    let _one_at_a_time = serial();
     let d = Daemon::start();
     let fs = LoopDevice::ext4("blk-err-fs", 32);
     let target = TestCgroup::new("blk-err-fs");
@@ -354,6 +376,7 @@ fn io_error_on_a_filesystem_fails_its_files_and_the_block_layer_fails_fsync() {
 
 #[test]
 fn io_delay_20ms_slows_the_targets_io_by_20ms_and_moves_its_histogram() {
+    let _one_at_a_time = serial();
     let d = Daemon::start();
     let a = LoopDevice::new("blk-delay-a", 8);
     let b = LoopDevice::new("blk-delay-b", 8);
@@ -388,14 +411,16 @@ fn io_delay_20ms_slows_the_targets_io_by_20ms_and_moves_its_histogram() {
         (16.0..=24.0).contains(&added),
         "20 ms ± 20% added: {added:.2} ms ({r:?})"
     );
-    // Writes, the other device and the sibling are not delayed.
-    assert!(r[1]["p50_ms"].as_f64().unwrap() < 10.0, "writes: {r:?}");
+    // Writes, the other device and the sibling are not delayed: the
+    // fault matched exactly the 20 reads (counters below), and their
+    // times stay under the delay (a TCG guest adds milliseconds of noise).
+    assert!(r[1]["p50_ms"].as_f64().unwrap() < 15.0, "writes: {r:?}");
     assert!(
-        r[2]["p50_ms"].as_f64().unwrap() < 10.0,
+        r[2]["p50_ms"].as_f64().unwrap() < 15.0,
         "other device: {r:?}"
     );
     assert!(
-        sib[0]["p50_ms"].as_f64().unwrap() < 10.0,
+        sib[0]["p50_ms"].as_f64().unwrap() < 15.0,
         "sibling: {sib:?}"
     );
     let (count, sum) = series(&d, &a.numbers(), "read", Some(&target));
@@ -415,6 +440,7 @@ fn io_delay_20ms_slows_the_targets_io_by_20ms_and_moves_its_histogram() {
 
 #[test]
 fn io_delay_bounds_hold_max_delay_and_max_concurrent() {
+    let _one_at_a_time = serial();
     let d = Daemon::start();
     let a = LoopDevice::new("blk-bound", 8);
     let target = TestCgroup::new("blk-bound");
@@ -464,6 +490,7 @@ fn io_delay_bounds_hold_max_delay_and_max_concurrent() {
 
 #[test]
 fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
+    let _one_at_a_time = serial();
     let a = LoopDevice::new("blk-end", 8);
     let target = TestCgroup::new("blk-end");
     // remove: a task held for 30 s is continued at once.
@@ -552,6 +579,7 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
 
 #[test]
 fn bad_block_specs_get_specific_errors() {
+    let _one_at_a_time = serial();
     let d = Daemon::start();
     let cg = TestCgroup::new("blk-bad");
     let mut wrong = Vec::new();
@@ -621,6 +649,7 @@ fn bad_block_specs_get_specific_errors() {
 
 #[test]
 fn io_error_with_a_path_fails_the_files_under_it_only() {
+    let _one_at_a_time = serial();
     let d = Daemon::start();
     let fs = LoopDevice::ext4("blk-err-path", 32);
     let target = TestCgroup::new("blk-err-path");
