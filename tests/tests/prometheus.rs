@@ -457,13 +457,16 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     let port = tcp_sink("127.0.0.1:0");
     let link = Link::new("prom");
     let delay = inject_experiment(&d, &cg, port, &link);
-    // Block I/O: direct reads of a loop device from the target, each held
-    // 1 ms by an io_delay (which also splits the histogram by cgroup).
+    // Block I/O: direct reads of a loop device from the target; an
+    // io_delay on the target aimed at another device splits the
+    // histogram by cgroup and exports its outcome counters (held reads
+    // are the block tests' business).
     let disk = LoopDevice::new("prom", 8);
+    let spare = LoopDevice::new("prom-spare", 8);
     d.inject(json!({
         "name": "disk-slow",
         "target": {"cgroup": cg.rel},
-        "fault": {"type": "io_delay", "device": disk.dev, "delay": "1ms"},
+        "fault": {"type": "io_delay", "device": spare.dev, "delay": "1ms"},
     }));
     prometheus.wait_first_scrape();
 
