@@ -17,15 +17,11 @@ use aya_ebpf::{
 };
 use injector_common::{
     MAX_FAULTS,
-    block::{BlockKey, DelayRule, MAX_BLOCK_RULES, OPS_READ, OPS_WRITE},
-    syscall::{LEVELS_RULES, SIGSTOP, SignalEvent},
+    block::{BlockKey, DelayRule, MAX_BLOCK_RULES},
+    syscall::{SIGSTOP, SignalEvent},
 };
 
-use super::{bio_dev, bio_op, offsets};
-use crate::{
-    syscall::{SYSCALL_EVENTS, for_caller},
-    trigger,
-};
+use crate::{syscall::SYSCALL_EVENTS, trigger};
 
 /// `BPF_F_NO_PREALLOC`: a replaced rule is RCU-freed, never read torn.
 const NO_PREALLOC: u32 = 1;
@@ -50,28 +46,7 @@ static DELAY_UNTIL: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0
 /// task; the delay injected, in ns (0: none).
 #[inline(always)]
 pub fn apply(bio: u64) -> u64 {
-    let Some(o) = offsets() else {
-        return 0;
-    };
-    let ops = match bio_op(o, bio) {
-        Some(0) => OPS_READ,
-        Some(1) => OPS_WRITE,
-        _ => return 0,
-    };
-    let dev = bio_dev(o, bio).unwrap_or(0);
-    let Some(rule) = for_caller(LEVELS_RULES, |cgroup_id| {
-        let mut key = BlockKey {
-            cgroup_id,
-            dev,
-            _pad: 0,
-        };
-        // SAFETY: BPF_F_NO_PREALLOC: the value stays valid for this run.
-        unsafe { DELAY_RULES.get(&key) }.or_else(|| {
-            key.dev = 0;
-            // SAFETY: as above.
-            unsafe { DELAY_RULES.get(&key) }
-        })
-    }) else {
+    let Some((rule, ops)) = super::rule_for_bio(&DELAY_RULES, bio) else {
         return 0;
     };
     if rule.ops & ops == 0 || !trigger::evaluate(rule.slot, &rule.trigger) {

@@ -10,13 +10,9 @@ use aya_ebpf::{
     maps::HashMap,
     programs::ProbeContext,
 };
-use injector_common::{
-    block::{BlockKey, BlockRule, MAX_BLOCK_RULES, OPS_READ, OPS_WRITE},
-    syscall::LEVELS_RULES,
-};
+use injector_common::block::{BlockKey, BlockRule, MAX_BLOCK_RULES};
 
-use super::{bio_dev, bio_op, offsets};
-use crate::{syscall::for_caller, trigger};
+use crate::trigger;
 
 /// `BPF_F_NO_PREALLOC`: a replaced rule is RCU-freed, never read torn.
 const NO_PREALLOC: u32 = 1;
@@ -31,29 +27,7 @@ pub fn block_fail_bio(ctx: ProbeContext) -> u32 {
     let Some(bio) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    let Some(o) = offsets() else {
-        return 0;
-    };
-    let ops = match bio_op(o, bio) {
-        Some(0) => OPS_READ,
-        Some(1) => OPS_WRITE,
-        // Flushes, discards and the rest pass.
-        _ => return 0,
-    };
-    let dev = bio_dev(o, bio).unwrap_or(0);
-    let Some(rule) = for_caller(LEVELS_RULES, |cgroup_id| {
-        let mut key = BlockKey {
-            cgroup_id,
-            dev,
-            _pad: 0,
-        };
-        // SAFETY: BPF_F_NO_PREALLOC: the value stays valid for this run.
-        unsafe { BLOCK_RULES.get(&key) }.or_else(|| {
-            key.dev = 0;
-            // SAFETY: as above.
-            unsafe { BLOCK_RULES.get(&key) }
-        })
-    }) else {
+    let Some((rule, ops)) = super::rule_for_bio(&BLOCK_RULES, bio) else {
         return 0;
     };
     if rule.ops & ops == 0 || !trigger::evaluate(rule.slot, &rule.trigger) {

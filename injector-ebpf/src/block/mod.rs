@@ -9,10 +9,16 @@ mod delay;
 mod error;
 mod latency;
 
-use aya_ebpf::{macros::map, maps::Array};
-use injector_common::block::BlockOffsets;
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap},
+};
+use injector_common::{
+    block::{BlockKey, BlockOffsets, OPS_READ, OPS_WRITE},
+    syscall::LEVELS_RULES,
+};
 
-use crate::syscall::read_at;
+use crate::syscall::{for_caller, read_at};
 
 #[map]
 static BLOCK_OFFSETS: Array<BlockOffsets> = Array::with_max_entries(1, 0);
@@ -37,4 +43,34 @@ fn bio_dev(o: &BlockOffsets, bio: u64) -> Option<u32> {
 #[inline(always)]
 fn bio_op(o: &BlockOffsets, bio: u64) -> Option<u32> {
     read_at::<u32>(bio, o.bio_opf).map(|f| f & REQ_OP_MASK)
+}
+
+/// The rule in `rules` for a read or write `bio` submitted by the current
+/// task: its target found among the task's ancestors, deepest first, for
+/// the bio's device, then for any device; with the bio's `OPS_*` bit.
+/// Flushes, discards and the rest match nothing.
+#[inline(always)]
+fn rule_for_bio<V>(rules: &'static HashMap<BlockKey, V>, bio: u64) -> Option<(&'static V, u8)> {
+    let o = offsets()?;
+    let ops = match bio_op(o, bio)? {
+        0 => OPS_READ,
+        1 => OPS_WRITE,
+        _ => return None,
+    };
+    let dev = bio_dev(o, bio).unwrap_or(0);
+    let rule = for_caller(LEVELS_RULES, |cgroup_id| {
+        let mut key = BlockKey {
+            cgroup_id,
+            dev,
+            _pad: 0,
+        };
+        // SAFETY: the rule maps are BPF_F_NO_PREALLOC: a value stays
+        // valid for this run.
+        unsafe { rules.get(&key) }.or_else(|| {
+            key.dev = 0;
+            // SAFETY: as above.
+            unsafe { rules.get(&key) }
+        })
+    })?;
+    Some((rule, ops))
 }

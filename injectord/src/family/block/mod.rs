@@ -30,7 +30,7 @@ use self::{
 use super::{
     Backend, Counters, Declaration, Installed, Load, Metric, Request, Sample, Target, fields_of,
     params_as,
-    syscall::{depths::Depths, file_errors::FileErrors, resume::Resumer},
+    syscall::{depths::Depths, file_errors::FileErrors, filters::Device, resume::Resumer},
 };
 use crate::{
     capabilities::Capability,
@@ -123,8 +123,7 @@ fn under(path: &str) -> Result<(u32, u64), Error> {
         ))
         .at("fault.path")
     })?;
-    let dev = meta.dev();
-    Ok(((libc::major(dev) << 20) | libc::minor(dev), meta.ino()))
+    Ok((Device::from_dev_t(meta.dev()).kernel_dev(), meta.ino()))
 }
 
 /// Which layer an io_error acts at.

@@ -8,7 +8,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::{
     errno::Errno,
-    family::{SpecError, syscall::filters::PathPrefix},
+    family::{
+        SpecError,
+        syscall::filters::{Device, PathPrefix},
+    },
     spec::values::Latency,
 };
 
@@ -17,56 +20,42 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockDevice {
     given: String,
-    pub major: u32,
-    pub minor: u32,
+    device: Device,
 }
 
 impl BlockDevice {
     /// The kernel's internal `dev_t` (`MKDEV`: 12 bits of major above 20
     /// of minor), as `bio->bi_bdev->bd_dev` and `super_block.s_dev` hold it.
     pub fn kernel_dev(&self) -> u32 {
-        (self.major << 20) | self.minor
+        self.device.kernel_dev()
     }
 
     /// `"major:minor"`, as cgroup files and metrics name it.
     pub fn numbers(&self) -> String {
-        format!("{}:{}", self.major, self.minor)
+        self.device.to_string()
     }
 
     fn parse(s: &str) -> Result<Self, String> {
-        let (major, minor) = if s.starts_with('/') {
+        let device = if s.starts_with('/') {
             let meta = std::fs::metadata(s).map_err(|e| format!("device {s}: {e}"))?;
             if !meta.file_type().is_block_device() {
                 return Err(format!("{s} is not a block device"));
             }
-            let rdev = std::os::unix::fs::MetadataExt::rdev(&meta);
-            (libc::major(rdev), libc::minor(rdev))
+            Device::from_dev_t(std::os::unix::fs::MetadataExt::rdev(&meta))
         } else {
-            let bad = || {
-                format!(
-                    "{s:?} is not a block device: expected \"major:minor\" (e.g. \"7:0\", see lsblk) or a path such as \"/dev/loop0\""
-                )
-            };
-            let (major, minor) = s.split_once(':').ok_or_else(bad)?;
-            let major: u32 = major.parse().map_err(|_| bad())?;
-            let minor: u32 = minor.parse().map_err(|_| bad())?;
-            if major >= 1 << 12 || minor >= 1 << 20 {
-                return Err(format!(
-                    "{s:?} is not a device: majors are below 4096 and minors below 1048576"
-                ));
-            }
-            (major, minor)
+            s.parse::<Device>().map_err(|e| {
+                format!("{e}, or a block device's path such as \"/dev/loop0\" (see lsblk)")
+            })?
         };
         // sysfs lists every block device of this kernel, partitions too.
-        if !Path::new(&format!("/sys/dev/block/{major}:{minor}")).exists() {
+        if !Path::new(&format!("/sys/dev/block/{device}")).exists() {
             return Err(format!(
-                "no block device {major}:{minor} on this host (not in /sys/dev/block)"
+                "no block device {device} on this host (not in /sys/dev/block)"
             ));
         }
         Ok(Self {
             given: s.to_string(),
-            major,
-            minor,
+            device,
         })
     }
 }

@@ -40,6 +40,14 @@ pub struct Device {
 }
 
 impl Device {
+    /// A device from `stat`'s numbers (`st_rdev`, `st_dev`).
+    pub fn from_dev_t(dev: libc::dev_t) -> Self {
+        Self {
+            major: libc::major(dev),
+            minor: libc::minor(dev),
+        }
+    }
+
     /// The kernel's internal encoding, which `super_block.s_dev` holds
     /// (`MKDEV`: 12 bits of major above 20 of minor).
     pub fn kernel_dev(self) -> u32 {
