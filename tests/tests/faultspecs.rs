@@ -693,13 +693,15 @@ fn pod_latency_100ms_slows_one_pod_only() {
                 && (75.0..=150.0).contains(&slow[slow.len() / 2]),
             "pod a's connects: {slow:?} ms"
         );
-        // Pod b's SYNs are not delayed: every connect is faster than the
-        // fastest delayed one could be, and most are quick (a TCG guest
-        // on a busy machine stalls one now and then for tens of ms).
+        // Pod b's SYNs are not delayed. A delayed SYN leaves at least 80 ms
+        // late, every time (the fault has no probability), so a median
+        // under 40 ms proves most of pod b's connects were spared; one
+        // slow connect is a TCG guest on a busy machine stalling (CI saw
+        // one at 77 ms), not the fault, which would slow all five.
         let mut fast = connect_ms(&pod_b, &br.containers[1]);
         fast.sort_by(f64::total_cmp);
         assert!(
-            fast.iter().all(|ms| *ms < 75.0) && fast[fast.len() / 2] < 40.0,
+            fast[fast.len() / 2] < 40.0 && fast[0] < 75.0,
             "pod b's connects: {fast:?} ms"
         );
     }
