@@ -3,11 +3,12 @@
 
 use crate::{MAX_FAULTS, Trigger};
 
-/// raw tracepoint block_bio_queue: stamps each bio with its submission
-/// time and the watched cgroup (if any) of the submitting task.
+/// raw tracepoint block_bio_queue: stamps each bio of a watched cgroup
+/// with its watch number.
 pub const BLOCK_BIO_QUEUE: &str = "block_bio_queue";
 /// raw tracepoint block_rq_issue: the request inherits its first bio's
-/// stamp.
+/// stamp, or is stamped with its issue when the kernel keeps no start
+/// time for it.
 pub const BLOCK_RQ_ISSUE: &str = "block_rq_issue";
 /// raw tracepoint block_rq_complete: the request's latency into the
 /// histograms of its device and operation.
@@ -28,9 +29,10 @@ pub const PROGRAMS: &[&str] = &[
 
 /// Per-CPU [`Histogram`] by [`HistKey`].
 pub const BLOCK_HIST: &str = "BLOCK_HIST";
-/// Stamps of bios in flight, by bio address (LRU).
+/// Stamps of watched bios in flight, by bio address (LRU).
 pub const BIO_START: &str = "BIO_START";
-/// Stamps of requests in flight, by request address (LRU).
+/// Stamps of watched or untimed requests in flight, by request address
+/// (LRU).
 pub const RQ_START: &str = "RQ_START";
 /// Watched cgroup id to its watch number (1-based).
 pub const BLOCK_WATCH: &str = "BLOCK_WATCH";
@@ -39,8 +41,15 @@ pub const BLOCK_OFFSETS: &str = "BLOCK_OFFSETS";
 /// [`BlockRule`] by [`BlockKey`].
 pub const BLOCK_RULES: &str = "BLOCK_RULES";
 
+/// Cgroups with a [`BLOCK_RULES`] entry (cgroup id to 1): every bio
+/// passes the programs, and a task of no such cgroup is let go before its
+/// bio is read.
+pub const BLOCK_CGROUPS: &str = "BLOCK_CGROUPS";
+
 /// [`DelayRule`] by [`BlockKey`].
 pub const DELAY_RULES: &str = "DELAY_RULES";
+/// Cgroups with a [`DELAY_RULES`] entry, as [`BLOCK_CGROUPS`].
+pub const DELAY_CGROUPS: &str = "DELAY_CGROUPS";
 /// Per slot: tasks an io_delay rule stopped (the kernel counts).
 pub const DELAY_STOPPED: &str = "DELAY_STOPPED";
 /// Per slot: tasks the daemon continued (the daemon writes).
@@ -60,6 +69,8 @@ pub const CONFIG_STAMP: u32 = 0;
 
 pub const MAPS: &[&str] = &[
     DELAY_RULES,
+    DELAY_CGROUPS,
+    BLOCK_CGROUPS,
     DELAY_STOPPED,
     DELAY_RESUMED,
     DELAY_OVER,
@@ -120,16 +131,33 @@ impl Default for Histogram {
     }
 }
 
-/// Value of [`BIO_START`] and [`RQ_START`].
+/// Value of [`BIO_START`]: a bio of a watched cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stamp {
-    pub at_ns: u64,
-    /// Watch number of the submitting cgroup (0: none).
+pub struct BioStamp {
+    /// Watch number of the submitting cgroup.
     pub watch: u32,
     pub _pad: u32,
     /// Delay injected into the submitting task for this I/O, added to the
     /// latency it saw.
+    pub extra_ns: u64,
+}
+
+/// Value of [`RQ_START`]: a request that carries a watched bio's stamp,
+/// or that the kernel did not time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// When the latency starts: the request's own `start_time_ns`, or
+    /// its issue when the kernel did not time it.
+    pub at_ns: u64,
+    /// The request's `start_time_ns` at issue: requests are recycled, so
+    /// a stamp whose request has since started again is stale.
+    pub rq_start_ns: u64,
+    /// Watch number of the submitting cgroup (0: none).
+    pub watch: u32,
+    pub _pad: u32,
+    /// As in [`BioStamp`].
     pub extra_ns: u64,
 }
 
@@ -148,6 +176,17 @@ pub struct BlockOffsets {
     pub bio_bdev: u32,
     pub bio_opf: u32,
     pub bdev_dev: u32,
+    /// `request.start_time_ns`: when the kernel started timing the
+    /// request (for its I/O statistics).
+    pub rq_start_time_ns: u32,
+    /// `request.rq_flags`.
+    pub rq_flags: u32,
+    /// The `RQF_IO_STAT` bit of `rq_flags` where the kernel's BTF names
+    /// it (`enum rqf_flags`, 6.11 on): only then is `start_time_ns` this
+    /// request's, as a request is recycled with the last one's. 0 on
+    /// older kernels, which zero `start_time_ns` of a request they do not
+    /// time.
+    pub rq_io_stat: u32,
 }
 
 /// Key of [`BLOCK_RULES`].
@@ -202,6 +241,8 @@ mod pod {
     unsafe impl aya::Pod for super::Histogram {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Stamp {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BioStamp {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BlockOffsets {}
     // SAFETY: as above.

@@ -694,3 +694,66 @@ fn io_error_with_a_path_fails_the_files_under_it_only() {
         .to_string();
     assert!(e.contains("no file is under both"), "{e}");
 }
+
+/// The histograms take a request's start from the kernel (as iostat
+/// does); a queue with `iostats` off keeps none, and its requests are
+/// timed from their issue instead: still every I/O, by cgroup too.
+#[test]
+fn histograms_time_the_requests_of_a_queue_without_iostats() {
+    let _one_at_a_time = serial();
+    let d = Daemon::start();
+    let a = LoopDevice::new("blk-nostat-a", 8);
+    let b = LoopDevice::new("blk-nostat-b", 8);
+    let target = TestCgroup::new("blk-nostat-target");
+    let other = TestCgroup::new("blk-nostat-other");
+    assert!(delay_available(&d));
+    // Requests used while the kernel timed them keep their old start
+    // time once it stops: use them first, then let that time age.
+    assert_eq!(io(&other, &[&format!("read:{}:40", a.dev)])[0]["ok"], 40);
+    let _off = IoStatsOff::new(&a);
+    std::thread::sleep(Duration::from_millis(1500));
+    d.inject(fault(
+        "watch",
+        &target,
+        json!({"type": "io_delay", "device": b.dev, "delay": "1ms"}),
+    ));
+    let dev = a.numbers();
+    let before = series(&d, &dev, "read", None);
+    assert_eq!(io(&target, &[&format!("read:{}:25", a.dev)])[0]["ok"], 25);
+    assert_eq!(io(&other, &[&format!("read:{}:15", a.dev)])[0]["ok"], 15);
+    let after = series(&d, &dev, "read", None);
+    assert!(
+        after.0 - before.0 >= 40.0 && after.1 > before.1,
+        "reads {after:?} before {before:?}"
+    );
+    // Timed from their issue: a loop device read takes microseconds
+    // (a TCG guest's milliseconds), never the 1.5 s a request's former
+    // start time would add.
+    let mean_ms = (after.1 - before.1) / (after.0 - before.0) * 1000.0;
+    assert!(mean_ms < 500.0, "mean read {mean_ms:.1} ms");
+    let mine = series(&d, &dev, "read", Some(&target));
+    assert_eq!(mine.0, 25.0, "target reads {mine:?}");
+    assert!(mine.1 > 0.0 && mine.1 / mine.0 < 0.5, "{mine:?}");
+    assert_eq!(series(&d, &dev, "read", Some(&other)).0, 0.0);
+}
+
+/// `iostats` off on a loop device, back on when dropped: loop devices are
+/// reused, and the next test's must keep the default.
+struct IoStatsOff(String);
+
+impl IoStatsOff {
+    fn new(dev: &LoopDevice) -> Self {
+        let knob = format!(
+            "/sys/block/{}/queue/iostats",
+            dev.dev.trim_start_matches("/dev/")
+        );
+        std::fs::write(&knob, "0").unwrap();
+        Self(knob)
+    }
+}
+
+impl Drop for IoStatsOff {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "1");
+    }
+}

@@ -31,6 +31,9 @@ static DELAY_RULES: HashMap<BlockKey, DelayRule> =
     HashMap::with_max_entries(MAX_BLOCK_RULES, NO_PREALLOC);
 
 #[map]
+static DELAY_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_BLOCK_RULES, 0);
+
+#[map]
 static DELAY_STOPPED: Array<u64> = Array::with_max_entries(MAX_FAULTS, 0);
 
 #[map]
@@ -46,7 +49,7 @@ static DELAY_UNTIL: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0
 /// task; the delay injected, in ns (0: none).
 #[inline(always)]
 pub fn apply(bio: u64) -> u64 {
-    let Some((rule, ops)) = super::rule_for_bio(&DELAY_RULES, bio) else {
+    let Some((rule, ops)) = super::rule_for_bio(&DELAY_RULES, &DELAY_CGROUPS, bio) else {
         return 0;
     };
     if rule.ops & ops == 0 || !trigger::evaluate(rule.slot, &rule.trigger) {

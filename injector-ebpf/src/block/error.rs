@@ -21,13 +21,16 @@ const NO_PREALLOC: u32 = 1;
 static BLOCK_RULES: HashMap<BlockKey, BlockRule> =
     HashMap::with_max_entries(MAX_BLOCK_RULES, NO_PREALLOC);
 
+#[map]
+static BLOCK_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_BLOCK_RULES, 0);
+
 #[kprobe]
 pub fn block_fail_bio(ctx: ProbeContext) -> u32 {
     // should_fail_bio(struct bio *bio)
     let Some(bio) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    let Some((rule, ops)) = super::rule_for_bio(&BLOCK_RULES, bio) else {
+    let Some((rule, ops)) = super::rule_for_bio(&BLOCK_RULES, &BLOCK_CGROUPS, bio) else {
         return 0;
     };
     if rule.ops & ops == 0 || !trigger::evaluate(rule.slot, &rule.trigger) {

@@ -18,7 +18,7 @@ use injector_common::{
     syscall::LEVELS_RULES,
 };
 
-use crate::syscall::{for_caller, read_at};
+use crate::syscall::{any_target, for_caller, read_at};
 
 #[map]
 static BLOCK_OFFSETS: Array<BlockOffsets> = Array::with_max_entries(1, 0);
@@ -49,16 +49,37 @@ fn bio_op(o: &BlockOffsets, bio: u64) -> Option<u32> {
 /// task: its target found among the task's ancestors, deepest first, for
 /// the bio's device, then for any device; with the bio's `OPS_*` bit.
 /// Flushes, discards and the rest match nothing.
+///
+/// Every bio of the machine comes here, so the common case is kept
+/// cheap: an ancestor not in `cgroups` (the targets of `rules`) costs one
+/// lookup, and the bio is read only for a task in a target.
 #[inline(always)]
-fn rule_for_bio<V>(rules: &'static HashMap<BlockKey, V>, bio: u64) -> Option<(&'static V, u8)> {
+fn rule_for_bio<V>(
+    rules: &'static HashMap<BlockKey, V>,
+    cgroups: &'static HashMap<u64, u32>,
+    bio: u64,
+) -> Option<(&'static V, u8)> {
+    if !any_target(LEVELS_RULES) {
+        return None;
+    }
     let o = offsets()?;
-    let ops = match bio_op(o, bio)? {
-        0 => OPS_READ,
-        1 => OPS_WRITE,
-        _ => return None,
-    };
-    let dev = bio_dev(o, bio).unwrap_or(0);
+    // (device, OPS_* bit), read at the first target met; the bit is 0 for
+    // the operations no rule matches.
+    let mut read: Option<(u32, u8)> = None;
     let rule = for_caller(LEVELS_RULES, |cgroup_id| {
+        // SAFETY: a plain u32 value, not kept.
+        unsafe { cgroups.get(&cgroup_id) }?;
+        let (dev, ops) = *read.get_or_insert_with(|| {
+            let ops = match bio_op(o, bio) {
+                Some(0) => OPS_READ,
+                Some(1) => OPS_WRITE,
+                _ => 0,
+            };
+            (bio_dev(o, bio).unwrap_or(0), ops)
+        });
+        if ops == 0 {
+            return None;
+        }
         let mut key = BlockKey {
             cgroup_id,
             dev,
@@ -72,5 +93,5 @@ fn rule_for_bio<V>(rules: &'static HashMap<BlockKey, V>, bio: u64) -> Option<(&'
             unsafe { rules.get(&key) }
         })
     })?;
-    Some((rule, ops))
+    Some((rule, read.map_or(0, |(_, ops)| ops)))
 }

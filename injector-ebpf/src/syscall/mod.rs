@@ -60,6 +60,14 @@ fn rule_for_caller(nr: u32, action: u32) -> Option<&'static SyscallRule> {
     for_caller(LEVELS_RULES, |id| rule_of(id, nr, action))
 }
 
+/// Whether level set `set` has a target at any depth: without one,
+/// [`for_caller`] finds nothing, and what a hot path would read to look
+/// can be skipped.
+#[inline(always)]
+pub(crate) fn any_target(set: u32) -> bool {
+    SYSCALL_LEVELS.get(set).is_some_and(|l| l.count != 0)
+}
+
 /// The first `find(ancestor)` that answers, over the calling task's
 /// ancestors at the depths of level set `set`, deepest first.
 #[inline(always)]

@@ -41,6 +41,9 @@ pub struct KernelBtf {
     by_name: HashMap<String, Vec<u32>>,
     /// Members of every struct and union, by type id.
     members: HashMap<u32, Vec<Member>>,
+    /// Every enumerator of a 32-bit enum: (name offset, value); looked up
+    /// rarely, by scanning.
+    enumerators: Vec<(u32, i32)>,
     strings: Vec<u8>,
 }
 
@@ -69,6 +72,16 @@ impl KernelBtf {
             .get(name)?
             .iter()
             .find_map(|&id| self.offset_in(id, member, 0))
+    }
+
+    /// The value of enumerator `name` (of any enum), if the BTF has it:
+    /// a kernel flag whose bit moved between versions, where it is an
+    /// enum and not a macro.
+    pub fn enumerator(&self, name: &str) -> Option<i32> {
+        self.enumerators
+            .iter()
+            .find(|(n, _)| self.name(*n) == Some(name))
+            .map(|&(_, v)| v)
     }
 
     fn offset_in(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
@@ -138,6 +151,12 @@ impl KernelBtf {
                     protos.insert(id, vlen);
                 }
                 KIND_FUNC => funcs.push((name_off, size_or_type)),
+                KIND_ENUM => {
+                    for i in 0..vlen {
+                        let e = body + 8 * i;
+                        btf.enumerators.push((u32_at(e)?, u32_at(e + 4)? as i32));
+                    }
+                }
                 KIND_STRUCT | KIND_UNION => {
                     let mut members = Vec::with_capacity(vlen);
                     for i in 0..vlen {
@@ -200,5 +219,14 @@ mod tests {
         assert!(b.offset("file", "f_inode").is_some());
         assert!(b.offset("file", "no_such_member").is_none());
         assert!(b.offset("no_such_struct", "x").is_none());
+    }
+
+    #[test]
+    fn reads_enumerators() {
+        let b = KernelBtf::from_sys_fs().expect("reading /sys/kernel/btf/vmlinux");
+        // enum bpf_prog_type is uapi: its values never move.
+        assert_eq!(b.enumerator("BPF_PROG_TYPE_KPROBE"), Some(2));
+        assert_eq!(b.enumerator("BPF_PROG_TYPE_LSM"), Some(29));
+        assert!(b.enumerator("NO_SUCH_ENUMERATOR").is_none());
     }
 }

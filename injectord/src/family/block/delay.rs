@@ -15,7 +15,6 @@
 //! new stops.
 
 use std::{
-    collections::HashMap as StdHashMap,
     path::Path,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -23,16 +22,16 @@ use std::{
     },
 };
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray};
 use injector_common::{
     block::{
-        BlockKey, DELAY_OVER, DELAY_RESUMED, DELAY_RULES, DELAY_STOPPED, DelayRule, OPS_READ,
-        OPS_WRITE,
+        BlockKey, DELAY_CGROUPS, DELAY_OVER, DELAY_RESUMED, DELAY_RULES, DELAY_STOPPED, DelayRule,
+        OPS_READ, OPS_WRITE,
     },
     syscall::LEVELS_RULES,
 };
 
-use super::spec::IoDelay;
+use super::{rules::RuleMap, spec::IoDelay};
 use crate::{
     error::Error,
     family::syscall::{
@@ -47,8 +46,7 @@ use crate::{
 };
 
 struct Table {
-    rules: HashMap<MapData, BlockKey, DelayRule>,
-    owners: StdHashMap<BlockKey, String>,
+    rules: RuleMap<DelayRule>,
     depths: Depths,
     stopped: Array<MapData, u64>,
     resumed: Arc<Mutex<Array<MapData, u64>>>,
@@ -98,20 +96,19 @@ impl Delays {
             if !resumer.reads_events() {
                 return Err("the stop records' ring buffer cannot be read".to_string());
             }
+            let rules = RuleMap::take(kernel, DELAY_RULES, DELAY_CGROUPS)?;
             let mut take = |name: &str| {
                 kernel
                     .ebpf
                     .take_map(name)
                     .ok_or_else(|| format!("map {name} missing from the object"))
             };
-            let rules = HashMap::try_from(take(DELAY_RULES)?).map_err(|e| e.to_string())?;
             let stopped = Array::try_from(take(DELAY_STOPPED)?).map_err(|e| e.to_string())?;
             let resumed = Array::try_from(take(DELAY_RESUMED)?).map_err(|e| e.to_string())?;
             let over = PerCpuArray::try_from(take(DELAY_OVER)?).map_err(|e| e.to_string())?;
             Ok((
                 Arc::new(Mutex::new(Table {
                     rules,
-                    owners: StdHashMap::new(),
                     depths,
                     stopped,
                     resumed: Arc::new(Mutex::new(resumed)),
@@ -158,7 +155,7 @@ impl Delays {
         };
         let index = slot.index();
         let mut t = lock(table);
-        if let Some(other) = t.owners.get(&key) {
+        if let Some(other) = t.rules.owner(&key) {
             return Err(Error::Conflict(format!(
                 "fault {other:?} already delays the block I/O of cgroup {} on this device; remove it first",
                 cgroup.path
@@ -201,10 +198,7 @@ impl Delays {
             max_tasks: u64::from(f.max_concurrent.get()),
             trigger,
         };
-        t.rules
-            .insert(&key, &rule, 0)
-            .map_err(Error::map(DELAY_RULES))?;
-        t.owners.insert(key, owner_name.to_string());
+        t.rules.insert(key, &rule, owner_name)?;
         Ok(DelayFault {
             rule: DelayRuleGuard {
                 table: Arc::clone(table),
@@ -236,10 +230,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Drop for DelayRuleGuard {
     fn drop(&mut self) {
-        let mut t = lock(&self.table);
-        t.owners.remove(&self.key);
-        if let Err(e) = t.rules.remove(&self.key) {
-            tracing::error!(error = %e, key = ?self.key, "removing delay rule");
-        }
+        lock(&self.table).rules.remove(&self.key);
     }
 }

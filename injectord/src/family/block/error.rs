@@ -5,21 +5,16 @@
 //! Needs `CONFIG_BPF_KPROBE_OVERRIDE` and `CONFIG_FUNCTION_ERROR_INJECTION`.
 //! The kprobe is attached while a rule needs it.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use aya::{
-    maps::{HashMap, MapData},
-    programs::{KProbe, kprobe::KProbeLink},
-};
+use aya::programs::{KProbe, kprobe::KProbeLink};
 use injector_common::{
     Trigger,
-    block::{BLOCK_FAIL_BIO, BLOCK_RULES, BlockKey, BlockRule},
+    block::{BLOCK_CGROUPS, BLOCK_FAIL_BIO, BLOCK_RULES, BlockKey, BlockRule},
     syscall::LEVELS_RULES,
 };
 
+use super::rules::RuleMap;
 use crate::{
     error::{Error, chain},
     family::syscall::depths::{DepthGuard, Depths},
@@ -31,8 +26,7 @@ use crate::{
 const FUNCTION: &str = "should_fail_bio";
 
 struct Table {
-    rules: HashMap<MapData, BlockKey, BlockRule>,
-    owners: StdHashMap<BlockKey, String>,
+    rules: RuleMap<BlockRule>,
     depths: Depths,
     attached: SharedByKey<(), Attachment>,
 }
@@ -71,14 +65,8 @@ impl BioErrors {
                     chain(&e)
                 )
             })?;
-            let map = kernel
-                .ebpf
-                .take_map(BLOCK_RULES)
-                .ok_or_else(|| format!("map {BLOCK_RULES} missing from the object"))?;
-            let rules = HashMap::try_from(map).map_err(|e| e.to_string())?;
             Ok(Arc::new(Mutex::new(Table {
-                rules,
-                owners: StdHashMap::new(),
+                rules: RuleMap::take(kernel, BLOCK_RULES, BLOCK_CGROUPS)?,
                 depths,
                 attached: SharedByKey::default(),
             })))
@@ -115,7 +103,7 @@ impl BioErrors {
             dev,
             _pad: 0,
         };
-        if let Some(other) = t.owners.get(&key) {
+        if let Some(other) = t.rules.owner(&key) {
             return Err(Error::Conflict(format!(
                 "fault {other:?} already fails the block I/O of cgroup {} on this device; remove it first",
                 cgroup.path
@@ -141,10 +129,7 @@ impl BioErrors {
             _pad: [0; 3],
             trigger,
         };
-        t.rules
-            .insert(&key, &value, 0)
-            .map_err(Error::map(BLOCK_RULES))?;
-        t.owners.insert(key, owner.to_string());
+        t.rules.insert(key, &value, owner)?;
         Ok(BioRule {
             table: table.clone(),
             key,
@@ -160,11 +145,7 @@ fn lock(t: &Arc<Mutex<Table>>) -> MutexGuard<'_, Table> {
 
 impl Drop for BioRule {
     fn drop(&mut self) {
-        let mut t = lock(&self.table);
-        t.owners.remove(&self.key);
-        if let Err(e) = t.rules.remove(&self.key) {
-            tracing::error!(error = %e, key = ?self.key, "removing block rule");
-        }
+        lock(&self.table).rules.remove(&self.key);
     }
 }
 

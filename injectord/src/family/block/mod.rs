@@ -12,6 +12,7 @@ mod delay;
 mod error;
 pub mod latency;
 mod offsets;
+mod rules;
 mod spec;
 mod throttle;
 

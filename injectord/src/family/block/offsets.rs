@@ -27,6 +27,12 @@ pub fn publish(kernel: &mut Kernel, btf: &KernelBtf) -> Result<OffsetsMap, Strin
         bio_bdev: field("bio", "bi_bdev")?,
         bio_opf: field("bio", "bi_opf")?,
         bdev_dev: field("block_device", "bd_dev")?,
+        rq_start_time_ns: field("request", "start_time_ns")?,
+        rq_flags: field("request", "rq_flags")?,
+        rq_io_stat: btf
+            .enumerator("__RQF_IO_STAT")
+            .and_then(|bit| 1u32.checked_shl(bit as u32))
+            .unwrap_or(0),
     };
     let map = kernel
         .ebpf
