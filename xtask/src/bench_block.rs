@@ -63,6 +63,22 @@ fn fio(cg: &TestCgroup, dev: &str, seconds: u32) -> anyhow::Result<Fio> {
     })
 }
 
+/// The pid of an injectord already running, if any.
+fn other_daemon() -> anyhow::Result<Option<u32>> {
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // A zombie's programs are gone with its descriptors.
+        if comm.trim_end() == "injectord" && !state.contains(") Z") {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
+}
+
 /// Run time and runs so far of the daemon's block programs, by name
 /// (the kernel counts while [`aya::sys::enable_stats`]'s descriptor is
 /// open).
@@ -125,6 +141,11 @@ fn cpu_s(d: &Daemon) -> anyhow::Result<f64> {
 
 pub fn run(bin: &Path) -> anyhow::Result<()> {
     crate::deps::ensure(&[("fio", "fio")], &[])?;
+    // Another daemon's programs would run on every I/O too, and be
+    // counted with ours.
+    if let Some(pid) = other_daemon()? {
+        bail!("another injectord is running (pid {pid}): stop it, or its programs skew every row");
+    }
     let base = TestCgroup::at(&format!("injectord-bench-blk-{}", std::process::id()));
     let (a, other) = (base.child("a"), base.child("other"));
     let disk = LoopDevice::new("bench-blk", 256);
