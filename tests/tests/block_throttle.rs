@@ -111,7 +111,7 @@ impl Drop for Worker {
 /// throttle may enable `io` on the shared ancestors of every test cgroup
 /// (the root, `injectord-tests`) and disable it when it ends, which would
 /// pull the controller from under another test's throttle; two daemons
-/// on one host share that limit (see throttle.rs).
+/// on one host share that limit (see family/block/throttle/v2.rs).
 fn serial() -> std::fs::File {
     use std::os::fd::AsRawFd as _;
     let f = std::fs::OpenOptions::new()
