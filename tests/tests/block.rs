@@ -552,6 +552,35 @@ fn bad_block_specs_get_specific_errors() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let cg = TestCgroup::new("blk-bad");
+    let dev = LoopDevice::new("blk-bad", 8);
+    // A fault that works, in force before the bad requests and aimed at
+    // the cgroup they name: bad input must leave it and the daemon
+    // working. io_error where this kernel has it, else io_delay (its
+    // tracepoints attach on every kernel of the matrix).
+    let reads = format!("read:{}:3", dev.dev);
+    let live = json!({"type": "io_error", "device": dev.dev, "op": "read"});
+    let kind = if io_error_layer(&d, "live", &cg, live).is_some() {
+        "io_error"
+    } else {
+        assert!(delay_available(&d));
+        d.inject(fault(
+            "live",
+            &cg,
+            json!({"type": "io_delay", "device": dev.dev, "delay": "30ms", "op": "read"}),
+        ));
+        "io_delay"
+    };
+    // Whether it acts on the cgroup's reads now: they fail with EIO, or
+    // each is held for the delay.
+    let fires = || {
+        let r = &io(&cg, &[&reads])[0];
+        match kind {
+            "io_error" => errno_of(r) == "EIO",
+            _ => r["ok"] == 3 && r["p50_ms"].as_f64().unwrap() >= 25.0,
+        }
+    };
+    assert!(fires(), "the {kind} fault acts before the bad requests");
+    let activations = d.counters("live", kind).1;
     let mut wrong = Vec::new();
     for (spec, code, words) in [
         (
@@ -613,8 +642,24 @@ fn bad_block_specs_get_specific_errors() {
         json!({"name": "x", "target": {"interface": "lo"}, "fault": {"type": "io_delay", "delay": "1ms"}}),
     );
     assert_eq!(code, "unsupported_target");
+    // The daemon answers, holds the one fault it accepted and nothing of
+    // the refused ones, and that fault still acts, counted in the kernel.
+    d.call("status", json!(null))
+        .expect("status after bad input");
     let list = d.call("list", json!(null)).unwrap();
-    assert_eq!(list["faults"].as_array().map(Vec::len), Some(0), "{list}");
+    let names: Vec<&str> = list["faults"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no faults in {list}"))
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["live"], "{list}");
+    assert!(fires(), "the {kind} fault acts after the bad requests");
+    let after = d.counters("live", kind).1;
+    assert!(
+        after > activations,
+        "{kind} activations {activations} -> {after}: the fault no longer fires"
+    );
 }
 
 #[test]
