@@ -105,17 +105,22 @@ impl TestCgroup {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawning in cgroup");
-        let pid = child.id().to_string();
+        let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !fs::read_to_string(self.path.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l == pid)
-        {
+        while !self.procs().contains(&pid) {
             assert!(Instant::now() < deadline, "{pid} never joined {}", self.rel);
             std::thread::sleep(Duration::from_millis(5));
         }
         child
+    }
+
+    /// The processes in this cgroup (not its descendants).
+    pub fn procs(&self) -> Vec<u32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
     }
 
     /// Runs the connect helper in this cgroup.

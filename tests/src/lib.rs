@@ -23,12 +23,16 @@ use serde_json::{Value, json};
 mod cgroup;
 mod daemon;
 pub mod net;
+mod process;
+mod serial;
 pub mod workload;
 
 pub use cgroup::{Connects, TestCgroup, cgroup2_mount};
 pub use daemon::{
     Daemon, DaemonBuilder, EXIT_LIMIT, daemon_binary, http_get, thread_stacks, wait_with_limit,
 };
+pub use process::{state, wait_for};
+pub use serial::serial;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -4,10 +4,7 @@
 //! page cache hides nothing, against a sibling cgroup that must not feel
 //! any of it.
 
-use std::{
-    process::Child,
-    time::{Duration, Instant},
-};
+use std::{process::Child, time::Duration};
 
 use injectord_tests::{
     workload::{LoopDevice, python_command},
@@ -84,23 +81,10 @@ fn finish(child: Child) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
 
-/// Held for a whole test: this file's tests one at a time, also when the
-/// harness runs tests in parallel (as the VM suite does): their timings
-/// (20 ms ± 20%) must not absorb another test's stopped and continued
-/// readers on a 2-vCPU TCG guest.
-fn serial() -> std::fs::File {
-    use std::os::fd::AsRawFd as _;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(std::env::temp_dir().join("injectord-tests-block.lock"))
-        .expect("lock file");
-    // SAFETY: flock on a descriptor we own; released when it is closed.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
-    f
-}
+/// The lock ([`serial`]) each test of this file holds throughout: their
+/// timings (20 ms ± 20%) must not absorb another test's stopped and
+/// continued readers on a 2-vCPU TCG guest.
+const ONE_AT_A_TIME: &str = "block";
 
 fn errno_of(v: &Value) -> &str {
     v["errno"].as_str().unwrap_or("ok")
@@ -127,20 +111,6 @@ fn series(d: &Daemon, device: &str, op: &str, cgroup: Option<&TestCgroup>) -> (f
     (get("count"), get("sum"))
 }
 
-fn state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    start.elapsed()
-}
-
 /// Whether io_delay is accepted here; where not, the refusal names why.
 fn delay_available(d: &Daemon) -> bool {
     if d.has_backend("block_io_latency") {
@@ -152,7 +122,7 @@ fn delay_available(d: &Daemon) -> bool {
 
 #[test]
 fn histograms_count_each_direct_io_by_device_op_and_targeted_cgroup() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let a = LoopDevice::new("blk-hist-a", 8);
     let b = LoopDevice::new("blk-hist-b", 8);
@@ -211,7 +181,7 @@ fn histograms_count_each_direct_io_by_device_op_and_targeted_cgroup() {
 
 #[test]
 fn histograms_are_off_with_the_flag() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start_with(&["--no-block-latency"]);
     let a = LoopDevice::new("blk-off", 8);
     let cg = TestCgroup::new("blk-off");
@@ -266,7 +236,7 @@ fn io_error_layer(d: &Daemon, name: &str, cg: &TestCgroup, spec: Value) -> Optio
 
 #[test]
 fn io_error_fails_the_selected_device_and_operation_of_the_target_only() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let mut d = Daemon::start();
     let a = LoopDevice::new("blk-err-a", 8);
     let b = LoopDevice::new("blk-err-b", 8);
@@ -320,7 +290,7 @@ fn io_error_fails_the_selected_device_and_operation_of_the_target_only() {
 
 #[test]
 fn io_error_on_a_filesystem_fails_its_files_and_the_block_layer_fails_fsync() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let fs = LoopDevice::ext4("blk-err-fs", 32);
     let target = TestCgroup::new("blk-err-fs");
@@ -376,7 +346,7 @@ fn io_error_on_a_filesystem_fails_its_files_and_the_block_layer_fails_fsync() {
 
 #[test]
 fn io_delay_20ms_slows_the_targets_io_by_20ms_and_moves_its_histogram() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let a = LoopDevice::new("blk-delay-a", 8);
     let b = LoopDevice::new("blk-delay-b", 8);
@@ -440,7 +410,7 @@ fn io_delay_20ms_slows_the_targets_io_by_20ms_and_moves_its_histogram() {
 
 #[test]
 fn io_delay_bounds_hold_max_delay_and_max_concurrent() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let a = LoopDevice::new("blk-bound", 8);
     let target = TestCgroup::new("blk-bound");
@@ -490,7 +460,7 @@ fn io_delay_bounds_hold_max_delay_and_max_concurrent() {
 
 #[test]
 fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let a = LoopDevice::new("blk-end", 8);
     let target = TestCgroup::new("blk-end");
     // remove: a task held for 30 s is continued at once.
@@ -579,9 +549,38 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
 
 #[test]
 fn bad_block_specs_get_specific_errors() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let cg = TestCgroup::new("blk-bad");
+    let dev = LoopDevice::new("blk-bad", 8);
+    // A fault that works, in force before the bad requests and aimed at
+    // the cgroup they name: bad input must leave it and the daemon
+    // working. io_error where this kernel has it, else io_delay (its
+    // tracepoints attach on every kernel of the matrix).
+    let reads = format!("read:{}:3", dev.dev);
+    let live = json!({"type": "io_error", "device": dev.dev, "op": "read"});
+    let kind = if io_error_layer(&d, "live", &cg, live).is_some() {
+        "io_error"
+    } else {
+        assert!(delay_available(&d));
+        d.inject(fault(
+            "live",
+            &cg,
+            json!({"type": "io_delay", "device": dev.dev, "delay": "30ms", "op": "read"}),
+        ));
+        "io_delay"
+    };
+    // Whether it acts on the cgroup's reads now: they fail with EIO, or
+    // each is held for the delay.
+    let fires = || {
+        let r = &io(&cg, &[&reads])[0];
+        match kind {
+            "io_error" => errno_of(r) == "EIO",
+            _ => r["ok"] == 3 && r["p50_ms"].as_f64().unwrap() >= 25.0,
+        }
+    };
+    assert!(fires(), "the {kind} fault acts before the bad requests");
+    let activations = d.counters("live", kind).1;
     let mut wrong = Vec::new();
     for (spec, code, words) in [
         (
@@ -643,13 +642,29 @@ fn bad_block_specs_get_specific_errors() {
         json!({"name": "x", "target": {"interface": "lo"}, "fault": {"type": "io_delay", "delay": "1ms"}}),
     );
     assert_eq!(code, "unsupported_target");
+    // The daemon answers, holds the one fault it accepted and nothing of
+    // the refused ones, and that fault still acts, counted in the kernel.
+    d.call("status", json!(null))
+        .expect("status after bad input");
     let list = d.call("list", json!(null)).unwrap();
-    assert_eq!(list["faults"].as_array().map(Vec::len), Some(0), "{list}");
+    let names: Vec<&str> = list["faults"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no faults in {list}"))
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["live"], "{list}");
+    assert!(fires(), "the {kind} fault acts after the bad requests");
+    let after = d.counters("live", kind).1;
+    assert!(
+        after > activations,
+        "{kind} activations {activations} -> {after}: the fault no longer fires"
+    );
 }
 
 #[test]
 fn io_error_with_a_path_fails_the_files_under_it_only() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let fs = LoopDevice::ext4("blk-err-path", 32);
     let target = TestCgroup::new("blk-err-path");

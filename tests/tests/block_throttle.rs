@@ -106,25 +106,13 @@ impl Drop for Worker {
     }
 }
 
-/// Held for a whole test: the tests of this file one at a time, also when
-/// the harness runs tests in parallel (as the VM suite does). On pure v2 a
-/// throttle may enable `io` on the shared ancestors of every test cgroup
-/// (the root, `injectord-tests`) and disable it when it ends, which would
-/// pull the controller from under another test's throttle; two daemons
-/// on one host share that limit (see throttle.rs).
-fn serial() -> std::fs::File {
-    use std::os::fd::AsRawFd as _;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(std::env::temp_dir().join("injectord-tests-io-throttle.lock"))
-        .expect("lock file");
-    // SAFETY: flock on a descriptor we own; released when it is closed.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
-    f
-}
+/// The lock ([`serial`]) each test of this file holds throughout. On pure
+/// v2 a throttle may enable `io` on the shared ancestors of every test
+/// cgroup (the root, `injectord-tests`) and disable it when it ends, which
+/// would pull the controller from under another test's throttle; two
+/// daemons on one host share that limit (see
+/// family/block/throttle/v2.rs).
+const ONE_AT_A_TIME: &str = "io-throttle";
 
 const MIB: u64 = 1 << 20;
 
@@ -294,7 +282,7 @@ fn refused_without_controller(d: &Daemon, cg: &TestCgroup, dev: &str) -> bool {
 
 #[test]
 fn bandwidth_is_held_to_the_limit_for_the_target_only_and_remove_restores_every_file() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let disk = LoopDevice::new("thr-bps", 64);
     let cg = TestCgroup::new("thr-bps");
@@ -354,7 +342,7 @@ fn bandwidth_is_held_to_the_limit_for_the_target_only_and_remove_restores_every_
 
 #[test]
 fn iops_limit_reads_only_and_ttl_expiry_restores() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let disk = LoopDevice::new("thr-iops", 64);
     let cg = TestCgroup::new("thr-iops");
@@ -437,7 +425,7 @@ fn ends_with(d: &mut Daemon, end: impl FnOnce(&mut Daemon), what: &str) {
 
 #[test]
 fn a_killed_daemon_cgroup_is_undone_by_the_next_start_before_it_serves() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let unit = TestCgroup::new("injectord-unit");
     let mut d = Daemon::builder().in_cgroup(&unit.path).start().unwrap();
     let disk = LoopDevice::new("thr-unit", 64);
@@ -480,7 +468,7 @@ fn a_killed_daemon_cgroup_is_undone_by_the_next_start_before_it_serves() {
 
 #[test]
 fn sigterm_restores_every_file() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let mut d = Daemon::start();
     ends_with(
         &mut d,
@@ -494,7 +482,7 @@ fn sigterm_restores_every_file() {
 
 #[test]
 fn sigkill_of_the_daemon_restores_every_file() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let mut d = Daemon::start();
     ends_with(
         &mut d,
@@ -508,7 +496,7 @@ fn sigkill_of_the_daemon_restores_every_file() {
 
 #[test]
 fn sigkill_of_the_process_group_restores_every_file() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let mut d = Daemon::builder().own_process_group().start().unwrap();
     ends_with(
         &mut d,
@@ -522,7 +510,7 @@ fn sigkill_of_the_process_group_restores_every_file() {
 
 #[test]
 fn bad_throttles_get_specific_errors() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let disk = LoopDevice::new("thr-bad", 16);
     let cg = TestCgroup::new("thr-bad");
@@ -605,7 +593,7 @@ fn io_max_line(cg: &TestCgroup, dev: &str) -> String {
 
 #[test]
 fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let disk = LoopDevice::new("thr-prev", 64);
     let cg = TestCgroup::new("thr-prev");
@@ -745,7 +733,7 @@ fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly(
 
 #[test]
 fn a_target_that_goes_away_ends_the_throttle_and_its_delegation() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let disk = LoopDevice::new("thr-gone", 16);
     let cg = TestCgroup::new("thr-gone");

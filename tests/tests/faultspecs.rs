@@ -786,21 +786,6 @@ impl Drop for UnderPrefix {
     }
 }
 
-/// The pids in a cgroup (not its descendants).
-fn procs(cg: &TestCgroup) -> Vec<u32> {
-    fs::read_to_string(cg.path.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect()
-}
-
-/// A process's state letter (`T` stopped, `S` sleeping...).
-fn state(pid: u32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
 /// `dd` of 64 KiB from /dev/zero to `path` in `cg`, with `extra`
 /// operands: whether it succeeded, and what it said.
 fn dd(cg: &TestCgroup, path: &str, extra: &[&str]) -> (bool, String) {
@@ -1174,7 +1159,7 @@ fn group_sigkill_ends_every_process_of_the_container() {
     let ns = Netns::new("sigkill");
     let mut web = nginx_with(&ns, Some(&ctr), 8080, None);
     wait_until(Duration::from_secs(10), "nginx's master and worker", || {
-        procs(&ctr).len() == 2
+        ctr.procs().len() == 2
     });
     let mut neighbour = beside.spawn("sleep", &["600"]);
     let spec = spec(
@@ -1188,7 +1173,7 @@ fn group_sigkill_ends_every_process_of_the_container() {
     });
     assert_eq!(web.exited().and_then(|s| s.signal()), Some(libc::SIGKILL));
     wait_until(Duration::from_secs(10), "the container empty", || {
-        procs(&ctr).is_empty()
+        ctr.procs().is_empty()
     });
     let f = d.call("get", json!({"name": name_of(&spec)})).unwrap();
     assert_eq!(f["method"], "cgroup.kill", "{f}");
@@ -1243,7 +1228,7 @@ fn hung_worker_holds_requests_while_the_master_runs() {
     let master = web.pid();
     let mut worker = None;
     wait_until(Duration::from_secs(10), "nginx's worker", || {
-        worker = procs(&vnf).into_iter().find(|p| *p != master);
+        worker = vnf.procs().into_iter().find(|p| *p != master);
         worker.is_some()
     });
     let worker = worker.unwrap();

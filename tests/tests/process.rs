@@ -78,19 +78,11 @@ fn wait_ticking(pid: u32) {
 }
 
 fn wait_in_cgroup(cg: &TestCgroup, pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !procs(cg).contains(&pid) {
-        assert!(Instant::now() < deadline, "{pid} never joined {}", cg.rel);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn procs(cg: &TestCgroup) -> Vec<u32> {
-    std::fs::read_to_string(cg.path.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect()
+    wait_for(
+        &format!("{pid} joining {}", cg.rel),
+        Duration::from_secs(10),
+        || cg.procs().contains(&pid),
+    );
 }
 
 fn finish(child: Child) -> Output {
@@ -136,20 +128,6 @@ fn read(path: &Path) -> String {
         .unwrap_or_default()
         .trim()
         .to_string()
-}
-
-fn state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    start.elapsed()
 }
 
 fn get(d: &Daemon, name: &str) -> Value {
@@ -449,7 +427,7 @@ fn a_killed_daemon_cgroup_is_thawed_by_the_next_start_before_it_serves() {
                     "fault": {"type": "process_pause", "pause": "30s"}}));
     assert_eq!(state(b.id()), Some('T'));
     // The daemon, its reaper and its keeper: a service's whole cgroup.
-    assert_eq!(procs(&unit).len(), 3, "{:?}", procs(&unit));
+    assert_eq!(unit.procs().len(), 3, "{:?}", unit.procs());
     std::fs::write(unit.path.join("cgroup.kill"), "1").unwrap();
     d.wait();
     std::thread::sleep(Duration::from_millis(300));
