@@ -114,6 +114,15 @@ fn counts<C: FromIterator<(String, u64)>>(v: &Value) -> C {
         .collect()
 }
 
+/// The median of `samples` (the upper one of an even count); NaN if empty.
+/// Robust where a stalled guest (QEMU TCG on a busy machine) makes a
+/// few samples slow.
+pub fn median(samples: &[f64]) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Asserts that `x` successes of `n` trials with probability `p` lie within
 /// four standard deviations of `n p`: |x - n p| <= 4 sqrt(n p (1-p)).
 pub fn assert_binomial(x: u64, n: u64, p: f64, what: &str) {

@@ -403,6 +403,56 @@ pub fn udp_send_in(cg: &TestCgroup, ns: &Netns, host: &str, port: u16, count: u6
     );
 }
 
+/// Echo replies to `count` pings, each seen by its sequence number.
+#[derive(Debug, Clone, Default)]
+pub struct Pings {
+    /// How many of the `count` requests were answered.
+    pub received: u64,
+    /// Their round-trip times in ms, in sequence order.
+    pub rtts: Vec<f64>,
+}
+
+/// `count` pings that are all expected to be answered: ping waits for every
+/// reply (up to 10 s more), so a reply a stalled guest makes late is not
+/// taken for a lost one (plain `ping -c` waits only an interval or two RTTs
+/// after the last request). A request really lost is not answered: ping
+/// sends more, whose replies do not count.
+pub fn ping_all(ns: &Netns, host: &str, count: u32, interval: &str) -> Pings {
+    let gap: f64 = interval.parse().expect("an interval in seconds");
+    let deadline = (f64::from(count) * gap).ceil() as u64 + 10;
+    let out = ns.run(
+        "ping",
+        &[
+            "-n",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-w",
+            &deadline.to_string(),
+            host,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut seen = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.contains("DUP!")) {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.parse::<f64>().ok())
+        };
+        if let (Some(seq), Some(ms)) = (field("icmp_seq="), field("time=")) {
+            let seq = seq as u32;
+            if (1..=count).contains(&seq) {
+                seen.entry(seq).or_insert(ms);
+            }
+        }
+    }
+    Pings {
+        received: seen.len() as u64,
+        rtts: seen.into_values().collect(),
+    }
+}
+
 /// Ping statistics: (transmitted, received, average RTT in ms, mdev in ms).
 pub fn ping(ns: &Netns, host: &str, count: u32, interval: &str) -> (u64, u64, f64, f64) {
     let out = ns.run(

@@ -474,7 +474,8 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
         state(pid) == Some('T')
     });
     d.call("remove", json!({"name": "long"})).unwrap();
-    let took = wait_for("the continue after remove", Duration::from_secs(2), || {
+    // Well before the 10 s delay, with room for a stalled TCG guest.
+    let took = wait_for("the continue after remove", Duration::from_secs(5), || {
         state(pid) != Some('T')
     });
     println!("continued {took:?} after remove");
@@ -485,9 +486,11 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
                     "fault": {"type": "io_delay", "device": a.dev, "delay": "100ms"}}),
     );
     std::thread::sleep(Duration::from_millis(1500));
+    // The median: a TCG guest stalls one read now and then; a delayed
+    // one takes 100 ms or more.
     let r = io(&target, &[&format!("read:{}:5", a.dev)]);
     assert!(
-        r[0]["max_ms"].as_f64().unwrap() < 50.0,
+        r[0]["p50_ms"].as_f64().unwrap() < 50.0,
         "after the TTL: {r:?}"
     );
     // SIGKILL of the daemon's whole process group while a task is held:
@@ -502,7 +505,7 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
     d.wait();
     let took = wait_for(
         "the continue after the kill",
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         || state(pid) != Some('T'),
     );
     println!("continued {took:?} after a SIGKILL of the daemon's process group");
@@ -523,7 +526,7 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
     });
     d.signal(libc::SIGTERM);
     d.wait();
-    wait_for("the continue after SIGTERM", Duration::from_secs(3), || {
+    wait_for("the continue after SIGTERM", Duration::from_secs(5), || {
         state(pid) != Some('T')
     });
     assert_eq!(finish(p)[0]["ok"], 1);
@@ -541,7 +544,7 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
     });
     d.signal(libc::SIGKILL);
     d.wait();
-    wait_for("the continue after SIGKILL", Duration::from_secs(3), || {
+    wait_for("the continue after SIGKILL", Duration::from_secs(5), || {
         state(pid) != Some('T')
     });
     assert_eq!(finish(p)[0]["ok"], 1);

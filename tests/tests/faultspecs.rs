@@ -451,17 +451,20 @@ fn wan_latency_50ms_delays_the_way_out() {
     if !fq_or_refused(&d, &spec) {
         return;
     }
-    let (_, _, base, _) = ping(&link.a, B_IP, 10, "0.05");
+    let base = ping_all(&link.a, B_IP, 10, "0.05");
+    assert_eq!(base.received, 10, "{base:?}");
     d.inject(spec.clone());
-    let (tx, rx, avg, mdev) = ping(&link.a, B_IP, 40, "0.05");
-    assert_eq!(tx, rx, "delay must not lose packets");
-    // sigma 10 ms over 40 samples: the mean within ±6 ms (4 sigma).
-    let added = avg - base;
-    assert!((44.0..=56.0).contains(&added), "RTT grew by {added:.1} ms");
-    assert!(
-        mdev > 4.0,
-        "normal jitter must spread RTTs (mdev {mdev} ms)"
-    );
+    let slow = ping_all(&link.a, B_IP, 40, "0.05");
+    assert_eq!(slow.received, 40, "delay must not lose packets: {slow:?}");
+    // Medians, not means: a TCG guest stalls a sample by 100 ms now and
+    // then. sigma 10 ms over 40 samples: the median within ±8 ms (4
+    // sigma), the quartiles some 13 ms apart.
+    let added = median(&slow.rtts) - median(&base.rtts);
+    assert!((42.0..=58.0).contains(&added), "RTT grew by {added:.1} ms");
+    let mut sorted = slow.rtts.clone();
+    sorted.sort_by(f64::total_cmp);
+    let spread = sorted[30] - sorted[10];
+    assert!(spread > 5.0, "normal jitter must spread RTTs: {sorted:?}");
     let m = d.metrics();
     let series = |s: &str| {
         m.get(&format!(
@@ -509,8 +512,10 @@ fn uplink_10mbit_paces_a_download() {
         ],
     );
     let bps = speed.trim().parse::<f64>().expect("curl speed") * 8.0;
+    // The limit caps the speed; a stalled TCG guest only lowers it (a
+    // second's stall in the 2.4 s), so the floor is generous.
     assert!(
-        (9e6..=11e6).contains(&bps),
+        (7e6..=11e6).contains(&bps),
         "download at {:.2} Mbit/s through a 10 Mbit/s uplink",
         bps / 1e6
     );
@@ -684,13 +689,13 @@ fn pod_latency_100ms_slows_one_pod_only() {
         };
         // The SYN leaves 80 to 120 ms late (uniform jitter). Every connect
         // is at least that late; the median is within the jitter's range
-        // plus a margin (a TCG guest on a busy machine adds tens of ms to
-        // one connect now and then: CI saw 156 ms once).
+        // plus a margin. No bound on the slowest: a TCG guest on a busy
+        // machine adds tens of ms (CI saw 156 ms once) or more to one
+        // connect now and then.
         let mut slow = connect_ms(&pod_a, c0);
         slow.sort_by(f64::total_cmp);
         assert!(
-            slow.iter().all(|ms| (75.0..=400.0).contains(ms))
-                && (75.0..=150.0).contains(&slow[slow.len() / 2]),
+            slow.iter().all(|ms| *ms >= 75.0) && (75.0..=150.0).contains(&slow[slow.len() / 2]),
             "pod a's connects: {slow:?} ms"
         );
         // Pod b's SYNs are not delayed. A delayed SYN leaves at least 80 ms
@@ -1279,8 +1284,11 @@ fn slow_disk_holds_each_io_20ms() {
         assert!(out.status.success(), "{out:?}");
         start.elapsed()
     };
-    let slow = read(&vnf);
-    let fast = read(&other);
+    // Three runs each, judged by the fastest: a TCG guest stalls a run by
+    // 100 ms or more now and then, which one run against one could not
+    // tell from the fault.
+    let slow = (0..3).map(|_| read(&vnf)).min().unwrap();
+    let fast = (0..3).map(|_| read(&other)).min().unwrap();
     // Ten reads, each held 15 to 25 ms (and any page of dd its exec read
     // from disk: the spec names no device, so every disk of the VNF is
     // slow); the same reads in another cgroup are not held (a TCG guest
@@ -1288,11 +1296,11 @@ fn slow_disk_holds_each_io_20ms() {
     let added = slow.saturating_sub(fast);
     assert!(
         added >= Duration::from_millis(120) && added < Duration::from_millis(1000),
-        "the VNF's 10 reads took {slow:?}, another cgroup's {fast:?}"
+        "the VNF's 10 reads took {slow:?} at best, another cgroup's {fast:?}"
     );
     let (evaluations, activations) = d.counters(&name, "io_delay");
     assert!(
-        evaluations >= 10 && activations == evaluations,
+        evaluations >= 30 && activations == evaluations,
         "evaluations {evaluations}, activations {activations}"
     );
 }

@@ -32,8 +32,17 @@ fn ttl_expiry_removes_the_fault() {
         sleep(Duration::from_millis(100));
     }
     assert!(!refused(&cg), "fault still fires after its TTL");
-    assert_eq!(d.call("list", json!(null)).unwrap()["faults"], json!([]));
-    assert_eq!(cg.bpf_programs(), "", "programs left on the cgroup");
+    // The kernel stops at the expiry itself; the daemon's timer removes
+    // the fault, polled: a stalled TCG guest may run it late.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.call("list", json!(null)).unwrap()["faults"] != json!([]) || cg.bpf_programs() != "" {
+        assert!(
+            Instant::now() < deadline,
+            "the fault outlived its TTL: programs {:?}",
+            cg.bpf_programs()
+        );
+        sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -83,7 +92,8 @@ fn sigkill_leaves_nothing_attached() {
     d.wait();
     // bpf_links are released with the last fd; give the kernel's deferred
     // release a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // (Polled: room for a stalled TCG guest.)
+    let deadline = Instant::now() + Duration::from_secs(15);
     while refused(&cg) && Instant::now() < deadline {
         sleep(Duration::from_millis(50));
     }

@@ -67,7 +67,7 @@ fn ingress_drop_at_xdp_hits_ipv6_icmp_only() {
 
     let (_, rx6, ..) = ping(&link.a, B_IP6, 5, "0.2");
     assert_eq!(rx6, 0, "ICMPv6 from fd99::/64 must be dropped");
-    let (_, rx4, ..) = ping(&link.a, B_IP, 5, "0.2");
+    let rx4 = ping_all(&link.a, B_IP, 5, "0.2").received;
     assert_eq!(rx4, 5, "IPv4 ICMP does not match the src filter");
     // Neighbour discovery is ICMPv6 too, so the echo requests may never
     // leave a: whatever matched was dropped, IPv4 never matched.
@@ -200,16 +200,25 @@ fn delay_moves_ping_rtt_or_is_refused_without_sch_fq() {
         println!("refused as expected: {}", err.message);
         return;
     }
-    let (_, _, base, _) = ping(&link.a, B_IP, 10, "0.05");
+    let base = ping_all(&link.a, B_IP, 10, "0.05");
+    assert_eq!(base.received, 10, "{base:?}");
     d.inject(spec);
     assert!(link.a.attachments("eth0").qdiscs.contains("fq"));
-    let (tx, rx, avg, mdev) = ping(&link.a, B_IP, 40, "0.05");
-    assert_eq!(tx, rx, "delay must not lose packets");
-    let added = avg - base;
-    // Uniform ±10 ms has a standard deviation of 5.8 ms; 40 samples put
-    // the mean within ±3 ms.
-    assert!((46.0..=54.0).contains(&added), "RTT grew by {added:.1} ms");
-    assert!(mdev > 2.0, "jitter must spread RTTs (mdev {mdev} ms)");
+    let slow = ping_all(&link.a, B_IP, 40, "0.05");
+    assert_eq!(slow.received, 40, "delay must not lose packets: {slow:?}");
+    // Medians, not means: a TCG guest stalls a sample by 100 ms now and
+    // then. Uniform 40-60 ms puts the median of 40 within ±6 ms (4 sigma),
+    // its quartiles 10 ms apart; no delayed packet is back in under 40 ms.
+    let added = median(&slow.rtts) - median(&base.rtts);
+    assert!((44.0..=56.0).contains(&added), "RTT grew by {added:.1} ms");
+    assert!(
+        slow.rtts.iter().all(|ms| *ms >= 40.0),
+        "faster than the delay: {slow:?}"
+    );
+    let mut sorted = slow.rtts.clone();
+    sorted.sort_by(f64::total_cmp);
+    let spread = sorted[30] - sorted[10];
+    assert!(spread > 4.0, "jitter must spread RTTs: {sorted:?}");
     let m = d.metrics();
     let count = m
         .get("injectord_injected_delay_seconds_count{fault=\"slow\",type=\"packet_delay\"}")
@@ -247,8 +256,10 @@ fn rate_limit_holds_or_is_refused_without_sch_fq() {
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap();
+    // The limit caps the rate; a stalled TCG guest only lowers it (a
+    // second's stall in 4 s takes a quarter), so the floor is generous.
     assert!(
-        (18e6..=22e6).contains(&bps),
+        (14e6..=22e6).contains(&bps),
         "TCP throughput {:.1} Mbit/s, limit 20",
         bps / 1e6
     );
@@ -266,7 +277,7 @@ fn rate_limit_holds_or_is_refused_without_sch_fq() {
     let lost = sum["lost_percent"].as_f64().unwrap();
     let got_bps = sent_bps * (1.0 - lost / 100.0);
     assert!(
-        (18e6..=22e6).contains(&got_bps),
+        (14e6..=22e6).contains(&got_bps),
         "UDP offered {:.1} Mbit/s, received {:.1} Mbit/s, limit 20",
         sent_bps / 1e6,
         got_bps / 1e6
@@ -289,9 +300,13 @@ fn partition_cuts_both_directions_and_connect_fails_fast() {
     }));
     assert_eq!(ping(&link.a, B_IP, 3, "0.2").1, 0, "a -> b must be cut");
     assert_eq!(ping(&link.b, A_IP, 3, "0.2").1, 0, "b -> a must be cut");
-    assert_eq!(ping(&link.a, B_IP6, 3, "0.2").1, 3, "other addresses pass");
+    assert_eq!(
+        ping_all(&link.a, B_IP6, 3, "0.2").received,
+        3,
+        "other addresses pass"
+    );
     d.call("remove", json!({"name": "cut"})).unwrap();
-    assert_eq!(ping(&link.a, B_IP, 3, "0.2").1, 3);
+    assert_eq!(ping_all(&link.a, B_IP, 3, "0.2").received, 3);
 
     // On a cgroup: its packets to the peer are dropped and connect()
     // fails at once with the chosen errno.
@@ -514,11 +529,17 @@ fn container_cgroup_takes_rewrites_and_delay_on_its_own_device() {
     });
     if d.has_backend("sch_fq") {
         d.inject(delay);
-        let (_, rx, slow, _) = ping(c0, HUB_IP, 10, "0.1");
-        let (_, _, fast, _) = ping(&br.containers[1], HUB_IP, 10, "0.1");
-        assert_eq!(rx, 10);
-        assert!((45.0..90.0).contains(&slow), "pod a's RTT {slow} ms");
-        assert!(fast < 20.0, "pod b's RTT {fast} ms");
+        let slow = ping_all(c0, HUB_IP, 10, "0.1");
+        let fast = ping_all(&br.containers[1], HUB_IP, 10, "0.1");
+        assert_eq!(slow.received, 10, "{slow:?}");
+        // Every delayed reply takes 50 ms or more; medians judge the rest,
+        // as a TCG guest stalls one ping now and then (means did not).
+        assert!(
+            slow.rtts.iter().all(|ms| *ms >= 45.0) && median(&slow.rtts) < 90.0,
+            "pod a's RTTs {:?} ms",
+            slow.rtts
+        );
+        assert!(median(&fast.rtts) < 20.0, "pod b's RTTs {:?} ms", fast.rtts);
         d.call("remove", json!({"name": "pod-a-slow"})).unwrap();
     } else {
         assert_eq!(d.error_code("inject", delay), "unsupported_kernel");

@@ -357,9 +357,11 @@ fn a_pause_at_a_syscall_stops_the_caller_and_continues_it_after_the_pause() {
         pause,
         "measured",
     );
+    // A paused sibling would stand still the whole pause; a TCG guest
+    // stalls anything for some 100 ms now and then.
     let (other_gap, _) = longest_gap(&ticks(&other).0);
     assert!(
-        other_gap < pause / 2,
+        other_gap < pause * 4 / 5,
         "the sibling must run on: {other_gap:?}"
     );
     let opens = opens.expect("opens");
@@ -393,7 +395,8 @@ fn a_killed_process_group_leaves_nothing_frozen_or_stopped() {
     d.signal_group(libc::SIGKILL);
     let killed = Instant::now();
     d.wait();
-    let margin = Duration::from_secs(1) + Duration::from_secs(2);
+    // The lease (1 s), with room for a stalled TCG guest (polled).
+    let margin = Duration::from_secs(1) + Duration::from_secs(9);
     let thawed = wait_for("thaw after the kill", margin, || {
         read(&frozen.path.join("cgroup.freeze")) == "0"
     });

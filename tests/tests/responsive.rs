@@ -86,22 +86,32 @@ fn during<T: Send>(d: &Daemon, slow: impl FnOnce() -> T + Send) -> (T, Duration,
     })
 }
 
-fn assert_responsive(w: &Watch, bound: Duration, what: &str) {
-    let worst = w.status.iter().max().copied().unwrap_or_default();
+/// Whether `samples` stay within `bound`, but for a stalled guest: a TCG
+/// guest on a busy machine stalls one call by 100 ms or more now and then,
+/// so up to one in fifty (at least one) may exceed it, by less than half
+/// of `took`. A call that waited on the slow request would take about
+/// all of `took`; a runtime blocked in bits would slow many calls.
+fn within(samples: &[Duration], bound: Duration, took: Duration) -> bool {
+    let slow: Vec<_> = samples.iter().filter(|t| **t > bound).collect();
+    slow.len() <= (samples.len() / 50).max(1) && slow.iter().all(|t| **t < (took / 2).max(bound))
+}
+
+fn assert_responsive(w: &Watch, bound: Duration, took: Duration, what: &str) {
     assert!(
         w.status.len() >= 5,
         "{what}: too few status answers ({}) to tell",
         w.status.len()
     );
     assert!(
-        worst <= bound,
-        "{what}: status took up to {worst:?} (limit {bound:?} on this machine) over {} calls",
+        within(&w.status, bound, took),
+        "{what}: status took {:?} (limit {bound:?} on this machine) over {} calls, the request {took:?}",
+        w.status,
         w.status.len()
     );
-    let worst_scrape = w.scrapes.iter().max().copied().unwrap_or_default();
     assert!(
-        worst_scrape <= Duration::from_millis(200),
-        "{what}: a scrape took {worst_scrape:?}"
+        within(&w.scrapes, Duration::from_millis(200), took),
+        "{what}: scrapes took {:?}, the request {took:?}",
+        w.scrapes
     );
 }
 
@@ -117,7 +127,7 @@ fn a_fifo_named_as_netns_blocks_nobody() {
     let _ = std::fs::remove_file(&fifo);
     assert_eq!(code, "invalid_value", "a FIFO is not a network namespace");
     assert!(took < Duration::from_secs(5), "the inject took {took:?}");
-    assert_responsive(&w, bound, "FIFO as netns");
+    assert_responsive(&w, bound, took, "FIFO as netns");
 }
 
 #[test]
@@ -133,11 +143,11 @@ fn the_first_fault_on_a_fresh_interface_blocks_nobody() {
         w.status.len(),
         w.status.iter().max()
     );
-    assert_responsive(&w, bound, "first fault on an interface");
+    assert_responsive(&w, bound, took, "first fault on an interface");
     // And its removal (detaching, netlink) blocks nobody either.
     let (_, took, w) = during(&d, || d.call("remove", json!({"name": "first"})).unwrap());
     assert!(
-        w.status.iter().all(|t| *t <= bound),
+        within(&w.status, bound, took),
         "removal took {took:?}; status took {:?} (bound {bound:?})",
         w.status
     );

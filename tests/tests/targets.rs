@@ -426,15 +426,15 @@ fn listed(d: &Daemon, name: &str) -> bool {
         .any(|f| f["name"] == name)
 }
 
-/// Waits up to 6 s for the fault to leave `list` (the check runs every
-/// 250 ms; a TCG guest on a loaded machine once took over 2 s); how long
-/// it took.
-fn gone_within_2s(d: &Daemon, name: &str) -> Duration {
+/// Waits up to 20 s for the fault to leave `list` (the check runs every
+/// 250 ms; a TCG guest on a loaded machine once took over 2 s, and may
+/// stall for seconds); how long it took.
+fn gone_soon(d: &Daemon, name: &str) -> Duration {
     let start = Instant::now();
     while listed(d, name) {
         assert!(
-            start.elapsed() < Duration::from_secs(6),
-            "{name} still listed 6 s after its cgroup was removed\n{}",
+            start.elapsed() < Duration::from_secs(20),
+            "{name} still listed 20 s after its cgroup was removed\n{}",
             d.logs()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -464,7 +464,7 @@ fn a_fault_ends_when_its_cgroup_is_removed_and_a_new_cgroup_there_is_not_hit() {
     // programs still attached to it.
     fs::write(parking.path.join("cgroup.procs"), worker.id().to_string()).unwrap();
     fs::remove_dir(&a.path).unwrap_or_else(|e| panic!("rmdir {}: {e}", a.path.display()));
-    let took = gone_within_2s(&d, "on-a");
+    let took = gone_soon(&d, "on-a");
     println!("the fault ended {took:?} after its cgroup was removed");
     assert_eq!(ended(&d, "target_gone"), before + 1);
     let logs = d.logs();
@@ -508,7 +508,8 @@ fn a_fault_ends_when_its_cgroup_is_removed_and_a_new_cgroup_there_is_not_hit() {
     let start = Instant::now();
     while ended(&d, "ttl") == ttl {
         assert!(
-            start.elapsed() < Duration::from_secs(5),
+            // Polled: room for a stalled TCG guest.
+            start.elapsed() < Duration::from_secs(15),
             "the TTL end was not counted"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -545,8 +546,9 @@ fn faults_on_a_pod_end_with_the_pod() {
             p.wait().unwrap();
         }
         for cg in [&pod.sandbox, &pod.app, &pod.cgroup] {
-            // A killed process leaves its cgroup a moment after wait().
-            let deadline = Instant::now() + Duration::from_secs(5);
+            // A killed process leaves its cgroup a moment after wait()
+            // (polled: room for a stalled TCG guest).
+            let deadline = Instant::now() + Duration::from_secs(15);
             while let Err(e) = fs::remove_dir(&cg.path) {
                 assert!(
                     Instant::now() < deadline,
@@ -556,8 +558,8 @@ fn faults_on_a_pod_end_with_the_pod() {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        gone_within_2s(&d, &refused);
-        gone_within_2s(&d, &other);
+        gone_soon(&d, &refused);
+        gone_soon(&d, &other);
         assert_eq!(ended(&d, "target_gone"), before + 2, "{driver}");
         assert!(listed(&d, &next), "{driver}");
         let c = neighbour.app.connects("tcp", "127.0.0.1", port, 2);
