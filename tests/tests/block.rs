@@ -718,7 +718,7 @@ fn io_error_with_a_path_fails_the_files_under_it_only() {
 /// timed from their issue instead: still every I/O, by cgroup too.
 #[test]
 fn histograms_time_the_requests_of_a_queue_without_iostats() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = serial(ONE_AT_A_TIME);
     let d = Daemon::start();
     let a = LoopDevice::new("blk-nostat-a", 8);
     let b = LoopDevice::new("blk-nostat-b", 8);
