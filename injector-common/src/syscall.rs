@@ -190,6 +190,8 @@ pub const ACTION_SIGNAL: u32 = 1;
 /// SIGSTOP (x86_64): a rule sending it stops the caller, and the daemon
 /// resumes it from the rule's ring-buffer record.
 pub const SIGSTOP: u32 = 19;
+/// What a program sends to take back a SIGSTOP it could not record.
+pub const SIGCONT: u32 = 18;
 
 /// Which program family serves a rule (a syscall reachable by several
 /// programs is served by one, so it never fires twice).

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use injector_common::{
     MAX_FAULTS,
     block::{BlockKey, DelayRule, MAX_BLOCK_RULES},
-    syscall::{SIGSTOP, SignalEvent},
+    syscall::{SIGCONT, SIGSTOP, SignalEvent},
 };
 
 use crate::{syscall::SYSCALL_EVENTS, trigger};
@@ -103,19 +103,27 @@ pub fn apply(bio: u64) -> u64 {
         counted,
         _pad: 0,
     };
-    // A stop whose record is lost would never be continued: no record, no
-    // stop, and the count taken back (the daemon will not see it end).
+    // Stopped before the record is written: the daemon continues the task
+    // when the delay has passed, and a SIGSTOP generated after that
+    // SIGCONT (this CPU preempted in between, as a TCG guest's vCPU can be
+    // for milliseconds) would stop it for good. A stop whose record is lost
+    // would never be continued: it is taken back at once with SIGCONT
+    // (which discards the pending SIGSTOP), and so is the count (the daemon
+    // will not see it end).
+    // SAFETY: helper valid in tracing programs; the current task is in the
+    // rule's target (never a kernel thread: those sit in the root cgroup).
+    unsafe { bpf_send_signal_thread(SIGSTOP) };
     if SYSCALL_EVENTS.output(&event, 0).is_err() {
+        // SAFETY: as above.
+        unsafe { bpf_send_signal_thread(SIGCONT) };
         if counted != 0
             && let Some(stopped) = DELAY_STOPPED.get_ptr_mut(rule.slot)
         {
-            // SAFETY: as above; undoes our increment.
+            // SAFETY: the array element counted above, shared across
+            // CPUs: atomic; undoes our increment.
             unsafe { trigger::fetch_add(stopped, u64::MAX) };
         }
         return 0;
     }
-    // SAFETY: helper valid in tracing programs; the current task is in the
-    // rule's target (never a kernel thread: those sit in the root cgroup).
-    unsafe { bpf_send_signal_thread(SIGSTOP) };
     delay
 }

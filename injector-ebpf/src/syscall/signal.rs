@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use injector_common::syscall::{ACTION_SIGNAL, SIGSTOP, SignalEvent};
+use injector_common::syscall::{ACTION_SIGNAL, SIGCONT, SIGSTOP, SignalEvent};
 
 use super::{Registers, SYSCALL_EVENTS, object_matches, path_matches, rule_for_caller};
 use crate::trigger;
@@ -42,23 +42,29 @@ pub fn syscall_signal(ctx: RawTracePointContext) -> i32 {
         at_ns: unsafe { bpf_ktime_get_ns() },
         ..SignalEvent::default()
     };
-    // Written (copied: no reservation to release, which the 6.1 verifier
-    // cannot follow across the trigger) before the signal is sent: a stop
-    // whose record is lost would never be resumed by the daemon, so with
-    // the ring buffer full a SIGSTOP rule does not stop (its activation is
-    // still counted; the daemon drains the 64 KiB ring as records come).
-    let recorded = SYSCALL_EVENTS.output(&event, 0).is_ok();
-    if !recorded && signal == SIGSTOP {
-        return 0;
-    }
-    // SAFETY: helpers valid in tracing programs; the signal goes to the
-    // current task (or its process), which is in the rule's target.
-    unsafe {
-        if rule.whole_process != 0 {
-            bpf_send_signal(signal);
-        } else {
-            bpf_send_signal_thread(signal);
+    // Sent before the record is written: the daemon continues a stopped
+    // task when the record's delay has passed, and a SIGSTOP generated
+    // after that SIGCONT (this CPU preempted in between, as a TCG guest's
+    // vCPU can be for milliseconds) would stop the task for good. A stop
+    // whose record is lost (ring buffer full) is taken back with SIGCONT
+    // at once, which discards the pending SIGSTOP; its activation is still
+    // counted. The record is copied, not reserved: the 6.1 verifier cannot
+    // follow a reservation across the trigger.
+    let send = |signal: u32| {
+        // SAFETY: helpers valid in tracing programs; the signal goes to
+        // the current task (or its process), which is in the rule's
+        // target.
+        unsafe {
+            if rule.whole_process != 0 {
+                bpf_send_signal(signal);
+            } else {
+                bpf_send_signal_thread(signal);
+            }
         }
+    };
+    send(signal);
+    if SYSCALL_EVENTS.output(&event, 0).is_err() && signal == SIGSTOP {
+        send(SIGCONT);
     }
     0
 }
