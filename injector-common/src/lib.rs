@@ -54,8 +54,18 @@ pub mod maps {
     /// The daemon's lease: one `u64`, the CLOCK_MONOTONIC time in ns until
     /// which faults may fire (see [`super::LEASE_SLOT`]).
     pub const LEASE: &str = "LEASE";
+    /// Per CPU: the clock as first read in the current jiffy (the coarse
+    /// clock the lease and expiry checks use).
+    pub const CLOCK_CACHE: &str = "CLOCK_CACHE";
 
-    pub const ALL: &[&str] = &[FAULT_STATS, TRIGGER_STATE, CGROUP_ATTACH, AYA_LOGS, LEASE];
+    pub const ALL: &[&str] = &[
+        FAULT_STATS,
+        TRIGGER_STATE,
+        CGROUP_ATTACH,
+        AYA_LOGS,
+        LEASE,
+        CLOCK_CACHE,
+    ];
 }
 
 /// Globals of the object the daemon may set at load time.
@@ -69,8 +79,12 @@ pub mod globals {
 pub mod bench {
     /// XDP_TX under BPF_PROG_TEST_RUN live frames: the traffic generator.
     pub const BENCH_XDP_TX: &str = "bench_xdp_tx";
+    /// A bare XDP_DROP: what the drop benchmark measures injectord against.
+    pub const BENCH_XDP_DROP: &str = "bench_xdp_drop";
+    /// A do-nothing cgroup_skb program: the cgroup rows' baseline.
+    pub const BENCH_CGROUP_SKB: &str = "bench_cgroup_skb";
 
-    pub const PROGRAMS: &[&str] = &[BENCH_XDP_TX];
+    pub const PROGRAMS: &[&str] = &[BENCH_XDP_TX, BENCH_XDP_DROP, BENCH_CGROUP_SKB];
 }
 
 /// The one entry of the `LEASE` map.

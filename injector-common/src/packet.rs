@@ -25,7 +25,14 @@ pub const PACKET_SRC: &str = "PACKET_SRC";
 pub const PACKET_DST: &str = "PACKET_DST";
 pub const RATE_STATE: &str = "RATE_STATE";
 pub const DELAY_HIST: &str = "DELAY_HIST";
+/// An interface's rules, as [`RuleSet`]s: [`RULE_SETS`] of them, the one
+/// [`IFACE_ACTIVE`] names in force.
+pub const IFACE_RULES: &str = "IFACE_RULES";
+/// `[0]`: the index of the rule set in force.
+pub const IFACE_ACTIVE: &str = "IFACE_ACTIVE";
 pub const MAPS: &[&str] = &[
+    IFACE_RULES,
+    IFACE_ACTIVE,
     PACKET_TARGETS,
     PACKET_RULES,
     PACKET_PORTS,
@@ -66,6 +73,43 @@ pub struct PacketTarget {
     /// when a target has many): candidates among them are cut to those for
     /// the packet's port by one lookup in `PACKET_PORTS`.
     pub port_indexed: u64,
+}
+
+/// Rule sets an interface's object holds: the one in force, and one the
+/// daemon writes the next into. A set is written again only after an RCU
+/// grace period since it was last in force, so no packet ever sees a
+/// half-written set.
+pub const RULE_SETS: u32 = 2;
+
+/// Destination-port buckets of [`RuleSet::dport_masks`] (port % 64).
+pub const DPORT_BUCKETS: usize = 64;
+
+/// Every rule of an interface in one array value, which the XDP and TC
+/// programs reach with array lookups the verifier turns into plain loads:
+/// a packet's candidates are the rules of its hook, protocol class and
+/// destination-port bucket, and a packet of a port no rule is for stops
+/// there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleSet {
+    pub masks: [u64; NR_HOOKS],
+    pub proto_masks: [u64; NR_PROTO_CLASSES],
+    /// Bit `i` of `dport_masks[p % 64]`: rule `i` may match destination
+    /// port `p` (a rule without a port filter, or with a range of 64 ports
+    /// or more, is in every bucket).
+    pub dport_masks: [u64; DPORT_BUCKETS],
+    pub rules: [PacketRule; MAX_PACKET_RULES as usize],
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self {
+            masks: [0; NR_HOOKS],
+            proto_masks: [0; NR_PROTO_CLASSES],
+            dport_masks: [0; DPORT_BUCKETS],
+            rules: [PacketRule::default(); MAX_PACKET_RULES as usize],
+        }
+    }
 }
 
 /// Key of the destination-port index: the value is the mask of the
@@ -284,4 +328,6 @@ mod pod {
     unsafe impl aya::Pod for super::PacketRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DelayHistogram {}
+    // SAFETY: as above (arrays of u64 and of PacketRule).
+    unsafe impl aya::Pod for super::RuleSet {}
 }

@@ -254,6 +254,27 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
             drop_rate(&pair, generator, seconds, count)?,
         ));
     }
+    if let Generator::XdpFrames(example) = generator {
+        // The reference: a bare XDP_DROP, which looks at nothing; veth
+        // counts what its XDP program dropped.
+        let pair = receiver("xdp");
+        let mut dropper = pair
+            .b
+            .spawn(example.to_str().context("utf-8 path")?, &["xdpdrop", "eth0"]);
+        std::thread::sleep(Duration::from_millis(500));
+        let drops = || -> anyhow::Result<u64> {
+            let out = pair.b.run_ok("ethtool", &["-S", "eth0"]);
+            Ok(out
+                .lines()
+                .filter(|l| l.trim_start().split(':').next().is_some_and(|k| k.ends_with("xdp_drops")))
+                .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+                .sum())
+        };
+        let measured = drop_rate(&pair, generator, seconds, drops);
+        let _ = dropper.kill();
+        let _ = dropper.wait();
+        rows.push(("a bare XDP_DROP program (the ceiling)", measured?));
+    }
     let ipt = rows[1].1.0;
     let how = match generator {
         Generator::Skb => "a raw-socket generator (b receives skbs)",
@@ -264,13 +285,18 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
     println!(
         "\n100% drop of 64-byte UDP frames from {how}, a.eth0 -> b.eth0; b handles its packets in a NAPI thread (median of 3 x {seconds} s)"
     );
+    let bare = rows
+        .iter()
+        .find(|(name, _)| name.starts_with("a bare XDP_DROP"))
+        .map(|(_, (handled, _))| *handled);
     println!(
-        "{:<62} {:>12} {:>12} {:>12}",
-        "at b", "handled/s", "offered/s", "vs iptables"
+        "{:<62} {:>12} {:>12} {:>12} {:>12}",
+        "at b", "handled/s", "offered/s", "vs iptables", "vs XDP_DROP"
     );
     for (name, (handled, offered)) in &rows {
+        let vs_bare = bare.map_or("-".to_string(), |b| format!("{:.2}", handled / b));
         println!(
-            "{name:<62} {handled:>12.0} {offered:>12.0} {:>12.2}",
+            "{name:<62} {handled:>12.0} {offered:>12.0} {:>12.2} {vs_bare:>12}",
             handled / ipt
         );
     }

@@ -29,8 +29,7 @@ use injector_common::{
     MAX_FAULTS, Trigger, maps,
     packet::{
         ACTION_DROP, DELAY_HIST, DelayHistogram, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP,
-        MAX_PACKET_RULES, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC, PACKET_TARGETS,
-        RATE_STATE,
+        IFACE_RULES, MAX_PACKET_RULES, RATE_STATE, RULE_SETS,
     },
 };
 use serde_json::{Value, json};
@@ -53,18 +52,14 @@ use crate::{
     spec::target::{IfName, Netns},
 };
 
-/// Map sizes of a per-interface copy: one target (0), its rules and their
-/// slots. Every other map of the object gets one entry.
+/// Map sizes of a per-interface copy: its rule sets and its rules' slots.
+/// Every other map of the object gets one entry.
 const SIZES: &[(&str, u32)] = &[
     (maps::FAULT_STATS, MAX_PACKET_RULES),
     (maps::TRIGGER_STATE, MAX_PACKET_RULES),
     (RATE_STATE, MAX_PACKET_RULES),
     (DELAY_HIST, MAX_PACKET_RULES),
-    (PACKET_TARGETS, 1),
-    (PACKET_RULES, MAX_PACKET_RULES),
-    (PACKET_SRC, MAX_PACKET_RULES * 2 + 1),
-    (PACKET_DST, MAX_PACKET_RULES * 2 + 1),
-    (PACKET_PORTS, MAX_PACKET_RULES),
+    (IFACE_RULES, RULE_SETS),
 ];
 
 const _: () = assert!(MAX_PACKET_RULES <= MAX_FAULTS);
@@ -206,7 +201,7 @@ impl Interface {
             slots,
             lease,
         } = kernel::load_instance(SIZES, MAX_PACKET_RULES, lease).map_err(internal)?;
-        let maps = PacketMaps::take(&mut ebpf).map_err(internal)?;
+        let maps = PacketMaps::take_interface(&mut ebpf).map_err(internal)?;
         let logs = logs::forward(&mut ebpf, &label);
         tracing::debug!(interface = %label, ifindex, "loaded packet programs");
         Ok(Self {
