@@ -211,6 +211,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM"),
             _ = int.recv() => tracing::info!("SIGINT"),
         }
+        // On the runtime's thread on purpose: while the faults are undone
+        // (netlink, cgroup files; it blocks) no new request is served.
         let removed = state.faults.clear();
         tracing::info!(removed, "all faults removed; exiting");
         let _ = std::fs::remove_file(&args.socket);

@@ -10,6 +10,8 @@ use crate::sh;
 const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("bpftool", "bpftool"),
+    // The tests set up namespaces, veths and qdiscs with these and check
+    // the daemon's work with them; the daemon itself needs neither.
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("/usr/bin/python3", "python3"),

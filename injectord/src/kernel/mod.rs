@@ -1,6 +1,7 @@
 //! What every fault family shares on the kernel side: the loaded eBPF
-//! object and its fault slots, cgroup attachments, network namespaces, the
-//! reaper that undoes netlink state after a crash, and the eBPF log.
+//! object and its fault slots, cgroup attachments, network namespaces,
+//! qdiscs and tc filters over rtnetlink, the reaper that undoes netlink
+//! state after a crash, and the eBPF log.
 
 pub mod btf;
 pub mod cgroup_links;
@@ -8,6 +9,7 @@ pub mod journal;
 pub mod lease;
 pub mod logs;
 pub mod netns;
+pub mod qdisc;
 pub mod reaper;
 pub mod shared;
 pub mod slots;

@@ -11,7 +11,10 @@ use injector_common::packet::{PACKET_TC_EGRESS, PACKET_TC_INGRESS};
 use super::{Attach, Interface};
 use crate::{
     error::{Error, chain},
-    kernel::reaper::{self, NetlinkGuard, Reaper, Undo, Undoable},
+    kernel::{
+        qdisc::Rtnl,
+        reaper::{NetlinkGuard, Reaper, Undo, Undoable},
+    },
 };
 
 /// Our TC program on one direction of the device.
@@ -62,6 +65,8 @@ impl Interface {
         // Recorded before the qdisc exists, so a crash in between is
         // covered; settled at once if the qdisc was there already.
         let clsact_record = reaper.record(&self.ns, Undo::Clsact { dev: dev.clone() });
+        // A clsact we added and could not remove after a failed attach.
+        let mut clsact_left = false;
         let attached = self.ns.run(|| {
             // tcx (Linux 6.6+): a link, first in the chain; our program
             // answers "next" for packets it leaves alone.
@@ -93,8 +98,12 @@ impl Interface {
                     match prog.attach(ifindex, nl) {
                         Ok(id) => Ok((id, true, created)),
                         Err(e) => {
-                            if created {
-                                let _ = reaper::tc(&["qdisc", "del", "dev", &dev, "clsact"]);
+                            if created
+                                && let Err(del) =
+                                    Rtnl::open().and_then(|mut nl| nl.delete_clsact(ifindex))
+                            {
+                                tracing::warn!(interface = %dev, error = %del, "could not remove the clsact qdisc just added; the reaper will retry when injectord exits");
+                                clsact_left = true;
                             }
                             Err(format!("tcx: {}; clsact filter: {}", tcx_err, chain(&e)))
                         }
@@ -102,7 +111,7 @@ impl Interface {
                 }
             }
         });
-        let (link, netlink, created) = attached
+        let attached = attached
             .map_err(|e| format!("entering the namespace: {e}"))
             .and_then(|r| r)
             .and_then(|(id, netlink, created)| {
@@ -112,7 +121,16 @@ impl Interface {
             })
             .map_err(|msg| {
                 Error::UnsupportedKernel(format!("attaching {name} to {}: {msg}", self.label))
-            })?;
+            });
+        let (link, netlink, created) = match attached {
+            Ok(attached) => attached,
+            Err(e) => {
+                if clsact_left {
+                    clsact_record.keep();
+                }
+                return Err(e);
+            }
+        };
         if created && self.clsact.is_none() {
             self.clsact = Some(NetlinkGuard::new(
                 Undo::Clsact { dev: dev.clone() },
