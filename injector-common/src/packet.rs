@@ -30,9 +30,13 @@ pub const DELAY_HIST: &str = "DELAY_HIST";
 pub const IFACE_RULES: &str = "IFACE_RULES";
 /// `[0]`: the index of the rule set in force.
 pub const IFACE_ACTIVE: &str = "IFACE_ACTIVE";
+/// The rules of an interface's rule sets: rule `i` of set `s` at
+/// `s * MAX_PACKET_RULES + i`.
+pub const IFACE_RULE_TABLE: &str = "IFACE_RULE_TABLE";
 pub const MAPS: &[&str] = &[
     IFACE_RULES,
     IFACE_ACTIVE,
+    IFACE_RULE_TABLE,
     PACKET_TARGETS,
     PACKET_RULES,
     PACKET_PORTS,
@@ -84,11 +88,13 @@ pub const RULE_SETS: u32 = 2;
 /// Destination-port buckets of [`RuleSet::dport_masks`] (port % 64).
 pub const DPORT_BUCKETS: usize = 64;
 
-/// Every rule of an interface in one array value, which the XDP and TC
+/// The candidate masks of an interface's rules, which the XDP and TC
 /// programs reach with array lookups the verifier turns into plain loads:
 /// a packet's candidates are the rules of its hook, protocol class and
 /// destination-port bucket, and a packet of a port no rule is for stops
-/// there.
+/// there. The rules themselves sit in [`IFACE_RULE_TABLE`] (one array
+/// lookup each: a pointer into one large value at a variable offset
+/// defeated the verifier's state pruning).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuleSet {
@@ -98,7 +104,6 @@ pub struct RuleSet {
     /// port `p` (a rule without a port filter, or with a range of 64 ports
     /// or more, is in every bucket).
     pub dport_masks: [u64; DPORT_BUCKETS],
-    pub rules: [PacketRule; MAX_PACKET_RULES as usize],
 }
 
 impl Default for RuleSet {
@@ -107,7 +112,6 @@ impl Default for RuleSet {
             masks: [0; NR_HOOKS],
             proto_masks: [0; NR_PROTO_CLASSES],
             dport_masks: [0; DPORT_BUCKETS],
-            rules: [PacketRule::default(); MAX_PACKET_RULES as usize],
         }
     }
 }
@@ -328,6 +332,6 @@ mod pod {
     unsafe impl aya::Pod for super::PacketRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DelayHistogram {}
-    // SAFETY: as above (arrays of u64 and of PacketRule).
+    // SAFETY: as above (arrays of u64).
     unsafe impl aya::Pod for super::RuleSet {}
 }

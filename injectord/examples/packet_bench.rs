@@ -99,7 +99,10 @@ fn xdp_drop(ifname: &str) -> anyhow::Result<()> {
         .context(BENCH_XDP_DROP)?
         .try_into()?;
     prog.load()?;
-    prog.attach(ifname, aya::programs::XdpFlags::default())
+    let ifindex =
+        nix::net::if_::if_nametoindex(ifname).with_context(|| format!("no interface {ifname}"))?;
+    // Native mode, as the daemon attaches on a veth.
+    prog.attach(ifindex, aya::programs::xdp::XdpMode::Driver)
         .with_context(|| format!("attaching XDP_DROP to {ifname}"))?;
     println!("attached");
     loop {
@@ -142,7 +145,9 @@ fn main() -> anyhow::Result<()> {
     let run = |ebpf: &aya::Ebpf, name: &'static str| run_program(ebpf, name, &data, repeat);
     let base_xdp = run(&iface, PROBE_XDP)?;
     let base_tc = run(&iface, PROBE_TC)?;
-    println!("packet program cost, BPF_PROG_TEST_RUN x {repeat}, median of 5 (64-byte UDP frame to port 9)");
+    println!(
+        "packet program cost, BPF_PROG_TEST_RUN x {repeat}, median of 5 (64-byte UDP frame to port 9)"
+    );
     println!(
         "{:<62} {:>7} {:>6} {:>7} {:>6}",
         "an interface's programs", "XDP ns", "+ns", "TC ns", "+ns"
@@ -157,7 +162,11 @@ fn main() -> anyhow::Result<()> {
     let both = |ebpf: &aya::Ebpf| -> anyhow::Result<(f64, f64)> {
         Ok((run(ebpf, PACKET_XDP)?, run(ebpf, PACKET_TC_EGRESS)?))
     };
-    row("baseline: XDP_PASS / TC next, no lookups", base_xdp, base_tc);
+    row(
+        "baseline: XDP_PASS / TC next, no lookups",
+        base_xdp,
+        base_tc,
+    );
     let (x, t) = both(&iface)?;
     row("no rules", x, t);
 
@@ -167,7 +176,12 @@ fn main() -> anyhow::Result<()> {
     };
     let hooks = (1 << HOOK_XDP, 1 << HOOK_TC_EGRESS);
     let mut own = TargetRules::default();
-    let mut add = |maps: &mut PacketMaps, own: &mut TargetRules, fault: serde_json::Value, slot: u32, t: Trigger| -> anyhow::Result<Vec<u32>> {
+    let add = |maps: &mut PacketMaps,
+               own: &mut TargetRules,
+               fault: serde_json::Value,
+               slot: u32,
+               t: Trigger|
+     -> anyhow::Result<Vec<u32>> {
         let p = plan(fault)?;
         Ok(maps.add(0, own, p.entries(hooks.0, hooks.1, slot, t), nr_cpus)?)
     };
@@ -198,7 +212,11 @@ fn main() -> anyhow::Result<()> {
         never,
     )?;
     let (x, t) = both(&iface)?;
-    row("1 matching rule (p=0: the whole path, never fires) + 1 other", x, t);
+    row(
+        "1 matching rule (p=0: the whole path, never fires) + 1 other",
+        x,
+        t,
+    );
     let mut more = Vec::new();
     for i in 0..4u32 {
         more.push(add(
@@ -226,7 +244,11 @@ fn main() -> anyhow::Result<()> {
         never,
     )?;
     let (x, t) = both(&off)?;
-    row("1 matching rule (p=0), no lease check (LEASE_CHECK=0)", x, t);
+    row(
+        "1 matching rule (p=0), no lease check (LEASE_CHECK=0)",
+        x,
+        t,
+    );
 
     // Faults that fire on every packet.
     maps.remove(0, &mut own, &one, 0);
@@ -251,7 +273,12 @@ fn main() -> anyhow::Result<()> {
         ),
     ] {
         let p = plan(fault)?;
-        let indices = maps.add(0, &mut own, p.entries(0, 1 << HOOK_TC_EGRESS, 31, trigger()), nr_cpus)?;
+        let indices = maps.add(
+            0,
+            &mut own,
+            p.entries(0, 1 << HOOK_TC_EGRESS, 31, trigger()),
+            nr_cpus,
+        )?;
         println!(
             "{what:<62} {:>7} {:>6} {:>7.1} {:>6.1}",
             "-",
@@ -267,16 +294,27 @@ fn main() -> anyhow::Result<()> {
     let (cg, mut cg_maps) = load_object(true, Rules::Cgroup)?;
     let base_cg = run(&cg, BENCH_CGROUP_SKB)?;
     println!();
-    println!("{:<62} {:>7} {:>6}", "the cgroup programs (egress)", "ns", "+ns");
+    println!(
+        "{:<62} {:>7} {:>6}",
+        "the cgroup programs (egress)", "ns", "+ns"
+    );
     let cg_row = |name: &str, v: f64| println!("{name:<62} {v:>7.1} {:>6.1}", v - base_cg);
     cg_row("baseline: a do-nothing cgroup_skb program", base_cg);
-    cg_row("the cgroup is not a target (one hash miss)", run(&cg, PACKET_CGROUP_EGRESS)?);
+    cg_row(
+        "the cgroup is not a target (one hash miss)",
+        run(&cg, PACKET_CGROUP_EGRESS)?,
+    );
     let mut own = TargetRules::default();
     let p = plan(
         json!({"type": "packet_drop", "direction": "egress", "protocol": "udp",
                "dst": "10.0.0.0/8", "dst_port": 9}),
     )?;
-    cg_maps.add(0, &mut own, p.entries(0, 1 << HOOK_CGROUP_EGRESS, 0, never), nr_cpus)?;
+    cg_maps.add(
+        0,
+        &mut own,
+        p.entries(0, 1 << HOOK_CGROUP_EGRESS, 0, never),
+        nr_cpus,
+    )?;
     let mut sets: Vec<TargetRules> = Vec::new();
     let mut installed = 0usize;
     for want in [0usize, 1, 1_000, 10_000] {

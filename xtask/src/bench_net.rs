@@ -258,15 +258,21 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
         // The reference: a bare XDP_DROP, which looks at nothing; veth
         // counts what its XDP program dropped.
         let pair = receiver("xdp");
-        let mut dropper = pair
-            .b
-            .spawn(example.to_str().context("utf-8 path")?, &["xdpdrop", "eth0"]);
+        let mut dropper = pair.b.spawn(
+            example.to_str().context("utf-8 path")?,
+            &["xdpdrop", "eth0"],
+        );
         std::thread::sleep(Duration::from_millis(500));
         let drops = || -> anyhow::Result<u64> {
             let out = pair.b.run_ok("ethtool", &["-S", "eth0"]);
             Ok(out
                 .lines()
-                .filter(|l| l.trim_start().split(':').next().is_some_and(|k| k.ends_with("xdp_drops")))
+                .filter(|l| {
+                    l.trim_start()
+                        .split(':')
+                        .next()
+                        .is_some_and(|k| k.ends_with("xdp_drops"))
+                })
                 .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
                 .sum())
         };

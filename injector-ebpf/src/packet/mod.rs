@@ -3,10 +3,10 @@
 //! re-times packets) and cgroup_skb (one cgroup's packets only).
 //!
 //! An interface's programs (XDP, TC) have an object of their own, whose
-//! rules sit in one array value ([`RuleSet`]): per packet, after parsing,
-//! three loads give the candidates (the rules of the packet's hook,
-//! protocol class and destination-port bucket), and each candidate is
-//! checked in place, the first two without a call. A packet that no rule
+//! rules sit in array maps ([`RuleSet`] masks, a rule table): per packet,
+//! after parsing, three loads give the candidates (the rules of the
+//! packet's hook, protocol class and destination-port bucket), and the
+//! first candidate is checked in place, the others in a bpf_loop. A packet that no rule
 //! aims at stops after those loads.
 //!
 //! The cgroup programs share one object among every targeted cgroup: per
@@ -53,6 +53,11 @@ static IFACE_RULES: Array<RuleSet> = Array::with_max_entries(RULE_SETS, 0);
 /// `[0]`: which of [`IFACE_RULES`] is in force.
 #[map]
 static IFACE_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The rules of [`IFACE_RULES`]: rule `i` of set `s` at `s * 64 + i`.
+#[map]
+static IFACE_RULE_TABLE: Array<PacketRule> =
+    Array::with_max_entries(RULE_SETS * MAX_PACKET_RULES, 0);
 
 /// Rule masks per target and hook.
 #[map]
@@ -206,31 +211,34 @@ pub fn run<P: Packet>(hook: usize, target: u64, flow: &Flow, pkt: &mut P) -> Ver
 /// Runs an interface's rules at `hook` against one packet.
 #[inline(always)]
 pub fn run_interface<P: Packet>(hook: usize, flow: &Flow, pkt: &mut P) -> Verdict {
-    let active = IFACE_ACTIVE.get(0).copied().unwrap_or(0);
-    let Some(set) = IFACE_RULES.get(active % RULE_SETS) else {
+    let active = IFACE_ACTIVE.get(0).copied().unwrap_or(0) % RULE_SETS;
+    let Some(set) = IFACE_RULES.get(active) else {
         return Verdict::Pass;
     };
     let mut mask = set.masks[hook & 7]
         & set.proto_masks[proto_class(flow.proto) & (NR_PROTO_CLASSES - 1)]
         & set.dport_masks[usize::from(flow.dport) & (DPORT_BUCKETS - 1)];
-    // The common case, one or two candidates, without a call; more go
-    // through bpf_loop (see `run`).
-    for _ in 0..2 {
-        if mask == 0 {
-            return Verdict::Pass;
-        }
-        let index = lowest_bit(mask);
-        mask &= mask - 1;
-        if check(&set.rules[(index & 63) as usize], flow, pkt) == Verdict::Drop {
-            return Verdict::Drop;
-        }
+    // The common case, one candidate, without a call; more go through
+    // bpf_loop (see `run`). Two inline candidates made the verifier walk
+    // every pair of paths through the actions: past its one-million
+    // instruction budget.
+    if mask == 0 {
+        return Verdict::Pass;
+    }
+    let first = active * MAX_PACKET_RULES;
+    let index = lowest_bit(mask);
+    mask &= mask - 1;
+    if let Some(rule) = IFACE_RULE_TABLE.get(first + index)
+        && check(rule, flow, pkt) == Verdict::Drop
+    {
+        return Verdict::Drop;
     }
     if mask == 0 {
         return Verdict::Pass;
     }
     let mut state = SetLoop {
         mask,
-        set,
+        first,
         flow,
         pkt,
         drop: false,
@@ -254,7 +262,8 @@ pub fn run_interface<P: Packet>(hook: usize, flow: &Flow, pkt: &mut P) -> Verdic
 /// What [`set_step`] works on, on the caller's stack.
 struct SetLoop<'a, P> {
     mask: u64,
-    set: &'a RuleSet,
+    /// Where the set's rules start in [`IFACE_RULE_TABLE`].
+    first: u32,
     flow: &'a Flow,
     pkt: &'a mut P,
     drop: bool,
@@ -270,7 +279,9 @@ extern "C" fn set_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
     }
     let index = lowest_bit(state.mask);
     state.mask &= state.mask - 1;
-    if check(&state.set.rules[(index & 63) as usize], state.flow, state.pkt) == Verdict::Drop {
+    if let Some(rule) = IFACE_RULE_TABLE.get(state.first + index)
+        && check(rule, state.flow, state.pkt) == Verdict::Drop
+    {
         state.drop = true;
         return 1;
     }

@@ -21,9 +21,10 @@ use injector_common::{
     FAMILY_INET6, Prefix,
     packet::{
         ACTION_DELAY, ACTION_RATE, DELAY_HIST, DPORT_BUCKETS, DelayHistogram, IFACE_ACTIVE,
-        IFACE_RULES, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES, NR_HOOKS, NR_PROTO_CLASSES,
-        PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC, PACKET_TARGETS, PROTO_ANY, PacketRule,
-        PacketRuleKey, PacketTarget, PortKey, RATE_STATE, RULE_SETS, RuleSet, proto_class,
+        IFACE_RULE_TABLE, IFACE_RULES, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES, NR_HOOKS,
+        NR_PROTO_CLASSES, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC, PACKET_TARGETS,
+        PROTO_ANY, PacketRule, PacketRuleKey, PacketTarget, PortKey, RATE_STATE, RULE_SETS,
+        RuleSet, proto_class,
     },
 };
 use ipnet::IpNet;
@@ -93,6 +94,7 @@ struct TargetMaps {
 /// see the old rules or the new, never a mix.
 struct RuleSets {
     sets: Array<MapData, RuleSet>,
+    table: Array<MapData, PacketRule>,
     active: Array<MapData, u32>,
     current: u32,
     /// The grace period after which the set taken out of force last may be
@@ -123,6 +125,7 @@ impl PacketMaps {
             let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name}"));
             Publish::Sets(RuleSets {
                 sets: Array::try_from(take(IFACE_RULES)?)?,
+                table: Array::try_from(take(IFACE_RULE_TABLE)?)?,
                 active: Array::try_from(take(IFACE_ACTIVE)?)?,
                 current: 0,
                 retired: None,
@@ -309,7 +312,6 @@ impl TargetMaps {
         set.port_keys = ports.into_keys().collect();
         Ok(())
     }
-
 }
 
 impl RuleSets {
@@ -321,6 +323,13 @@ impl RuleSets {
             let _ = grace.join();
         }
         let next = (self.current + 1) % RULE_SETS;
+        // The rules first, then the masks that make programs look at
+        // them, then the switch.
+        for (index, entry) in &set.entries {
+            self.table
+                .set(next * MAX_PACKET_RULES + index, &entry.rule, 0)
+                .map_err(Error::map(IFACE_RULE_TABLE))?;
+        }
         self.sets
             .set(next, &*value, 0)
             .map_err(Error::map(IFACE_RULES))?;
@@ -355,9 +364,6 @@ fn rule_set(set: &TargetRules) -> Box<RuleSet> {
             for port in low..=high {
                 value.dport_masks[usize::from(port) % DPORT_BUCKETS] |= bit;
             }
-        }
-        if let Some(rule) = value.rules.get_mut(*index as usize) {
-            *rule = entry.rule;
         }
     }
     value
@@ -554,7 +560,6 @@ mod tests {
         assert_eq!(v.masks[1], 0b10);
         // UDP's class: the UDP rules and the any-protocol one.
         assert_eq!(v.proto_masks[proto_class(17)], 0b10_0011);
-        assert_eq!(v.rules[5].dport, [1000, 1063]);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use injector_common::{
     MAX_FAULTS, Trigger, maps,
     packet::{
         ACTION_DROP, DELAY_HIST, DelayHistogram, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP,
-        IFACE_RULES, MAX_PACKET_RULES, RATE_STATE, RULE_SETS,
+        IFACE_RULE_TABLE, IFACE_RULES, MAX_PACKET_RULES, RATE_STATE, RULE_SETS,
     },
 };
 use serde_json::{Value, json};
@@ -60,6 +60,7 @@ const SIZES: &[(&str, u32)] = &[
     (RATE_STATE, MAX_PACKET_RULES),
     (DELAY_HIST, MAX_PACKET_RULES),
     (IFACE_RULES, RULE_SETS),
+    (IFACE_RULE_TABLE, RULE_SETS * MAX_PACKET_RULES),
 ];
 
 const _: () = assert!(MAX_PACKET_RULES <= MAX_FAULTS);
