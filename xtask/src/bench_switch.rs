@@ -13,11 +13,11 @@ use std::{
     path::Path,
     process::{Child, ChildStdout},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use injectord_tests::{monotonic_ns, net::Link};
+use injectord_tests::{Client, monotonic_ns, net::Link};
 use serde_json::{Value, json};
 
 use crate::bench::{percentiles, start_daemon, this_binary};
@@ -47,9 +47,7 @@ struct Scenario {
 }
 
 fn scenarios() -> Vec<Scenario> {
-    let udp_drop = |dir: &str| {
-        json!({"type": "packet_drop", "direction": dir, "protocol": "udp", "dst_port": ECHO_PORT})
-    };
+    let udp_drop = |dir: &str| json!({"type": "packet_drop", "direction": dir, "protocol": "udp", "dst_port": ECHO_PORT});
     vec![
         Scenario {
             row: "packet_drop ingress (XDP), device with a fault already",
@@ -81,7 +79,9 @@ fn scenarios() -> Vec<Scenario> {
 }
 
 pub fn run(bin: &Path, rounds: usize) -> anyhow::Result<()> {
-    eprintln!("[bench] inject/remove -> first/last effect of interface faults, {rounds} rounds each");
+    eprintln!(
+        "[bench] inject/remove -> first/last effect of interface faults, {rounds} rounds each"
+    );
     let pair = crate::bench_net::veth_pair("switch");
     let me = this_binary()?;
     let mut echo = pair
@@ -108,26 +108,35 @@ pub fn run(bin: &Path, rounds: usize) -> anyhow::Result<()> {
         PAUSE.as_millis()
     );
     println!(
-        "{:<56} {:>10} {:>10} {:>10} {:>10} {:>7}",
-        "", "on p50 us", "on p99 us", "off p50 us", "off p99 us", "strays"
+        "{:<56} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10}",
+        "",
+        "on p50 us",
+        "on p99 us",
+        "off p50 us",
+        "off p99 us",
+        "strays",
+        "rm p50 us",
+        "rm p99 us"
     );
-    for (row, mut on, mut off, strays) in rows {
+    for (row, mut on, mut off, strays, mut removed) in rows {
         let (on50, on99) = percentiles(&mut on);
         let (off50, off99) = percentiles(&mut off);
+        let (rm50, rm99) = percentiles(&mut removed);
         println!(
-            "{row:<56} {on50:>10.0} {on99:>10.0} {off50:>10.0} {off99:>10.0} {strays:>7}"
+            "{row:<56} {on50:>10.0} {on99:>10.0} {off50:>10.0} {off99:>10.0} {strays:>7} {rm50:>10.0} {rm99:>10.0}"
         );
     }
     println!(
-        "on: inject sent -> first lost probe; off: remove sent -> first answered probe (send times); strays: losses between rounds"
+        "on: inject sent -> first lost probe; off: remove sent -> first answered probe (send times); strays: losses between rounds; rm: remove's round trip"
     );
     Ok(())
 }
 
 /// A scenario's row: on and off latencies (ns), and how many losses came
 /// between rounds (after a remove's first answered probe, before the next
-/// inject): a detach that disturbed traffic would show there.
-type Row = (&'static str, Vec<u64>, Vec<u64>, usize);
+/// inject): a detach that disturbed traffic would show there; and the
+/// round trips of the `remove` calls (ns).
+type Row = (&'static str, Vec<u64>, Vec<u64>, usize, Vec<u64>);
 
 /// The prober's transitions, as they come: ("fail" | "ok", send time).
 type Transitions = mpsc::Receiver<(String, u64)>;
@@ -179,22 +188,53 @@ fn measure_all(
             )?;
         }
         let spec = json!({"name": "switch", "target": target, "fault": s.fault});
-        let (mut on, mut off, mut strays) = (Vec::new(), Vec::new(), 0);
+        let (mut on, mut off, mut strays, mut removed) = (Vec::new(), Vec::new(), 0, Vec::new());
+        let mut waited = Duration::ZERO;
         for _ in 0..rounds {
             std::thread::sleep(PAUSE);
+            if s.resident.is_none() {
+                waited += pool_refilled(&mut rpc)?;
+            }
             let t0 = monotonic_ns();
             rpc.call("inject", spec.clone())?;
             on.push(first_loss(&rx, t0, &mut strays)?.saturating_sub(t0));
             let t1 = monotonic_ns();
             rpc.call("remove", json!({"name": "switch"}))?;
+            removed.push(monotonic_ns() - t1);
             off.push(first_answer(&rx)?.saturating_sub(t1));
         }
         if s.resident.is_some() {
             rpc.call("remove", json!({"name": "resident"}))?;
         }
-        rows.push((s.row, on, off, strays));
+        if !waited.is_zero() {
+            eprintln!(
+                "[bench] {}: waited {:.1} s in all for the daemon's interface pool to refill",
+                s.row,
+                waited.as_secs_f64()
+            );
+        }
+        rows.push((s.row, on, off, strays, removed));
     }
     Ok(rows)
+}
+
+/// Waits (up to 60 s) until the daemon's pool of interface copies is full
+/// again, as it is when first faults do not come in a burst; returns how
+/// long. A daemon without a pool (`status` has no `interface_pool`)
+/// returns at once.
+fn pool_refilled(rpc: &mut Client) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let status = rpc.call("status", json!(null))?;
+        let pool = &status["interface_pool"];
+        if pool.is_null() || pool["ready"] == pool["size"] {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the daemon's interface pool did not refill within 60 s: {pool}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The send time of the first probe the fault injected at `t0` cut;
