@@ -267,6 +267,10 @@ fn dispatch(state: &Shared, method: &str, params: Value) -> Result<Value, RpcErr
                 .map(|(end, n)| (end.as_str().to_string(), json!(n)))
                 .collect::<serde_json::Map<_, _>>(),
             "lease_seconds": state.lease.as_secs_f64(),
+            "interface_pool": state.faults.interface_pool().map(|(ready, size)| json!({
+                "ready": ready,
+                "size": size,
+            })),
             "recovered": {
                 "undone": state.recovery.undone,
                 "gone": state.recovery.gone,

@@ -224,7 +224,7 @@ fn another_xdp_program_is_left_alone_and_ingress_drops_use_tc() {
     assert!(link.b.attachments("eth0").xdp.contains("probe_xdp"));
     d.call("remove", json!({"id": id})).unwrap();
     assert_eq!(
-        link.b.attachments("eth0"),
+        link.b.attachments_when("eth0", |a| *a == before),
         before,
         "the other program stays, ours is gone"
     );

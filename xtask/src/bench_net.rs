@@ -1,7 +1,8 @@
 //! `cargo xtask bench`, packet half: the per-packet cost of the XDP and TC
 //! programs (BPF_PROG_TEST_RUN, by the `packet_bench` example), drop
 //! throughput on a veth pair against iptables and nftables, and the latency
-//! a flow that no fault targets sees with 10,000 faults installed.
+//! a flow that no fault targets sees with 10,000 faults installed; then
+//! how fast interface faults switch on and off (`bench_switch.rs`).
 
 use std::{
     path::{Path, PathBuf},
@@ -21,7 +22,7 @@ use crate::bench::{start_daemon, this_binary};
 /// The benchmark's veth pair: the generators (`bench-worker blast` and the
 /// `packet_bench` example's `xdpgen`) write 10.97.0.1 -> 10.97.0.2 into
 /// their frames.
-const BENCH_SUBNET: Subnet = Subnet {
+pub const BENCH_SUBNET: Subnet = Subnet {
     a: "10.97.0.1",
     b: "10.97.0.2",
     a6: "fd97::1",
@@ -30,7 +31,7 @@ const BENCH_SUBNET: Subnet = Subnet {
 
 /// Two namespaces joined by veth `eth0` <-> `eth0` on [`BENCH_SUBNET`],
 /// deleted on drop.
-fn veth_pair(tag: &str) -> Link {
+pub fn veth_pair(tag: &str) -> Link {
     Link::on(&format!("bench-{tag}"), &BENCH_SUBNET)
 }
 
@@ -98,6 +99,7 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
         drop_throughput(bin, &generator)?;
     }
     latency(bin)?;
+    crate::bench_switch::run(bin, 50)?;
     Ok(())
 }
 

@@ -147,7 +147,10 @@ pub fn load_instance(
 }
 
 /// The object's maps whose size is a plain entry count (not cgroup
-/// storage, ring buffers or data sections). Parsed once: the object is
+/// storage, ring buffers or data sections). LRU hashes count: they are
+/// always preallocated, so left at their size (the block and latency
+/// families' 65,536 entries) each copy would hold megabytes of kernel
+/// memory for programs it never loads. Parsed once: the object is
 /// large (BTF, debug info) and interface copies load on the request path.
 fn shrinkable_maps() -> anyhow::Result<Vec<String>> {
     static MAPS: OnceLock<Result<Vec<String>, String>> = OnceLock::new();
@@ -169,6 +172,8 @@ fn parse_shrinkable_maps() -> anyhow::Result<Vec<String>> {
                     || x == BPF_MAP_TYPE_ARRAY as u32
                     || x == BPF_MAP_TYPE_PERCPU_HASH as u32
                     || x == BPF_MAP_TYPE_PERCPU_ARRAY as u32
+                    || x == BPF_MAP_TYPE_LRU_HASH as u32
+                    || x == BPF_MAP_TYPE_LRU_PERCPU_HASH as u32
                     || x == BPF_MAP_TYPE_LPM_TRIE as u32
             )
         })

@@ -1,10 +1,13 @@
 //! TC on an interface: tcx links first in the chain where the kernel has
 //! them (Linux 6.6+), clsact + cls_bpf filters otherwise.
 
-use aya::programs::{
-    LinkOrder, SchedClassifier, TcAttach, TcAttachType,
-    links::Link as _,
-    tc::{self, NlOptions, SchedClassifierLink},
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttach, TcAttachType,
+        links::Link as _,
+        tc::{self, NlOptions, SchedClassifierLink},
+    },
 };
 use injector_common::packet::{PACKET_TC_EGRESS, PACKET_TC_INGRESS};
 
@@ -49,19 +52,10 @@ impl Interface {
         if self.tc[i].is_some() {
             return Ok(());
         }
-        let name = [PACKET_TC_INGRESS, PACKET_TC_EGRESS][i];
+        let name = program_name(attach_type);
         let ifindex = self.ifindex;
         let dev = self.name.clone();
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| Error::Internal(format!("{name} missing from the object")))?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| {
-                Error::UnsupportedKernel(format!("loading {name} (TC classifier): {}", chain(&e)))
-            })?;
-        }
+        let prog = load(&mut self.ebpf, attach_type)?;
         // Recorded before the qdisc exists, so a crash in between is
         // covered; settled at once if the qdisc was there already.
         let clsact_record = reaper.record(&self.ns, Undo::Clsact { dev: dev.clone() });
@@ -164,4 +158,31 @@ impl Interface {
         tracing::debug!(interface = %self.label, name, netlink, "attached TC program");
         Ok(())
     }
+}
+
+fn program_name(attach_type: TcAttachType) -> &'static str {
+    if attach_type == TcAttachType::Egress {
+        PACKET_TC_EGRESS
+    } else {
+        PACKET_TC_INGRESS
+    }
+}
+
+/// The object's TC program for one direction, loaded (verified) if it was
+/// not yet.
+pub(super) fn load(
+    ebpf: &mut Ebpf,
+    attach_type: TcAttachType,
+) -> Result<&mut SchedClassifier, Error> {
+    let name = program_name(attach_type);
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| Error::Internal(format!("{name} missing from the object")))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| {
+            Error::UnsupportedKernel(format!("loading {name} (TC classifier): {}", chain(&e)))
+        })?;
+    }
+    Ok(prog)
 }
