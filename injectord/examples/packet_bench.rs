@@ -228,7 +228,7 @@ fn main() -> anyhow::Result<()> {
         )?);
     }
     let (x, t) = both(&iface)?;
-    row("5 matching rules (p=0; past 2, a bpf_loop)", x, t);
+    row("5 matching rules (p=0; past the first, a bpf_loop)", x, t);
     for indices in more {
         maps.remove(0, &mut own, &indices, 0);
     }
