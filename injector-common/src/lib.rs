@@ -73,6 +73,11 @@ pub mod globals {
     /// `u8`: 1 (the default) makes every fault check the lease; 0 skips the
     /// check. Only the benchmarks set 0, to measure what the check costs.
     pub const LEASE_CHECK: &str = "LEASE_CHECK";
+    /// `u64`: the target a cgroup program takes while its attachment's
+    /// storage holds none. 0 (the default, inert) in every copy the daemon
+    /// loads; the packet benchmark sets it, because BPF_PROG_TEST_RUN gives
+    /// a cgroup program fresh, zeroed storage.
+    pub const BENCH_CGROUP: &str = "BENCH_CGROUP";
 }
 
 /// Programs only the benchmarks load (`./x bench`); the daemon never does.

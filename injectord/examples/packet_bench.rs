@@ -290,7 +290,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     // The cgroup programs: one object for every targeted cgroup. A test
-    // run's cgroup storage is fresh, so the program's target is 0.
+    // run's cgroup storage is fresh, so the program takes BENCH_CGROUP as
+    // its target (see `load_object`).
     let (cg, mut cg_maps) = load_object(true, Rules::Cgroup)?;
     let base_cg = run(&cg, BENCH_CGROUP_SKB)?;
     println!();
@@ -310,7 +311,7 @@ fn main() -> anyhow::Result<()> {
                "dst": "10.0.0.0/8", "dst_port": 9}),
     )?;
     cg_maps.add(
-        0,
+        BENCH_TARGET,
         &mut own,
         p.entries(0, 1 << HOOK_CGROUP_EGRESS, 0, never),
         nr_cpus,
@@ -339,6 +340,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cgroup the cgroup rows' program runs for: above the ids of the
+/// 10,000 other targets the rows install.
+const BENCH_TARGET: u64 = 1 << 32;
+
 /// Which rule maps a loaded copy's programs read.
 #[derive(Clone, Copy)]
 enum Rules {
@@ -355,6 +360,7 @@ fn load_object(lease_check: bool, rules: Rules) -> anyhow::Result<(aya::Ebpf, Pa
     let check = u8::from(lease_check);
     let mut ebpf = EbpfLoader::new()
         .override_global(globals::LEASE_CHECK, &check, true)
+        .override_global(globals::BENCH_CGROUP, &BENCH_TARGET, true)
         .load(OBJECT)
         .context("loading the object")?;
     let mut lease: Array<_, u64> =
