@@ -101,7 +101,9 @@ fn encode_faults(
 }
 
 /// `injectord_block_io_latency_seconds{device, op[, cgroup]}`: block I/O
-/// latency from submission to completion; the series without `cgroup`
+/// latency from the request's start to its completion (iostat's await
+/// span; a cgroup's series include io_delay holds); the series without
+/// `cgroup`
 /// count every I/O of the device, those with one the I/O a targeted
 /// cgroup issued (a subset).
 fn encode_block_latency(
@@ -110,7 +112,7 @@ fn encode_block_latency(
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(
         "injectord_block_io_latency_seconds",
-        "Block I/O latency from submission to completion, by device and operation; with a cgroup label, the I/O that a cgroup a block fault targets issued",
+        "Block I/O latency from the request's start to its completion (iostat's await), by device and operation; with a cgroup label, the I/O that a cgroup a block fault targets issued, io_delay holds included",
         None,
         MetricType::Histogram,
     )?;

@@ -116,7 +116,9 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our child.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
+        if let Err(stuck) = wait_with_limit(&mut self.0, EXIT_LIMIT) {
+            eprintln!("the restarted injectord did not exit on SIGTERM: {stuck}");
+        }
     }
 }
 

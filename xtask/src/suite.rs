@@ -15,11 +15,15 @@ use serde_json::Value;
 
 use crate::{build_daemon, cargo, deps, matrix, root};
 
-/// Outcome of one test binary run.
-#[derive(Default, Clone, Copy)]
+/// Outcome of one kernel's run.
+#[derive(Default, Clone)]
 struct Tally {
     passed: u64,
     failed: u64,
+    /// One line per binary that failed, timed out or was cut off, naming
+    /// the tests that failed or never finished. Printed with the summary,
+    /// because the summary is the part of a long CI log that gets read.
+    troubles: Vec<String>,
 }
 
 pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
@@ -79,6 +83,11 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
         );
         total.passed += t.passed;
         total.failed += t.failed;
+    }
+    for (label, t, _, _) in &results {
+        for trouble in &t.troubles {
+            println!("  {label}: {trouble}");
+        }
     }
     let all_ok = results.iter().all(|r| r.2);
     println!("\nsuite: {} passed, {} failed", total.passed, total.failed);
@@ -180,13 +189,23 @@ fn run_here(
             .with_context(|| format!("running {}", exe.display()))?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut out = std::io::stdout().lock();
+        let mut output = String::new();
         for line in BufReader::new(stdout).lines() {
             let line = line?;
             add_result_line(&mut tally, &line);
             let _ = writeln!(out, "{line}");
+            output.push_str(&line);
+            output.push('\n');
         }
         drop(out);
-        ok &= child.wait()?.success();
+        let status = child.wait()?;
+        ok &= status.success();
+        if !status.success() {
+            let rc = status.code().unwrap_or(-1);
+            tally
+                .troubles
+                .push(trouble(exe, &format!("exit {rc}"), &output));
+        }
     }
     Ok((tally, ok))
 }
@@ -199,21 +218,28 @@ fn run_in_vm(
     matrix_dir: &Path,
 ) -> anyhow::Result<(Tally, bool)> {
     let log = matrix_dir.join(format!("{}.log", kernel.label));
-    let _ = fs::remove_file(&log);
+    let current = matrix_dir.join(format!("{}.current", kernel.label));
+    let part_path = matrix_dir.join(format!("{}.part", kernel.label));
+    for f in [&log, &current, &part_path] {
+        let _ = fs::remove_file(f);
+    }
     // The guest runs a script file: no second layer of shell quoting. Each
     // binary has a time limit so a hang cannot eat the CI budget, and writes
     // to a file rather than a pipe, so that a process it leaves behind
     // cannot hold the pipe open. A binary that times out is followed by
-    // where every remaining process is blocked.
+    // where every remaining process is blocked; each of those reads has
+    // its own time limit, since reading a process's cmdline waits for its
+    // memory map lock. The binary in progress is named in `current`, so a
+    // VM cut off at its own limit still says where it was.
     let mut script = format!(
         "fail=0\n\
          part='{part}'\n\
          stuck() {{ echo \"[x] $1 timed out after {limit}s; processes left:\"; \
-           for p in /proc/[0-9]*; do c=$(tr '\\0' ' ' < $p/cmdline 2>/dev/null); \
+           for p in /proc/[0-9]*; do c=$(timeout 2 tr '\\0' ' ' < $p/cmdline 2>/dev/null); \
              case \"$c\" in ''|*bash*) continue;; esac; \
-             echo \"-- ${{p#/proc/}} $(grep State: $p/status) wchan=$(cat $p/wchan) $c\"; \
-             cat $p/stack 2>/dev/null | head -12; done; }}\n",
-        part = matrix_dir.join(format!("{}.part", kernel.label)).display(),
+             echo \"-- ${{p#/proc/}} $(grep State: $p/status) wchan=$(timeout 2 cat $p/wchan) $c\"; \
+             timeout 2 cat $p/stack 2>/dev/null | head -12; done; }}\n",
+        part = part_path.display(),
         limit = BINARY_LIMIT.as_secs(),
     );
     for (k, v) in test_env(&kernel.label, daemon, matrix_dir) {
@@ -222,13 +248,16 @@ fn run_in_vm(
     script.push_str(&format!("cd '{}'\n", root().display()));
     for exe in tests {
         script.push_str(&format!(
-            "timeout --kill-after=10 {limit} '{exe}' > \"$part\" 2>&1; rc=$?\n\
+            "echo '{exe}' > '{current}'\n\
+             timeout --kill-after=10 {limit} '{exe}' > \"$part\" 2>&1; rc=$?\n\
              [ $rc = 124 ] || [ $rc = 137 ] && stuck '{exe}' >> \"$part\" 2>&1\n\
              [ $rc = 0 ] || fail=1\n\
-             tee -a '{log}' < \"$part\"\n",
+             tee -a '{log}' < \"$part\"\n\
+             echo '{MARK}{exe} rc='$rc >> '{log}'\n",
             limit = BINARY_LIMIT.as_secs(),
             exe = exe.display(),
-            log = log.display()
+            log = log.display(),
+            current = current.display(),
         ));
     }
     script.push_str("exit $fail\n");
@@ -237,8 +266,37 @@ fn run_in_vm(
     let command = format!("bash '{}'", script_path.display());
     let status = matrix::run_in_vm(tools, kernel, &command, &[matrix_dir])?;
     let mut tally = Tally::default();
+    let mut section = String::new();
     for line in fs::read_to_string(&log).unwrap_or_default().lines() {
         add_result_line(&mut tally, line);
+        if let Some(done) = line.strip_prefix(MARK) {
+            let (exe, rc) = done.rsplit_once(" rc=").unwrap_or((done, "?"));
+            if rc != "0" {
+                let how = match rc {
+                    "124" | "137" => format!("timed out after {}s", BINARY_LIMIT.as_secs()),
+                    _ => format!("exit {rc}"),
+                };
+                tally.troubles.push(trouble(Path::new(exe), &how, &section));
+            }
+            section.clear();
+        } else {
+            section.push_str(line);
+            section.push('\n');
+        }
+    }
+    // The VM's own limit cut a binary short: its marker never came.
+    if !status.success()
+        && let Ok(exe) = fs::read_to_string(&current)
+        && !fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&format!("{MARK}{}", exe.trim()))
+    {
+        let output = fs::read_to_string(&part_path).unwrap_or_default();
+        tally.troubles.push(trouble(
+            Path::new(exe.trim()),
+            "running when the VM was stopped",
+            &output,
+        ));
     }
     if tally.passed + tally.failed == 0 {
         eprintln!(
@@ -248,6 +306,50 @@ fn run_in_vm(
         return Ok((tally, false));
     }
     Ok((tally, status.success()))
+}
+
+/// Ends a binary's section of a VM log: the binary's path and exit code.
+const MARK: &str = "[x] binary done: ";
+
+/// One line on a binary that did not pass: how it ended, the tests that
+/// failed and the tests that never finished (listed by the binary itself,
+/// less those its output reports).
+fn trouble(exe: &Path, how: &str, output: &str) -> String {
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = name.rsplit_once('-').map_or(name.as_str(), |(n, _)| n);
+    let mut failed = Vec::new();
+    let mut finished = std::collections::BTreeSet::new();
+    for line in output.lines() {
+        if let Some(rest) = line.strip_prefix("test ")
+            && let Some((test, verdict)) = rest.split_once(" ... ")
+        {
+            finished.insert(test.to_string());
+            if verdict.starts_with("FAILED") {
+                failed.push(test.to_string());
+            }
+        }
+    }
+    let listed = Command::new(exe)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let unfinished: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .filter(|t| !finished.contains(*t))
+        .collect();
+    let mut line = format!("{name}: {how}");
+    if !failed.is_empty() {
+        line.push_str(&format!("; failed: {}", failed.join(", ")));
+    }
+    if !unfinished.is_empty() {
+        line.push_str(&format!("; never finished: {}", unfinished.join(", ")));
+    }
+    line
 }
 
 /// Adds a libtest summary line ("test result: ok. 7 passed; 0 failed; ...").
@@ -350,4 +452,33 @@ fn print_matrix(dir: &Path, order: &[&str]) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(never)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This very binary stands in for a test binary that hung: the line
+    /// names the test that failed and the ones that never reported.
+    #[test]
+    fn trouble_names_failed_and_unfinished_tests() {
+        let exe = std::env::current_exe().unwrap();
+        let output = "running 3 tests\n\
+                      test suite::tests::trouble_names_failed_and_unfinished_tests ... FAILED\n";
+        let line = trouble(&exe, "timed out after 300s", output);
+        assert!(line.starts_with("xtask: timed out after 300s"), "{line}");
+        assert!(
+            line.contains("failed: suite::tests::trouble_names_failed_and_unfinished_tests"),
+            "{line}"
+        );
+        assert!(line.contains("never finished: "), "{line}");
+        assert!(
+            !line
+                .split("never finished: ")
+                .nth(1)
+                .unwrap()
+                .contains("trouble_names"),
+            "{line}"
+        );
+    }
 }
