@@ -30,7 +30,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
 };
 use injector_common::{
-    FAMILY_INET6, MAX_FAULTS,
+    MAX_FAULTS,
     packet::{
         ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DELAY_BUCKETS,
         DPORT_BUCKETS, DelayHistogram, LPM_FULL_BITS, LpmData, MAX_PACKET_RULES, NR_PROTO_CLASSES,
@@ -341,8 +341,8 @@ fn step<P: Packet>(target: u64, index: u32, flow: &Flow, pkt: &mut P) -> Verdict
 #[inline(always)]
 fn check<P: Packet>(rule: &PacketRule, flow: &Flow, pkt: &mut P) -> Verdict {
     if !rule.accepts(flow.proto, flow.sport, flow.dport)
-        || !rule.src.contains(FAMILY_INET6, &flow.src)
-        || !rule.dst.contains(FAMILY_INET6, &flow.dst)
+        || !rule.src.contains(&flow.src)
+        || !rule.dst.contains(&flow.dst)
     {
         return Verdict::Pass;
     }

@@ -20,11 +20,11 @@ use aya::{
 use injector_common::{
     FAMILY_INET6, Prefix,
     packet::{
-        ACTION_DELAY, ACTION_RATE, DELAY_HIST, DPORT_BUCKETS, DelayHistogram, IFACE_ACTIVE,
-        IFACE_RULE_TABLE, IFACE_RULES, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES, NR_HOOKS,
-        NR_PROTO_CLASSES, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC, PACKET_TARGETS,
-        PROTO_ANY, PacketRule, PacketRuleKey, PacketTarget, PortKey, RATE_STATE, RULE_SETS,
-        RuleSet, proto_class,
+        ACTION_DELAY, ACTION_RATE, AddrMask, DELAY_HIST, DPORT_BUCKETS, DelayHistogram,
+        IFACE_ACTIVE, IFACE_RULE_TABLE, IFACE_RULES, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES,
+        NR_HOOKS, NR_PROTO_CLASSES, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC,
+        PACKET_TARGETS, PROTO_ANY, PacketRule, PacketRuleKey, PacketTarget, PortKey, RATE_STATE,
+        RULE_SETS, RuleSet, proto_class,
     },
 };
 use ipnet::IpNet;
@@ -172,8 +172,8 @@ impl PacketMaps {
                 .map_err(Error::map(DELAY_HIST))?;
         }
         for (index, mut entry) in indices.iter().zip(entries) {
-            entry.rule.src = prefix_of(entry.src);
-            entry.rule.dst = prefix_of(entry.dst);
+            entry.rule.src = addr_mask_of(entry.src);
+            entry.rule.dst = addr_mask_of(entry.dst);
             set.entries.insert(*index, entry);
         }
         let result = match &mut self.publish {
@@ -467,17 +467,18 @@ fn same_key(a: &Key<LpmData>, b: &Key<LpmData>) -> bool {
 }
 
 /// A rule's prefix, IPv4 mapped into IPv6 as the programs see addresses.
-fn prefix_of(net: Option<IpNet>) -> Prefix {
+fn addr_mask_of(net: Option<IpNet>) -> AddrMask {
     let Some(net) = net else {
-        return Prefix::ANY;
+        return AddrMask::ANY;
     };
     let key = lpm_key(0, Some(net));
-    Prefix {
+    let prefix = Prefix {
         family: FAMILY_INET6,
         prefix_len: (key.prefix_len() - LPM_TARGET_BITS) as u8,
         _pad: [0; 2],
         addr: key.data().addr,
-    }
+    };
+    AddrMask::of(&prefix).expect("an IPv6 prefix has a mask form")
 }
 
 /// The LPM key of a prefix of `target` (IPv4 as `::ffff:a.b.c.d/96+len`).
@@ -564,15 +565,19 @@ mod tests {
 
     #[test]
     fn rule_prefixes_map_ipv4_into_ipv6() {
-        let p = prefix_of(Some("10.1.0.0/16".parse().unwrap()));
+        let p = addr_mask_of(Some("10.1.0.0/16".parse().unwrap()));
         let mapped = |a: [u8; 4]| {
             let o = std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets();
             let (c, _) = o.as_chunks::<4>();
             [0, 1, 2, 3].map(|i| u32::from_ne_bytes(c[i]))
         };
-        assert_eq!(p.prefix_len, 96 + 16);
-        assert!(p.contains(FAMILY_INET6, &mapped([10, 1, 200, 3])));
-        assert!(!p.contains(FAMILY_INET6, &mapped([10, 2, 0, 1])));
-        assert!(prefix_of(None).contains(FAMILY_INET6, &mapped([1, 2, 3, 4])));
+        // ::ffff:10.1.0.0/112: the first 96 bits and 16 of the last word.
+        let last = u32::from_ne_bytes([255, 255, 0, 0]);
+        assert_eq!(p.mask, [u32::MAX, u32::MAX, u32::MAX, last]);
+        assert!(p.contains(&mapped([10, 1, 200, 3])));
+        assert!(!p.contains(&mapped([10, 2, 0, 1])));
+        // IPv4 in IPv6: an IPv6 address with the same last word is not in it.
+        assert!(!p.contains(&[0, 0, 0, mapped([10, 1, 0, 0])[3]]));
+        assert!(addr_mask_of(None).contains(&mapped([1, 2, 3, 4])));
     }
 }
