@@ -79,11 +79,14 @@ pub struct PacketTarget {
     pub port_indexed: u64,
 }
 
-/// Rule sets an interface's object holds: the one in force, and one the
-/// daemon writes the next into. A set is written again only after an RCU
-/// grace period since it was last in force, so no packet ever sees a
-/// half-written set.
-pub const RULE_SETS: u32 = 2;
+/// Rule sets an interface's object holds, used in turn: the one in force,
+/// and the ones the daemon writes the next into. A set is written again
+/// only after an RCU grace period since it was last in force, so no packet
+/// ever sees a half-written set; with four, three changes in a row (an
+/// inject and a remove a moment apart, say) never wait for one (a grace
+/// period takes 5-15 ms). A power of two: the programs take it as a mask.
+pub const RULE_SETS: u32 = 4;
+const _: () = assert!(RULE_SETS.is_power_of_two());
 
 /// Destination-port buckets of [`RuleSet::dport_masks`] (port % 64).
 pub const DPORT_BUCKETS: usize = 64;

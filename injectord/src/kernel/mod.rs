@@ -5,6 +5,7 @@
 
 pub mod btf;
 pub mod cgroup_links;
+pub mod grace;
 pub mod journal;
 pub mod lease;
 pub mod logs;

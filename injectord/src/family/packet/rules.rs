@@ -7,7 +7,7 @@
 //! and the interface backend (a private object per interface, whose rules
 //! are published whole, as a [`RuleSet`] swapped in at once).
 
-use std::{collections::BTreeMap, net::IpAddr, thread::JoinHandle, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::Context as _;
 use aya::{
@@ -29,7 +29,7 @@ use injector_common::{
 };
 use ipnet::IpNet;
 
-use crate::error::Error;
+use crate::{error::Error, kernel::grace};
 
 /// One kernel rule: the hooks it runs at (bit per hook), its prefixes and
 /// the rule proper.
@@ -97,10 +97,10 @@ struct RuleSets {
     table: Array<MapData, PacketRule>,
     active: Array<MapData, u32>,
     current: u32,
-    /// The grace period after which the set taken out of force last may be
-    /// written again (programs that read it before the switch may still
-    /// run until then).
-    retired: Option<JoinHandle<()>>,
+    /// Per set, when it was last taken out of force: it is written again
+    /// only after a grace period since (programs that read it before the
+    /// switch may still run until then).
+    retired: [Option<grace::Ticket>; RULE_SETS as usize],
 }
 
 impl PacketMaps {
@@ -128,7 +128,7 @@ impl PacketMaps {
                 table: Array::try_from(take(IFACE_RULE_TABLE)?)?,
                 active: Array::try_from(take(IFACE_ACTIVE)?)?,
                 current: 0,
-                retired: None,
+                retired: [None; RULE_SETS as usize],
             })
         };
         Self::with(ebpf, publish)
@@ -319,10 +319,10 @@ impl RuleSets {
     /// force.
     fn publish(&mut self, set: &TargetRules) -> Result<(), Error> {
         let value = rule_set(set);
-        if let Some(grace) = self.retired.take() {
-            let _ = grace.join();
-        }
         let next = (self.current + 1) % RULE_SETS;
+        if let Some(ticket) = self.retired[next as usize].take() {
+            grace::wait(ticket);
+        }
         // The rules first, then the masks that make programs look at
         // them, then the switch.
         for (index, entry) in &set.entries {
@@ -336,15 +336,10 @@ impl RuleSets {
         self.active
             .set(0, &next, 0)
             .map_err(Error::map(IFACE_ACTIVE))?;
-        self.current = next;
         // The set just taken out of force may still be read by programs
-        // that looked it up before the switch: it is written again only
-        // after a grace period, waited for off this thread.
-        self.retired = std::thread::Builder::new()
-            .name("rcu-grace".into())
-            .spawn(grace_period)
-            .map_err(|_| grace_period())
-            .ok();
+        // that looked it up before the switch.
+        self.retired[self.current as usize] = Some(grace::retire());
+        self.current = next;
         Ok(())
     }
 }
@@ -367,20 +362,6 @@ fn rule_set(set: &TargetRules) -> Box<RuleSet> {
         }
     }
     value
-}
-
-/// Returns once every program that may have read a rule set before it was
-/// taken out of force has finished: XDP and TC programs run inside RCU
-/// read-side sections, and `membarrier(MEMBARRIER_CMD_GLOBAL)` is
-/// `synchronize_rcu()`. Where the kernel refuses it (CPUs in nohz_full),
-/// 100 ms: a program runs for microseconds.
-fn grace_period() {
-    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
-    // SAFETY: a syscall without pointers.
-    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if r != 0 {
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The candidate masks of a target's rules: by hook, and by protocol class.
