@@ -408,13 +408,26 @@ fn untargeted_rtts(
         "+ 63 UDP faults for other ports on a.eth0 egress (TC on the path)".into(),
         ping(pair),
     ));
+    // b.eth0's ingress, one hook at a time: TC (any fault but a drop goes
+    // there), then XDP (drops). On a veth, an XDP program moves the
+    // device's receive path to NAPI, for every packet.
+    rpc.call(
+        "inject",
+        json!({"name": "tc-ingress", "target": {"interface": "eth0", "netns": pair.b.name},
+               "fault": {"type": "packet_corrupt", "direction": "ingress", "protocol": "udp", "dst_port": 9}}),
+    )?;
+    rows.push((
+        "+ a UDP fault for another port on b.eth0 ingress (TC on the path)".into(),
+        ping(pair),
+    ));
+    rpc.call("remove", json!({"name": "tc-ingress"}))?;
     rpc.call(
         "inject",
         json!({"target": {"interface": "eth0", "netns": pair.b.name},
                "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "udp", "dst_port": 9}}),
     )?;
     rows.push((
-        "+ a UDP fault for another port on b.eth0 ingress (XDP on the path)".into(),
+        "instead, a UDP drop for another port on b.eth0 ingress (XDP)".into(),
         ping(pair),
     ));
     drop(rpc);
