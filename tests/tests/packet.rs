@@ -105,6 +105,85 @@ fn ingress_drop_at_xdp_hits_ipv6_icmp_only() {
     assert!(ok, "curl over the faulted link must work");
 }
 
+/// `hook` puts an ingress drop at TC instead of XDP (and back), the drop
+/// acts either way, and a hook where it means nothing is refused with the
+/// field named.
+#[test]
+fn hook_puts_ingress_drops_at_tc_or_xdp() {
+    let d = Daemon::start();
+    let link = Link::new("hook");
+    let on_b = json!({"interface": "eth0", "netns": link.b.name});
+    let drop_icmp = |hook: &str| {
+        json!({"name": format!("at-{hook}"), "target": on_b,
+               "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "icmp",
+                         "dst": format!("{B_IP}/32"), "hook": hook}})
+    };
+    for hook in ["tc", "xdp"] {
+        let id = d.inject(drop_icmp(hook));
+        let view = d.call("get", json!({"id": id})).unwrap();
+        let on_xdp = view["interface"]["xdp"] == "attached";
+        assert_eq!(on_xdp, hook == "xdp", "{view}");
+        let now = link.b.attachments("eth0");
+        assert_eq!(now.xdp.contains("prog/xdp"), hook == "xdp", "{now:?}");
+        // (Program names are cut to 15 bytes.)
+        assert_eq!(
+            now.tcx[0].contains("packet_tc_ingre")
+                || now.ingress_filters.contains("packet_tc_ingre"),
+            hook == "tc",
+            "{now:?}"
+        );
+        let (tx, rx, ..) = ping(&link.a, B_IP, 5, "0.2");
+        assert_eq!(
+            (tx, rx),
+            (5, 0),
+            "hook {hook}: the echo requests must be dropped"
+        );
+        assert_eq!(
+            packets(&d, &format!("at-{hook}"), "packet_drop", "dropped"),
+            5
+        );
+        d.call("remove", json!({"id": id})).unwrap();
+        // Programs go in the background; the next fault waits for that.
+        link.b.attachments_when("eth0", |a| {
+            !a.xdp.contains("prog/xdp") && !a.tcx[0].contains("packet")
+        });
+    }
+    assert_eq!(ping_all(&link.a, B_IP, 3, "0.2").received, 3);
+
+    let refused = |fault: Value, target: Value| {
+        let err = d
+            .call("inject", json!({"target": target, "fault": fault}))
+            .unwrap_err()
+            .downcast::<ErrorResponse>()
+            .unwrap();
+        assert_eq!(err.data["field"], "fault.hook", "{err:?}");
+        err.message
+    };
+    let egress = refused(
+        json!({"type": "packet_drop", "direction": "egress", "hook": "tc"}),
+        on_b.clone(),
+    );
+    assert!(egress.contains("no ingress side"), "{egress}");
+    let cg = TestCgroup::new("hook");
+    let on_cgroup = refused(
+        json!({"type": "packet_drop", "direction": "ingress", "hook": "xdp"}),
+        json!({"cgroup": cg.rel}),
+    );
+    assert!(on_cgroup.contains("cgroup_skb"), "{on_cgroup}");
+    let bad = d
+        .call(
+            "inject",
+            json!({"target": on_b, "fault": {"type": "packet_drop", "hook": "nic"}}),
+        )
+        .unwrap_err()
+        .downcast::<ErrorResponse>()
+        .unwrap();
+    assert_eq!(bad.data["field"], "fault.hook", "{bad:?}");
+    // Nothing of the refused faults stayed.
+    let list = d.call("list", json!(null)).unwrap();
+    assert_eq!(list["faults"].as_array().map(Vec::len), Some(0), "{list}");
+}
+
 #[test]
 fn corruption_reaches_the_receiver() {
     let d = Daemon::start();

@@ -180,6 +180,18 @@ pub fn run<P: Packet>(hook: usize, target: u64, flow: &Flow, pkt: &mut P) -> Ver
     if mask & dst_filtered != 0 {
         mask &= lpm_mask(&PACKET_DST, &target_be, &flow.dst);
     }
+    // The first candidate in place, as in `run_interface`.
+    if mask == 0 {
+        return Verdict::Pass;
+    }
+    let index = lowest_bit(mask);
+    mask &= mask - 1;
+    if step(target, index, flow, pkt) == Verdict::Drop {
+        return Verdict::Drop;
+    }
+    if mask == 0 {
+        return Verdict::Pass;
+    }
 
     // bpf_loop (Linux 5.17+) rather than a bounded loop: the verifier checks
     // the callback once, where a 64-round loop around the rule evaluation

@@ -154,6 +154,11 @@ impl Backend for Packets {
                 )?;
                 Ok(Box::new(OnInterface { fault: f, kind }))
             }
+            Target::Cgroup(_) if plan.hook.is_some() => Err(Error::InvalidValue(format!(
+                "hook chooses where an interface's ingress drops run; a {} on a cgroup runs in the cgroup's own packet programs (cgroup_skb). Drop hook, or aim the fault at the interface",
+                plan.kind
+            ))
+            .at("fault.hook")),
             Target::Cgroup(cgroup) => self.install_on_cgroup(req, fault, &plan, cgroup),
         }
     }

@@ -50,6 +50,12 @@ impl PacketFault {
             _ => Self::Drop(p(value)?),
         };
         fault.filter().check()?;
+        if fault.hook().is_some() && !fault.filter().direction.ingress() {
+            return Err(SpecError::Never {
+                field: "hook",
+                message: "hook chooses where ingress drops run, and this fault has no ingress side (\"direction\": \"egress\"); drop hook, or set \"direction\" to \"ingress\" or \"both\"".into(),
+            });
+        }
         Ok(fault)
     }
 
@@ -62,6 +68,15 @@ impl PacketFault {
             "bandwidth_limit" => fields_of::<BandwidthLimit>(),
             "partition" => fields_of::<Partition>(),
             _ => fields_of::<PacketDrop>(),
+        }
+    }
+
+    /// The ingress hook the spec asks for, if any.
+    pub fn hook(&self) -> Option<Hook> {
+        match self {
+            Self::Drop(f) => f.hook,
+            Self::Partition(f) => f.hook,
+            _ => None,
         }
     }
 
@@ -200,7 +215,11 @@ macro_rules! packet_fault {
 
 packet_fault!(
     /// Drops matching packets.
-    PacketDrop {}
+    PacketDrop {
+        /// Where ingress drops run on an interface; see [`Hook`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hook: Option<Hook>,
+    }
 );
 
 packet_fault!(
@@ -264,8 +283,25 @@ packet_fault!(
     Partition {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         errno: Option<Errno>,
+        /// Where the ingress half runs on an interface; see [`Hook`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hook: Option<Hook>,
     }
 );
+
+/// Where an interface's ingress drops run: `xdp` (the default: before the
+/// kernel builds an skb, the line-rate path for frames from a NIC; where
+/// another program holds the device's XDP, TC instead) or `tc`. On a veth,
+/// an XDP program moves every packet the device receives, targeted or
+/// not, to a NAPI receive path; `tc` spares the flows a fault is not for
+/// that cost (docs/design.md, "XDP or TC at ingress"). Faults other than
+/// drops always run at TC.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

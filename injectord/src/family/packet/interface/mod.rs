@@ -46,6 +46,7 @@ use self::{fq::Fq, tc::TcLink, teardown::Teardown, xdp::XdpState};
 use super::{
     plan::PacketPlan,
     rules::{PacketMaps, TargetRules},
+    spec::Hook,
 };
 use crate::{
     error::Error,
@@ -341,11 +342,24 @@ impl Interface {
             self.ensure_fq(plan, attach.fq_available, reaper)?;
         }
         let dir = plan.filter.direction;
-        // Drops at XDP, before the stack allocates anything; the rest
-        // needs an skb.
-        let xdp = dir.ingress()
-            && plan.rule.action == ACTION_DROP
-            && !matches!(self.xdp, XdpState::Unavailable(_));
+        // Drops at XDP, before the stack allocates anything, unless the
+        // spec chooses TC; the rest needs an skb.
+        let drop_in = dir.ingress() && plan.rule.action == ACTION_DROP;
+        if plan.hook == Some(Hook::Xdp)
+            && let XdpState::Unavailable(why) = &self.xdp
+        {
+            return Err(Error::UnsupportedTarget(format!(
+                "\"hook\": \"xdp\" on {}: XDP cannot be used on this device ({why}); leave hook out, or use \"tc\"",
+                self.label
+            ))
+            .at("fault.hook"));
+        }
+        let xdp = drop_in
+            && match plan.hook {
+                Some(Hook::Xdp) => true,
+                Some(Hook::Tc) => false,
+                None => !matches!(self.xdp, XdpState::Unavailable(_)),
+            };
         let ingress: u8 = match (dir.ingress(), xdp) {
             (false, _) => 0,
             (true, true) => 1 << HOOK_XDP,
@@ -366,6 +380,18 @@ impl Interface {
         // before that wait: so the fault acts from then on. Until then no
         // program reads the rules of its hook.
         let on_xdp = xdp && self.ensure_xdp();
+        if xdp && !on_xdp && plan.hook == Some(Hook::Xdp) {
+            self.maps.remove(0, &mut self.rules, &indices, slot.index());
+            let why = match &self.xdp {
+                XdpState::Unavailable(why) => why.clone(),
+                _ => "the attach failed".to_string(),
+            };
+            return Err(Error::UnsupportedTarget(format!(
+                "\"hook\": \"xdp\" on {}: XDP cannot be used on this device ({why}); leave hook out, or use \"tc\"",
+                self.label
+            ))
+            .at("fault.hook"));
+        }
         if xdp && !on_xdp {
             // XDP cannot be used on this device (found just now): the
             // ingress half goes through TC.
