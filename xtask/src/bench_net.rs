@@ -236,14 +236,25 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
             drop_rate(&pair, generator, seconds, || (dropper.handled)(&pair.b))?,
         ));
     }
-    {
-        let pair = receiver("inj");
+    for (tag, hook, row) in [
+        (
+            "inj",
+            "xdp",
+            "injectord packet_drop ingress (XDP, the default)",
+        ),
+        (
+            "inj-tc",
+            "tc",
+            "injectord packet_drop ingress, \"hook\": \"tc\"",
+        ),
+    ] {
+        let pair = receiver(tag);
         let d = start_daemon(bin)?;
         let mut rpc = d.client();
         let id = rpc.call(
             "inject",
             json!({"target": {"interface": "eth0", "netns": pair.b.name},
-                   "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "udp"}}),
+                   "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "udp", "hook": hook}}),
         )?["id"]
             .clone();
         let count = || -> anyhow::Result<u64> {
@@ -251,10 +262,7 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
                 .as_u64()
                 .unwrap_or(0))
         };
-        rows.push((
-            "injectord packet_drop ingress (XDP)",
-            drop_rate(&pair, generator, seconds, count)?,
-        ));
+        rows.push((row, drop_rate(&pair, generator, seconds, count)?));
     }
     if let Generator::XdpFrames(example) = generator {
         // The reference: a bare XDP_DROP, which looks at nothing; veth
