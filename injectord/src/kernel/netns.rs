@@ -197,6 +197,8 @@ pub struct Device {
     /// Its MTU when it was found: the largest IP packet it sends or
     /// receives (without GSO).
     pub mtu: u32,
+    /// A veth device (ethtool's driver name).
+    pub veth: bool,
 }
 
 /// Opens the namespace and finds the device's index and MTU there. Errors
@@ -225,9 +227,9 @@ pub fn resolve_device(name: &IfName, netns: Option<&Netns>) -> Result<Device, Er
         let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
             return Err(device_names().join(", "));
         };
-        Ok((index, mtu_of(name)))
+        Ok((index, mtu_of(name), driver_of(name)))
     });
-    let (ifindex, mtu) = match lookup {
+    let (ifindex, mtu, driver) = match lookup {
         Ok(Ok(found)) => found,
         Ok(Err(names)) => {
             return Err(Error::TargetNotFound(format!(
@@ -254,7 +256,57 @@ pub fn resolve_device(name: &IfName, netns: Option<&Netns>) -> Result<Device, Er
         file: file.map(Arc::new),
         path: netns.map(|ns| ns.path().display().to_string()),
     };
-    Ok(Device { ns, key, mtu })
+    // A device without ethtool support (lo, some virtual ones) is no veth.
+    let veth = driver.is_ok_and(|d| d == "veth");
+    Ok(Device { ns, key, mtu, veth })
+}
+
+/// The driver of a device of the calling thread's namespace, as ethtool
+/// names it (ETHTOOL_GDRVINFO).
+fn driver_of(name: &IfName) -> std::io::Result<String> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    /// `struct ethtool_drvinfo` (linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: both are plain data; all zeroes is a valid value.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // IfName is at most 15 bytes, so the name stays NUL-terminated.
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_str().bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: SIOCETHTOOL reads the ifreq's name and the command and fills
+    // the ethtool_drvinfo it points at; both live across the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..len]).into_owned())
 }
 
 /// The MTU of a device of the calling thread's namespace (SIOCGIFMTU on a

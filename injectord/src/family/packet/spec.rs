@@ -289,12 +289,13 @@ packet_fault!(
     }
 );
 
-/// Where an interface's ingress drops run: `xdp` (the default: before the
-/// kernel builds an skb, the line-rate path for frames from a NIC; where
-/// another program holds the device's XDP, TC instead) or `tc`. On a veth,
-/// an XDP program moves every packet the device receives, targeted or
-/// not, to a NAPI receive path; `tc` spares the flows a fault is not for
-/// that cost (docs/design.md, "XDP or TC at ingress"). Faults other than
+/// Where an interface's ingress drops run: `xdp` (before the kernel builds
+/// an skb: the line-rate path for frames from a NIC) or `tc`. Without it:
+/// XDP, but TC on a veth or where another program holds the device's XDP.
+/// A veth receives skbs, which its XDP path turns back into frames on a
+/// NAPI path, for every packet, targeted or not: slower drops and slower
+/// untargeted flows than TC (docs/design.md, "XDP or TC at ingress").
+/// `xdp` still pays off on a veth fed by XDP redirects. Faults other than
 /// drops always run at TC.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

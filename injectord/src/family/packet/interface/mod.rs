@@ -118,6 +118,8 @@ struct Interface {
     label: String,
     name: String,
     ifindex: u32,
+    /// A veth: ingress drops go to TC unless the spec asks for XDP.
+    veth: bool,
     _lease: Arc<LeaseMap>,
     // Handed to `teardown` when the interface goes (see Drop).
     tc: [Option<TcLink>; 2],
@@ -180,7 +182,7 @@ impl Interfaces {
             ))
             .at("fault.direction"));
         }
-        let Device { ns, key, mtu } = resolve_device(name, netns)?;
+        let Device { ns, key, mtu, veth } = resolve_device(name, netns)?;
         plan.check_mtu(mtu)?;
         let (pool, teardown) = (&self.pool, &self.teardown);
         let iface = self.by_key.get_or_try_make(key, || {
@@ -204,6 +206,7 @@ impl Interfaces {
                     key,
                     label,
                     name: name.as_str(),
+                    veth,
                 },
                 teardown.clone(),
             )))
@@ -239,6 +242,7 @@ impl InterfaceFault {
             "interface": i.name,
             "ifindex": i.ifindex,
             "label": i.label,
+            "veth": i.veth,
             "xdp": i.xdp.describe(),
             "tc": i.tc.iter().map(|t| t.as_ref().map(TcLink::kind)).collect::<Vec<_>>(),
             "fq": i.fq.describe(),
@@ -293,6 +297,7 @@ struct Place<'a> {
     key: DeviceKey,
     label: String,
     name: &'a str,
+    veth: bool,
 }
 
 impl Interface {
@@ -308,6 +313,7 @@ impl Interface {
             key,
             label,
             name,
+            veth,
         } = place;
         let logs = logs::forward(&mut ebpf, &label);
         tracing::debug!(interface = %label, ifindex = key.ifindex, "packet programs ready");
@@ -321,6 +327,7 @@ impl Interface {
             label,
             name: name.to_string(),
             ifindex: key.ifindex,
+            veth,
             _lease: lease,
             tc: [None, None],
             xdp: XdpState::NotTried,
@@ -342,8 +349,9 @@ impl Interface {
             self.ensure_fq(plan, attach.fq_available, reaper)?;
         }
         let dir = plan.filter.direction;
-        // Drops at XDP, before the stack allocates anything, unless the
-        // spec chooses TC; the rest needs an skb.
+        // Drops at XDP, before the stack allocates anything, but on a veth
+        // at TC (docs/design.md, "XDP or TC at ingress"), unless the spec
+        // chooses; the rest needs an skb.
         let drop_in = dir.ingress() && plan.rule.action == ACTION_DROP;
         if plan.hook == Some(Hook::Xdp)
             && let XdpState::Unavailable(why) = &self.xdp
@@ -358,7 +366,7 @@ impl Interface {
             && match plan.hook {
                 Some(Hook::Xdp) => true,
                 Some(Hook::Tc) => false,
-                None => !matches!(self.xdp, XdpState::Unavailable(_)),
+                None => !self.veth && !matches!(self.xdp, XdpState::Unavailable(_)),
             };
         let ingress: u8 = match (dir.ingress(), xdp) {
             (false, _) => 0,
