@@ -240,12 +240,12 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
         (
             "inj",
             "xdp",
-            "injectord packet_drop ingress (XDP, the default)",
+            "injectord packet_drop ingress, \"hook\": \"xdp\"",
         ),
         (
             "inj-tc",
             "tc",
-            "injectord packet_drop ingress, \"hook\": \"tc\"",
+            "injectord packet_drop ingress in TC (a veth's default)",
         ),
     ] {
         let pair = receiver(tag);
@@ -432,7 +432,8 @@ fn untargeted_rtts(
     rpc.call(
         "inject",
         json!({"target": {"interface": "eth0", "netns": pair.b.name},
-               "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "udp", "dst_port": 9}}),
+               "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "udp", "dst_port": 9,
+                         "hook": "xdp"}}),
     )?;
     rows.push((
         "instead, a UDP drop for another port on b.eth0 ingress (XDP)".into(),

@@ -47,14 +47,21 @@ struct Scenario {
 }
 
 fn scenarios() -> Vec<Scenario> {
-    let udp_drop = |dir: &str| json!({"type": "packet_drop", "direction": dir, "protocol": "udp", "dst_port": ECHO_PORT});
+    // Ingress drops in XDP, as the rows say (a veth's default is TC).
+    let udp_drop = |dir: &str| {
+        let mut f = json!({"type": "packet_drop", "direction": dir, "protocol": "udp", "dst_port": ECHO_PORT});
+        if dir == "ingress" {
+            f["hook"] = json!("xdp");
+        }
+        f
+    };
     vec![
         Scenario {
             row: "packet_drop ingress (XDP), device with a fault already",
             on_b: true,
             fault: udp_drop("ingress"),
             resident: Some(
-                json!({"type": "packet_drop", "direction": "ingress", "protocol": "udp", "dst_port": 9}),
+                json!({"type": "packet_drop", "direction": "ingress", "protocol": "udp", "dst_port": 9, "hook": "xdp"}),
             ),
         },
         Scenario {
@@ -72,7 +79,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             row: "partition (TC egress + XDP), first fault on the device",
             on_b: false,
-            fault: json!({"type": "partition", "dst": crate::bench_net::BENCH_SUBNET.b}),
+            fault: json!({"type": "partition", "dst": crate::bench_net::BENCH_SUBNET.b, "hook": "xdp"}),
             resident: None,
         },
     ]
