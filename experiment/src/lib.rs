@@ -18,6 +18,7 @@ pub mod html;
 pub mod kpi;
 pub mod plan;
 pub mod probe;
+pub mod progress;
 pub mod prune;
 pub mod report;
 pub mod run;
