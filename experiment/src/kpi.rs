@@ -30,6 +30,10 @@ pub struct Thresholds {
     pub max_latency: Option<f64>,
     pub window: f64,
     pub failed_below: f64,
+    /// A window with fewer samples does not meet the steady state (slow
+    /// failures thin the samples out): half the samples the probe's
+    /// interval puts in a window.
+    pub min_samples: usize,
 }
 
 impl Thresholds {
@@ -41,6 +45,7 @@ impl Thresholds {
     /// Whether these samples (a window's) meet the steady state.
     pub fn steady(&self, samples: &[&Sample]) -> bool {
         !samples.is_empty()
+            && samples.len() >= self.min_samples
             && samples.iter().filter(|s| self.good(s)).count() as f64
                 >= self.min_success * samples.len() as f64
     }
@@ -68,10 +73,10 @@ pub struct Kpis {
     /// From the first activation to the end of the first failed or slow
     /// sample (when the client knew); null when none failed.
     pub detection_latency_s: Option<f64>,
-    /// From the first activation to the start of the first window, after
-    /// the first failure and before removal, that meets the steady state
-    /// again: the service masked the fault by itself (failover). Null when
-    /// nothing failed or it never did.
+    /// From the first activation to the point, after the first failure,
+    /// from which every window up to the removal meets the steady state:
+    /// the service masked the fault by itself (failover) and stayed so.
+    /// Null when nothing failed or it never did.
     pub mitigation_latency_s: Option<f64>,
     /// From removal to the start of the first window that meets the
     /// steady state; null if none did before the run ended.
@@ -99,8 +104,29 @@ pub fn quantile(v: &mut [f64], q: f64) -> Option<f64> {
     Some(v[rank - 1])
 }
 
+/// The samples that started in `[from, to)` (samples are in time order).
 fn in_range(samples: &[Sample], from: f64, to: f64) -> Vec<&Sample> {
-    samples.iter().filter(|s| s.t >= from && s.t < to).collect()
+    let a = samples.partition_point(|s| s.t < from);
+    let b = samples.partition_point(|s| s.t < to);
+    samples[a..b.max(a)].iter().collect()
+}
+
+/// The earliest sample start in `[from, until)` from which every window
+/// that fits before `until` meets the steady state (at least one must).
+fn steady_from(samples: &[Sample], th: &Thresholds, from: f64, until: f64) -> Option<f64> {
+    let mut earliest = None;
+    for s in samples
+        .iter()
+        .rev()
+        .filter(|s| s.t >= from && s.t + th.window <= until)
+    {
+        if th.steady(&in_range(samples, s.t, s.t + th.window)) {
+            earliest = Some(s.t);
+        } else {
+            break;
+        }
+    }
+    earliest
 }
 
 fn ok_latencies(samples: &[&Sample]) -> Vec<f64> {
@@ -142,7 +168,7 @@ pub fn compute(samples: &[Sample], times: &RunTimes, th: &Thresholds) -> Kpis {
     };
     let mitigation_latency_s = match (activation, first_bad) {
         (Some(a), Some(s)) => {
-            first_steady_window(samples, th, s.end(), times.removed).map(|t| (t - a).max(0.0))
+            steady_from(samples, th, s.end(), times.removed).map(|t| (t - a).max(0.0))
         }
         _ => None,
     };
@@ -256,6 +282,7 @@ mod tests {
         max_latency: None,
         window: 0.5,
         failed_below: 0.5,
+        min_samples: 5,
     };
 
     /// Samples every 50 ms over [0, 10): latency 10 ms, failing where `bad`.
@@ -312,6 +339,22 @@ mod tests {
         assert_eq!(k.failed, 10);
         assert!(close(k.recovery_latency_s, 0.0));
         assert_eq!(verdict(&k, &TH, &[1]), Verdict::Tolerated);
+    }
+
+    #[test]
+    fn a_relapse_is_not_mitigation_and_thin_windows_are_not_steady() {
+        // Back at 2.5, down again 4.0..4.5: steady only from 4.5 on.
+        let s = series(|t| (2.0..2.5).contains(&t) || (4.0..4.5).contains(&t));
+        let k = compute(&s, &TIMES, &TH);
+        assert!(close(k.mitigation_latency_s, 2.5), "{k:?}");
+        // Three good samples in a window of ten expected: not steady.
+        let sparse: Vec<Sample> = s.iter().step_by(4).cloned().collect();
+        let th = Thresholds {
+            min_samples: 5,
+            ..TH
+        };
+        assert!(!th.steady(&in_range(&sparse, 0.0, 0.5)));
+        assert!(th.steady(&in_range(&s, 0.0, 0.5)));
     }
 
     #[test]

@@ -388,12 +388,14 @@ impl Runner<'_> {
 }
 
 fn thresholds(plan: &Plan, st: &crate::plan::SteadyState) -> Thresholds {
-    let _ = plan;
+    let interval = plan.probes[st.probe.0].interval.as_secs_f64();
+    let window = st.window.as_secs_f64();
     Thresholds {
         min_success: st.min_success,
         max_latency: st.max_latency.map(|d| d.as_secs_f64()),
-        window: st.window.as_secs_f64(),
+        window,
         failed_below: st.failed_below,
+        min_samples: ((window / interval / 2.0).floor() as usize).max(1),
     }
 }
 
