@@ -951,6 +951,29 @@ combinations: {size: 2}
     }
 
     #[test]
+    fn the_example_plan_parses() {
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../faultspecs");
+        let p = Plan::parse(
+            include_str!("../examples/web-failover.yaml"),
+            Format::Yaml,
+            "web-failover.yaml",
+            &lib,
+        )
+        .unwrap();
+        assert_eq!(p.probes.len(), 2);
+        assert_eq!(p.faults[2].spec["fault"]["type"], "process_kill");
+        assert_eq!(p.faults[2].spec["target"]["cgroup"], "vnf/backend1");
+        assert_eq!(
+            p.steady_state[0].max_latency,
+            Some(Duration::from_millis(250))
+        );
+        let Schedule::Combinations { pruning, .. } = &p.schedule else {
+            panic!("not combinations")
+        };
+        assert_eq!(pruning.budget.map(NonZeroUsize::get), Some(2));
+    }
+
+    #[test]
     fn bad_plans_say_where_and_why() {
         let e = err(&with("probes.0.interval", r#""50 parsecs""#));
         assert!(
