@@ -473,7 +473,7 @@ pub fn run(plan: &Plan, socket: &Path, progress: &mut dyn Progress) -> Result<Re
     let mut aborted = None;
     let mut next = 0;
     loop {
-        if next == queue.len() && !combos_added {
+        if next == queue.len() && !combos_added && aborted.is_none() {
             combos_added = true;
             if let Schedule::Combinations { size, pruning } = &plan.schedule {
                 let (_, stands_for, _) = prune::singles(&plan.faults, pruning);

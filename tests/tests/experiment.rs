@@ -28,10 +28,18 @@ use std::{
 use injectord_tests::{
     Daemon, TestCgroup, assert_binomial, daemon_binary, monotonic_ns,
     net::{B_IP, Bridge, HUB_IP, Link, Netns},
-    unique,
+    serial, unique,
     workload::{Scratch, Service, dnsmasq, nginx, nginx_with, wait_until},
 };
 use serde_json::{Value, json};
+
+/// Checks [`on_host`] and takes the lock that keeps these tests from
+/// overlapping: each one's timing assertions want the machine's two cores
+/// to itself as far as this binary goes.
+fn exclusive() -> std::fs::File {
+    on_host();
+    serial("experiment")
+}
 
 /// Panics unless the suite runs this on the host kernel (or it is run by
 /// hand, without a label).
@@ -259,7 +267,7 @@ fn cut(name: &str, ns: &Netns, class: &str) -> Value {
 /// fails. Each recovery is measured.
 #[test]
 fn haproxy_failover_is_tolerated_and_its_kpis_match_haproxy_own_view() {
-    on_host();
+    let _lock = exclusive();
     let d = Daemon::start();
     let lb = lb("exlb");
     let dir = Scratch::new("exp-haproxy");
@@ -341,7 +349,7 @@ fn haproxy_failover_is_tolerated_and_its_kpis_match_haproxy_own_view() {
 /// which fails). The HTML report of the campaign renders in Chromium.
 #[test]
 fn combination_campaign_runs_what_pruning_allows_and_its_html_renders() {
-    on_host();
+    let _lock = exclusive();
     let d = Daemon::start();
     let lb = lb("excmb");
     let client = &lb.br.containers[0];
@@ -487,7 +495,7 @@ fn screenshot_shows_the_plots(html: &Path, dir: &Scratch) {
 /// failed sample is one drop the daemon counted.
 #[test]
 fn dns_and_udp_availability_under_30pct_loss_is_binomial() {
-    on_host();
+    let _lock = exclusive();
     let d = Daemon::start();
     let link = Link::new("exdns");
     let _dns = dnsmasq(&link.b, B_IP, "svc.test", "10.1.2.3");
@@ -557,7 +565,7 @@ fn dns_and_udp_availability_under_30pct_loss_is_binomial() {
 /// aborted and runs nothing more.
 #[test]
 fn a_stop_condition_removes_the_faults_within_a_probe_interval() {
-    on_host();
+    let _lock = exclusive();
     let d = Daemon::start();
     let link = Link::new("exstop");
     let _web = nginx(&link.b, 80);
