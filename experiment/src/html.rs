@@ -310,3 +310,127 @@ th {{ background: #f0f0f0; }} td.l {{ text-align: left; }}
     out.push_str("</body></html>\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        kpi::{self, Kpis, RunTimes, Verdict},
+        prune::Policy,
+        report::{Aggregate, ProbeReport, PrunedReport, RunReport},
+    };
+
+    /// A report of two runs of one fault, with a pruned pair.
+    pub(crate) fn sample_report() -> Report {
+        let samples: Vec<Sample> = (0..200)
+            .map(|i| {
+                let t = f64::from(i) * 0.05;
+                let ok = !(2.0..2.5).contains(&t);
+                Sample {
+                    t,
+                    latency_s: if ok { 0.01 } else { 0.2 },
+                    ok,
+                    error: (!ok).then(|| "timeout".into()),
+                }
+            })
+            .collect();
+        let times = RunTimes {
+            warmup_start: 0.0,
+            inject_start: 2.0,
+            first_activation: Some(2.0),
+            removed: 6.0,
+            end: 10.0,
+        };
+        let th = kpi::Thresholds {
+            min_success: 0.95,
+            max_latency: None,
+            window: 0.5,
+            failed_below: 0.5,
+            min_samples: 5,
+        };
+        let k = kpi::compute(&samples, &times, &th);
+        let run = RunReport {
+            index: 1,
+            faults: vec!["cut<b1>".into()],
+            repetition: 1,
+            verdict: Verdict::Tolerated,
+            reason: None,
+            activations: BTreeMap::from([("cut<b1>".to_string(), 12)]),
+            first_activation_s: BTreeMap::new(),
+            kpis: k,
+            probes: BTreeMap::new(),
+            times,
+            stop: None,
+        };
+        let runs = vec![run.clone(), RunReport { index: 2, ..run }];
+        Report {
+            experiment: "demo".into(),
+            started_unix_s: 0.0,
+            monotonic_start_ns: 0,
+            duration_s: 10.0,
+            phases_s: [2.0, 4.0, 4.0],
+            repeat: 2,
+            aborted: None,
+            aggregates: Aggregate::of(&runs),
+            pruned: vec![PrunedReport {
+                faults: vec!["a".into(), "b".into()],
+                policy: Policy::Budget,
+                reason: "over the budget".into(),
+            }],
+            skipped: Vec::new(),
+            probes: vec![ProbeReport {
+                name: "web".into(),
+                kind: "http".into(),
+                interval_s: 0.05,
+                timeout_s: 0.2,
+                samples,
+            }],
+            runs,
+        }
+    }
+
+    #[test]
+    fn the_page_is_self_contained_and_has_every_plot() {
+        let page = render(&sample_report());
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(
+            !page.contains("<script") && !page.contains("http://") && !page.contains("https://")
+        );
+        assert_eq!(page.matches("<svg").count(), 2, "a chart and the bars");
+        assert!(
+            page.contains(FAULT_FILL) && page.contains(SUCCESS_COLOUR) && page.contains(BAR_COLOUR)
+        );
+        assert!(
+            page.contains("cut&lt;b1&gt;") && !page.contains("cut<b1>"),
+            "names are escaped"
+        );
+        assert!(page.contains("over the budget"));
+    }
+
+    #[test]
+    fn the_table_has_runs_aggregates_and_pruned_sets() {
+        let r = sample_report();
+        let t = r.table();
+        assert!(t.contains("tolerated"), "{t}");
+        assert!(t.contains("mean ± sd"), "{t}");
+        assert!(t.contains("budget"), "{t}");
+        let k: &Kpis = &r.runs[0].kpis;
+        assert!(k.detection_latency_s.is_some());
+        let json = serde_json::to_value(&r).unwrap();
+        for key in [
+            "availability",
+            "detection_latency_s",
+            "recovery_latency_s",
+            "latency_p50_ratio",
+            "latency_p99_ratio",
+        ] {
+            assert!(json["runs"][0]["kpis"].get(key).is_some(), "{key}");
+        }
+        assert_eq!(json["runs"][0]["verdict"], "tolerated");
+        assert_eq!(json["runs"][0]["activations"]["cut<b1>"], 12);
+        assert_eq!(json["aggregates"][0]["availability"]["n"], 2);
+        assert_eq!(json["pruned"][0]["policy"], "budget");
+    }
+}
