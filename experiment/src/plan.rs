@@ -123,12 +123,42 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
-/// One or several (`"stop_if": {...}` or `[{...}, {...}]`).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// One or several (`"stop_if": {...}` or `[{...}, {...}]`). Not an
+/// untagged enum: that would hide what is wrong inside the object.
+#[derive(Debug)]
 enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object or a list of them")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(OneOrMany::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(t) = seq.next_element()? {
+                    v.push(t);
+                }
+                Ok(OneOrMany::Many(v))
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+    }
 }
 
 impl<T> OneOrMany<T> {
@@ -898,6 +928,8 @@ mod tests {
         let last = parts[parts.len() - 1];
         if value == "DELETE" {
             cur.as_object_mut().unwrap().remove(last);
+        } else if let Ok(i) = last.parse::<usize>() {
+            cur[i] = serde_json::from_str(value).unwrap();
         } else {
             cur[last] = serde_json::from_str(value).unwrap();
         }
