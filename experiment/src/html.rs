@@ -56,7 +56,7 @@ fn probe_chart(out: &mut String, report: &Report, probe: usize) {
         name = esc(&p.name)
     );
     for r in &report.runs {
-        let (a, b) = (x(r.times.inject_start), x(r.times.removed));
+        let (a, b) = (x(r.times.injected), x(r.times.remove_start));
         let (c, d) = (b, x(r.times.end));
         for (y0, hh) in [(top, lat_h), (top + lat_h + gap, succ_h)] {
             let _ = writeln!(
@@ -339,7 +339,9 @@ mod tests {
         let times = RunTimes {
             warmup_start: 0.0,
             inject_start: 2.0,
+            injected: 2.0,
             first_activation: Some(2.0),
+            remove_start: 6.0,
             removed: 6.0,
             end: 10.0,
         };

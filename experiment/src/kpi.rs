@@ -55,12 +55,19 @@ impl Thresholds {
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct RunTimes {
     pub warmup_start: f64,
-    /// The first inject call was sent.
+    /// The first inject call was sent (the warm-up ends here).
     pub inject_start: f64,
-    /// The earliest the first activation of any fault can have been: the
-    /// last poll of the counters that saw none (or the inject call).
+    /// The last inject call returned: every fault is in. The fault window,
+    /// where availability and the latency ratios are measured, starts
+    /// here (installing a fault can take a good part of a second).
+    pub injected: f64,
+    /// The first activation of any fault: the last read of the counters
+    /// that saw none, or the return of the inject calls if the first read
+    /// already saw one.
     pub first_activation: Option<f64>,
-    /// The last remove call returned.
+    /// The first remove call was sent: the fault window ends here.
+    pub remove_start: f64,
+    /// The last remove call returned: recovery is timed from here.
     pub removed: f64,
     pub end: f64,
 }
@@ -68,7 +75,8 @@ pub struct RunTimes {
 /// What a run measured on one probe.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct Kpis {
-    /// Success ratio of the samples that started in the fault window.
+    /// Success ratio of the samples that started in the fault window
+    /// (from the last inject call's return to the first remove call).
     pub availability: Option<f64>,
     /// From the first activation to the end of the first failed or slow
     /// sample (when the client knew); null when none failed.
@@ -150,7 +158,7 @@ fn first_steady_window(samples: &[Sample], th: &Thresholds, from: f64, until: f6
 /// The KPIs of one run on one probe (its samples in time order).
 pub fn compute(samples: &[Sample], times: &RunTimes, th: &Thresholds) -> Kpis {
     let warm = in_range(samples, times.warmup_start, times.inject_start);
-    let fault = in_range(samples, times.inject_start, times.removed);
+    let fault = in_range(samples, times.injected, times.remove_start);
     let availability = (!fault.is_empty())
         .then(|| fault.iter().filter(|s| s.ok).count() as f64 / fault.len() as f64);
     let activation = times.first_activation;
@@ -159,7 +167,7 @@ pub fn compute(samples: &[Sample], times: &RunTimes, th: &Thresholds) -> Kpis {
     let first_bad = activation.and_then(|a| {
         samples
             .iter()
-            .filter(|s| s.end() >= a && s.t < times.removed)
+            .filter(|s| s.end() >= a && s.t < times.remove_start)
             .find(|s| !th.good(s))
     });
     let detection_latency_s = match (activation, first_bad) {
@@ -168,7 +176,7 @@ pub fn compute(samples: &[Sample], times: &RunTimes, th: &Thresholds) -> Kpis {
     };
     let mitigation_latency_s = match (activation, first_bad) {
         (Some(a), Some(s)) => {
-            steady_from(samples, th, s.end(), times.removed).map(|t| (t - a).max(0.0))
+            steady_from(samples, th, s.end(), times.remove_start).map(|t| (t - a).max(0.0))
         }
         _ => None,
     };
@@ -304,7 +312,9 @@ mod tests {
     const TIMES: RunTimes = RunTimes {
         warmup_start: 0.0,
         inject_start: 2.0,
+        injected: 2.0,
         first_activation: Some(2.0),
+        remove_start: 6.0,
         removed: 6.0,
         end: 10.0,
     };

@@ -83,10 +83,14 @@ impl Progress for Quiet {}
 
 struct Active {
     names: Vec<String>,
-    inject_start: f64,
+    /// When the last inject call returned (stop conditions judge windows
+    /// after it).
+    injected: f64,
     first_activation: Option<f64>,
     first_each: Vec<Option<f64>>,
     activations: Vec<u64>,
+    /// When the first remove call was sent.
+    remove_start: Option<f64>,
     last_poll: f64,
     next_poll: Instant,
 }
@@ -200,7 +204,7 @@ impl Runner<'_> {
         let now = self.now();
         for stop in self.plan.stop_if.iter().filter(|s| s.probe == id) {
             let over = stop.over.as_secs_f64();
-            if now - a.inject_start < over {
+            if now - a.injected < over {
                 continue;
             }
             let window: Vec<&Sample> = self.samples[id.0]
@@ -231,6 +235,9 @@ impl Runner<'_> {
     /// Removes the faults of `a` (each at most once), keeping their final
     /// activation counts.
     fn remove_all(&mut self, a: &mut Active) {
+        if !a.names.is_empty() && a.remove_start.is_none() {
+            a.remove_start = Some(self.now());
+        }
         for (i, name) in std::mem::take(&mut a.names).into_iter().enumerate() {
             match self.client.call("remove", json!({ "name": name })) {
                 Ok(v) => {
@@ -260,7 +267,9 @@ impl Runner<'_> {
             times: RunTimes {
                 warmup_start: self.now(),
                 inject_start: 0.0,
+                injected: 0.0,
                 first_activation: None,
+                remove_start: 0.0,
                 removed: 0.0,
                 end: 0.0,
             },
@@ -296,10 +305,11 @@ impl Runner<'_> {
             .collect();
         let mut active = Active {
             names: Vec::new(),
-            inject_start,
+            injected: inject_start,
             first_activation: None,
             first_each: vec![None; set.len()],
             activations: vec![0; set.len()],
+            remove_start: None,
             last_poll: inject_start,
             next_poll: Instant::now(),
         };
@@ -331,14 +341,25 @@ impl Runner<'_> {
                     }
                 }
             }
+            report.times.injected = self.now();
+            active.injected = report.times.injected;
+            // A fault can fire only once its inject call installed it,
+            // which is somewhere in the call: an activation seen by the
+            // first read is taken at the call's return (not at its start:
+            // attaching can take a quarter of a second).
+            active.last_poll = report.times.injected;
             if report.reason.is_none() {
                 self.poll_activations(&mut active);
-                let end = self.at(inject_start) + phases.inject.0;
+                let end = self.at(report.times.injected) + phases.inject.0;
                 report.stop = self.wait_until(end, Some(&mut active));
             }
             self.remove_all(&mut active);
         }
         report.times.removed = self.now();
+        if report.times.injected == 0.0 {
+            report.times.injected = report.times.removed;
+        }
+        report.times.remove_start = active.remove_start.unwrap_or(report.times.removed);
         report.times.first_activation = active.first_activation;
         self.progress.phase(label, Phase::Recover, phases.recover.0);
         self.export_phase(index, Some(Phase::Recover), phases.recover.0);
