@@ -81,7 +81,9 @@ pub struct StopReport {
     pub over_s: f64,
     /// The sample that breached the bound arrived.
     pub breached_at_s: f64,
-    /// The last of the run's faults was removed.
+    /// The first remove call was sent.
+    pub removal_sent_at_s: f64,
+    /// The last remove call returned: the daemon had detached everything.
     pub faults_removed_at_s: f64,
 }
 

@@ -225,6 +225,7 @@ impl Runner<'_> {
                     success_below: stop.success_below,
                     over_s: over,
                     breached_at_s: now,
+                    removal_sent_at_s: a.remove_start.unwrap_or(now),
                     faults_removed_at_s: self.now(),
                 });
             }

@@ -570,16 +570,17 @@ fn a_stop_condition_removes_the_faults_within_a_probe_interval() {
     let link = Link::new("exstop");
     let _web = nginx(&link.b, 80);
     let dir = Scratch::new("exp-stop");
-    // Removing an interface fault takes the daemon 10 to 30 ms (detaching
-    // its programs): the guard's interval is above that.
-    let guard_interval = 0.05;
+    // Removing an interface partition takes the daemon 25 to 40 ms on an
+    // idle host (detaching its XDP and TC programs): the guard's interval
+    // leaves room for a busy one.
+    let guard_interval = 0.1;
     let plan = json!({
         "name": "guarded",
         "probes": [
             {"name": "web", "http": {"url": format!("http://{B_IP}/"), "timeout": "200ms"},
              "interval": "20ms", "netns": link.a.name},
-            {"name": "guard", "tcp": {"address": format!("{B_IP}:80"), "timeout": "40ms"},
-             "interval": "50ms", "netns": link.a.name},
+            {"name": "guard", "tcp": {"address": format!("{B_IP}:80"), "timeout": "80ms"},
+             "interval": "100ms", "netns": link.a.name},
         ],
         "steady_state": {"probe": "web", "min_success": 0.9},
         "faults": [
@@ -589,7 +590,7 @@ fn a_stop_condition_removes_the_faults_within_a_probe_interval() {
              "fault": {"type": "packet_drop"}},
         ],
         "phases": {"warmup": "300ms", "inject": "5s", "recover": "500ms"},
-        "stop_if": {"probe": "guard", "success_below": 0.5, "for": "150ms"},
+        "stop_if": {"probe": "guard", "success_below": 0.5, "for": "250ms"},
     });
     // The daemon's table, every 2 ms: when did the fault leave it?
     let stop = Arc::new(AtomicBool::new(false));
@@ -628,17 +629,29 @@ fn a_stop_condition_removes_the_faults_within_a_probe_interval() {
     assert_eq!(report["runs"].as_array().unwrap().len(), 1);
     assert_eq!(report["skipped"], json!([["never"]]));
     let breach = f(&stop_report["breached_at_s"]);
+    let sent = f(&stop_report["removal_sent_at_s"]);
     let removed = f(&stop_report["faults_removed_at_s"]);
     assert!(breach - f(&run["times"]["inject_start"]) < 1.0, "{run:#}");
+    // The runner removes at once, on the thread that saw the sample...
+    assert!(
+        sent - breach <= 0.005,
+        "the runner sent the removal {:.4}s after the breach",
+        sent - breach
+    );
+    // ...and the daemon has detached everything within a probe interval
+    // (25-40 ms on an idle host; a daemon run at nice 19 beside a
+    // benchmark once took 0.44 s, which this bound does not allow).
     assert!(
         removed - breach <= guard_interval,
-        "the runner took {:.4}s to remove the faults",
+        "the faults were removed {:.4}s after the breach",
         removed - breach
     );
     assert!(seen, "the watcher never saw the fault");
     let start_ns = report["monotonic_start_ns"].as_u64().unwrap();
     let gone = (gone.expect("the fault never left the table") as f64 - start_ns as f64) / 1e9;
-    println!("breach at {breach:.4}s, removed by {removed:.4}s, gone from the table at {gone:.4}s");
+    println!(
+        "breach at {breach:.4}s, removal sent at {sent:.4}s, removed by {removed:.4}s, gone from the table at {gone:.4}s"
+    );
     // The watcher polls every 2 ms, and a list call takes about one more.
     assert!(
         gone - breach <= guard_interval + 0.004,
