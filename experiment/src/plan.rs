@@ -744,6 +744,16 @@ impl Plan {
                         format!("{window:?} is shorter than the probe's interval {interval:?}"),
                     ));
                 }
+                let recover = raw.phases.recover.0;
+                if recover < window + interval {
+                    return Err(invalid(
+                        "phases.recover",
+                        format!(
+                            "{recover:?} leaves no room for a {window:?} window of probe {} (and one interval) after the removal: recovery could never be measured",
+                            s.probe
+                        ),
+                    ));
+                }
                 let failed_below = s.failed_below.map_or(0.5, |r| r.0);
                 if failed_below > s.min_success.0 {
                     return Err(invalid(
@@ -1046,6 +1056,11 @@ combinations: {size: 2}
         assert!(e.contains("only command probes"), "{e}");
         let e = err(&with("repeat", "0"));
         assert!(e.contains("repeat"), "{e}");
+        let e = err(&with("phases.recover", r#""500ms""#));
+        assert!(
+            e.contains("phases.recover") && e.contains("never be measured"),
+            "{e}"
+        );
     }
 
     #[test]
