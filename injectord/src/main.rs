@@ -198,6 +198,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             lease: args.lease,
             socket: args.socket.display().to_string(),
             metrics_addr: metrics_listener.local_addr()?.to_string(),
+            experiments: Default::default(),
         });
         let registry = Arc::new(metrics::registry(state.clone()));
         tokio::spawn(server::serve(listener, state.clone()));

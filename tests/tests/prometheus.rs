@@ -457,6 +457,12 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     let port = tcp_sink("127.0.0.1:0");
     let link = Link::new("prom");
     let delay = inject_experiment(&d, &cg, port, &link);
+    // An experiment runner's phase, for the phase panel.
+    d.call(
+        "experiment_phase",
+        json!({"experiment": "prom", "run": "1", "phase": "inject", "ttl": "10m"}),
+    )
+    .expect("experiment_phase");
     // Block I/O: direct reads of a loop device from the target; an
     // io_delay on the target aimed at another device splits the
     // histogram by cgroup and exports its outcome counters (held reads

@@ -39,6 +39,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("/usr/sbin/haproxy", "haproxy"),
     ("/usr/sbin/dnsmasq", "dnsmasq-base"),
     ("/usr/sbin/keepalived", "keepalived"),
+    // Experiment tests: Chromium renders the HTML report headless and
+    // takes the screenshot that the test checks for the plots.
+    ("chromium", "chromium"),
 ];
 
 pub fn have(cmd: &str) -> bool {

@@ -62,7 +62,15 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
                 kernel.label, kernel.release
             );
             let start = Instant::now();
-            let (tally, ok) = run_in_vm(&tools, &kernel, &daemon, &tests, &matrix_dir)?;
+            let (host_only, vm_tests): (Vec<PathBuf>, Vec<PathBuf>) =
+                tests.iter().cloned().partition(|t| is_host_only(t));
+            for t in &host_only {
+                eprintln!(
+                    "[x] host kernel only, not run under QEMU: {}",
+                    t.file_name().unwrap_or_default().to_string_lossy()
+                );
+            }
+            let (tally, ok) = run_in_vm(&tools, &kernel, &daemon, &vm_tests, &matrix_dir)?;
             results.push((kernel.label.clone(), tally, ok, start.elapsed()));
         }
     }
@@ -103,6 +111,18 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Test binaries that run on the host kernel only: they exercise user
+/// space (the experiment runner against real services, Chromium rendering
+/// its report), not a kernel feature, and would cost minutes under TCG.
+/// Each of their tests asserts that it runs on the host.
+const HOST_ONLY: &[&str] = &["experiment-", "injectord_experiment-"];
+
+fn is_host_only(exe: &Path) -> bool {
+    exe.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| HOST_ONLY.iter().any(|p| n.starts_with(p)))
+}
+
 /// Upper bound for one test binary; the slowest takes about a minute under
 /// QEMU without KVM.
 const BINARY_LIMIT: Duration = Duration::from_secs(300);
@@ -123,6 +143,8 @@ fn build_tests() -> anyhow::Result<Vec<PathBuf>> {
             "injector-common",
             "-p",
             "injectord",
+            "-p",
+            "injectord-experiment",
             "-p",
             "injectord-tests",
             "-p",
