@@ -709,6 +709,7 @@ const HELD: usize = 120;
 fn held_metrics_connections_cost_no_cpu_and_spare_the_control_socket() {
     raise_own_nofile();
     let d = Daemon::start();
+    d.wait_at_rest();
     let pid = d.pid();
     // 100 descriptors to spare, and more clients than that, each connected
     // and silent. (The listen backlog of 128 holds those not accepted.)
@@ -746,6 +747,7 @@ fn held_metrics_connections_cost_no_cpu_and_spare_the_control_socket() {
 #[test]
 fn a_full_file_table_backs_off_instead_of_spinning() {
     let d = Daemon::start();
+    d.wait_at_rest();
     let pid = d.pid();
     // Not one descriptor to spare (every one below the limit is taken):
     // every accept fails with EMFILE while clients wait in the backlog,
