@@ -84,7 +84,7 @@ pub struct PacketTarget {
 /// only after an RCU grace period since it was last in force, so no packet
 /// ever sees a half-written set; with four, three changes in a row (an
 /// inject and a remove a moment apart, say) never wait for one (a grace
-/// period takes 5-15 ms). A power of two: the programs take it as a mask.
+/// period takes milliseconds). A power of two: the programs take it as a mask.
 pub const RULE_SETS: u32 = 4;
 const _: () = assert!(RULE_SETS.is_power_of_two());
 

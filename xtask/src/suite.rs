@@ -224,9 +224,7 @@ fn run_here(
         ok &= status.success();
         if !status.success() {
             let rc = status.code().unwrap_or(-1);
-            tally
-                .troubles
-                .push(trouble(exe, &format!("exit {rc}"), &output));
+            tally.troubles.push(trouble(exe, &ended(rc), &output));
         }
     }
     Ok((tally, ok))
@@ -257,7 +255,7 @@ fn run_in_vm(
         "fail=0\n\
          part='{part}'\n\
          stuck() {{ echo \"[x] $1 timed out after {limit}s; processes left:\"; \
-           for p in /proc/[0-9]*; do c=$(timeout 2 tr '\\0' ' ' < $p/cmdline 2>/dev/null); \
+           for p in /proc/[0-9]*; do c=$(timeout 2 tr '\\0' ' ' 2>/dev/null < $p/cmdline); \
              case \"$c\" in ''|*bash*) continue;; esac; \
              echo \"-- ${{p#/proc/}} $(grep State: $p/status) wchan=$(timeout 2 cat $p/wchan) $c\"; \
              timeout 2 cat $p/stack 2>/dev/null | head -12; done; }}\n",
@@ -289,17 +287,19 @@ fn run_in_vm(
     let status = matrix::run_in_vm(tools, kernel, &command, &[matrix_dir])?;
     let mut tally = Tally::default();
     let mut section = String::new();
+    let mut last_done = None;
     for line in fs::read_to_string(&log).unwrap_or_default().lines() {
         add_result_line(&mut tally, line);
         if let Some(done) = line.strip_prefix(MARK) {
             let (exe, rc) = done.rsplit_once(" rc=").unwrap_or((done, "?"));
-            if rc != "0" {
-                let how = match rc {
-                    "124" | "137" => format!("timed out after {}s", BINARY_LIMIT.as_secs()),
-                    _ => format!("exit {rc}"),
-                };
-                tally.troubles.push(trouble(Path::new(exe), &how, &section));
+            if let Ok(rc) = rc.parse::<i32>()
+                && rc != 0
+            {
+                tally
+                    .troubles
+                    .push(trouble(Path::new(exe), &ended(rc), &section));
             }
+            last_done = Some(exe.to_string());
             section.clear();
         } else {
             section.push_str(line);
@@ -309,9 +309,7 @@ fn run_in_vm(
     // The VM's own limit cut a binary short: its marker never came.
     if !status.success()
         && let Ok(exe) = fs::read_to_string(&current)
-        && !fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains(&format!("{MARK}{}", exe.trim()))
+        && last_done.as_deref() != Some(exe.trim())
     {
         let output = fs::read_to_string(&part_path).unwrap_or_default();
         tally.troubles.push(trouble(
@@ -328,6 +326,14 @@ fn run_in_vm(
         return Ok((tally, false));
     }
     Ok((tally, status.success()))
+}
+
+/// How a binary under `timeout` ended, from its exit code.
+fn ended(rc: i32) -> String {
+    match rc {
+        124 | 137 => format!("timed out after {}s", BINARY_LIMIT.as_secs()),
+        _ => format!("exit {rc}"),
+    }
 }
 
 /// Ends a binary's section of a VM log: the binary's path and exit code.

@@ -7,7 +7,7 @@
 //! [`Ticket`] and, before it reuses that data, waits for the ticket. One
 //! thread runs grace periods back to back while tickets are pending, so a
 //! writer never waits on the request path unless it reuses data within one
-//! grace period (5-15 ms here) of retiring it, and one grace period serves
+//! grace period (milliseconds) of retiring it, and one grace period serves
 //! every ticket taken before it started.
 
 use std::{
