@@ -54,8 +54,18 @@ pub mod maps {
     /// The daemon's lease: one `u64`, the CLOCK_MONOTONIC time in ns until
     /// which faults may fire (see [`super::LEASE_SLOT`]).
     pub const LEASE: &str = "LEASE";
+    /// Per CPU: the clock as first read in the current jiffy (the coarse
+    /// clock the lease and expiry checks use).
+    pub const CLOCK_CACHE: &str = "CLOCK_CACHE";
 
-    pub const ALL: &[&str] = &[FAULT_STATS, TRIGGER_STATE, CGROUP_ATTACH, AYA_LOGS, LEASE];
+    pub const ALL: &[&str] = &[
+        FAULT_STATS,
+        TRIGGER_STATE,
+        CGROUP_ATTACH,
+        AYA_LOGS,
+        LEASE,
+        CLOCK_CACHE,
+    ];
 }
 
 /// Globals of the object the daemon may set at load time.
@@ -63,14 +73,23 @@ pub mod globals {
     /// `u8`: 1 (the default) makes every fault check the lease; 0 skips the
     /// check. Only the benchmarks set 0, to measure what the check costs.
     pub const LEASE_CHECK: &str = "LEASE_CHECK";
+    /// `u64`: the target a cgroup program takes while its attachment's
+    /// storage holds none. 0 (the default, inert) in every copy the daemon
+    /// loads; the packet benchmark sets it, because BPF_PROG_TEST_RUN gives
+    /// a cgroup program fresh, zeroed storage.
+    pub const BENCH_CGROUP: &str = "BENCH_CGROUP";
 }
 
 /// Programs only the benchmarks load (`./x bench`); the daemon never does.
 pub mod bench {
     /// XDP_TX under BPF_PROG_TEST_RUN live frames: the traffic generator.
     pub const BENCH_XDP_TX: &str = "bench_xdp_tx";
+    /// A bare XDP_DROP: what the drop benchmark measures injectord against.
+    pub const BENCH_XDP_DROP: &str = "bench_xdp_drop";
+    /// A do-nothing cgroup_skb program: the cgroup rows' baseline.
+    pub const BENCH_CGROUP_SKB: &str = "bench_cgroup_skb";
 
-    pub const PROGRAMS: &[&str] = &[BENCH_XDP_TX];
+    pub const PROGRAMS: &[&str] = &[BENCH_XDP_TX, BENCH_XDP_DROP, BENCH_CGROUP_SKB];
 }
 
 /// The one entry of the `LEASE` map.

@@ -1,7 +1,7 @@
 //! Packet faults: drop, corrupt, duplicate, delay and rate-limit packets at
 //! XDP, TC and cgroup_skb.
 
-use crate::{Prefix, Trigger};
+use crate::{FAMILY_ANY, FAMILY_INET6, Prefix, Trigger};
 
 /// Program names (the eBPF functions).
 pub const PACKET_XDP: &str = "packet_xdp";
@@ -25,7 +25,18 @@ pub const PACKET_SRC: &str = "PACKET_SRC";
 pub const PACKET_DST: &str = "PACKET_DST";
 pub const RATE_STATE: &str = "RATE_STATE";
 pub const DELAY_HIST: &str = "DELAY_HIST";
+/// An interface's rules, as [`RuleSet`]s: [`RULE_SETS`] of them, the one
+/// [`IFACE_ACTIVE`] names in force.
+pub const IFACE_RULES: &str = "IFACE_RULES";
+/// `[0]`: the index of the rule set in force.
+pub const IFACE_ACTIVE: &str = "IFACE_ACTIVE";
+/// The rules of an interface's rule sets: rule `i` of set `s` at
+/// `s * MAX_PACKET_RULES + i`.
+pub const IFACE_RULE_TABLE: &str = "IFACE_RULE_TABLE";
 pub const MAPS: &[&str] = &[
+    IFACE_RULES,
+    IFACE_ACTIVE,
+    IFACE_RULE_TABLE,
     PACKET_TARGETS,
     PACKET_RULES,
     PACKET_PORTS,
@@ -66,6 +77,46 @@ pub struct PacketTarget {
     /// when a target has many): candidates among them are cut to those for
     /// the packet's port by one lookup in `PACKET_PORTS`.
     pub port_indexed: u64,
+}
+
+/// Rule sets an interface's object holds, used in turn: the one in force,
+/// and the ones the daemon writes the next into. A set is written again
+/// only after an RCU grace period since it was last in force, so no packet
+/// ever sees a half-written set; with four, three changes in a row (an
+/// inject and a remove a moment apart, say) never wait for one (a grace
+/// period takes milliseconds). A power of two: the programs take it as a mask.
+pub const RULE_SETS: u32 = 4;
+const _: () = assert!(RULE_SETS.is_power_of_two());
+
+/// Destination-port buckets of [`RuleSet::dport_masks`] (port % 64).
+pub const DPORT_BUCKETS: usize = 64;
+
+/// The candidate masks of an interface's rules, which the XDP and TC
+/// programs reach with array lookups the verifier turns into plain loads:
+/// a packet's candidates are the rules of its hook, protocol class and
+/// destination-port bucket, and a packet of a port no rule is for stops
+/// there. The rules themselves sit in [`IFACE_RULE_TABLE`] (one array
+/// lookup each: a pointer into one large value at a variable offset
+/// defeated the verifier's state pruning).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleSet {
+    pub masks: [u64; NR_HOOKS],
+    pub proto_masks: [u64; NR_PROTO_CLASSES],
+    /// Bit `i` of `dport_masks[p % 64]`: rule `i` may match destination
+    /// port `p` (a rule without a port filter, or with a range of 64 ports
+    /// or more, is in every bucket).
+    pub dport_masks: [u64; DPORT_BUCKETS],
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self {
+            masks: [0; NR_HOOKS],
+            proto_masks: [0; NR_PROTO_CLASSES],
+            dport_masks: [0; DPORT_BUCKETS],
+        }
+    }
 }
 
 /// Key of the destination-port index: the value is the mask of the
@@ -220,11 +271,67 @@ pub struct PacketRule {
     /// Rate limit: packets that would leave later than this are dropped.
     pub horizon_ns: u64,
     pub trigger: Trigger,
-    /// Source and destination prefixes, IPv4 as `::ffff:a.b.c.d/96+len`
-    /// (family [`crate::FAMILY_INET6`]), checked on every candidate; the LPM tries
-    /// only prune candidates first when a target has many prefixed rules.
-    pub src: Prefix,
-    pub dst: Prefix,
+    /// Source and destination prefixes, IPv4 as `::ffff:a.b.c.d/96+len`,
+    /// checked on every candidate; the LPM tries only prune candidates
+    /// first when a target has many prefixed rules.
+    pub src: AddrMask,
+    pub dst: AddrMask,
+}
+
+/// A prefix as an address and a mask of its bits, both in network order:
+/// a packet's address lies in it when `(address ^ addr) & mask` is zero in
+/// every word. Four XORs and ANDs without a branch, where comparing by
+/// prefix length costs a shift and two branches per word; the daemon
+/// computes the mask once per rule ([`AddrMask::of`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrMask {
+    pub addr: [u32; 4],
+    pub mask: [u32; 4],
+}
+
+impl AddrMask {
+    /// Every address (an all-zero mask).
+    pub const ANY: Self = Self {
+        addr: [0; 4],
+        mask: [0; 4],
+    };
+
+    /// The mask form of an IPv6 (or IPv4-mapped) prefix, or of
+    /// [`Prefix::ANY`]; `None` for a prefix of another family, which no
+    /// packet address (always IPv6 or IPv4-mapped) could match.
+    pub fn of(prefix: &Prefix) -> Option<Self> {
+        match prefix.family {
+            FAMILY_ANY => Some(Self::ANY),
+            FAMILY_INET6 => {
+                let len = u32::from(prefix.prefix_len).min(128);
+                let mut mask = [0u32; 4];
+                for (i, word) in mask.iter_mut().enumerate() {
+                    let bits = len.saturating_sub(32 * i as u32).min(32);
+                    let host = if bits == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - bits)
+                    };
+                    *word = host.to_be();
+                }
+                let addr = core::array::from_fn(|i| prefix.addr[i] & mask[i]);
+                Some(Self { addr, mask })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `addr` (IPv6 or IPv4-mapped, network-order words) lies in
+    /// the prefix.
+    #[inline(always)]
+    pub fn contains(&self, addr: &[u32; 4]) -> bool {
+        ((addr[0] ^ self.addr[0]) & self.mask[0])
+            | ((addr[1] ^ self.addr[1]) & self.mask[1])
+            | ((addr[2] ^ self.addr[2]) & self.mask[2])
+            | ((addr[3] ^ self.addr[3]) & self.mask[3])
+            == 0
+    }
 }
 
 impl PacketRule {
@@ -284,4 +391,68 @@ mod pod {
     unsafe impl aya::Pod for super::PacketRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DelayHistogram {}
+    // SAFETY: as above (arrays of u64).
+    unsafe impl aya::Pod for super::RuleSet {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v6(words: [u32; 4], len: u8) -> Prefix {
+        Prefix {
+            family: FAMILY_INET6,
+            prefix_len: len,
+            _pad: [0; 2],
+            addr: words,
+        }
+    }
+
+    /// The mask form agrees with comparing by prefix length, for every
+    /// length and for addresses that differ in one bit anywhere.
+    #[test]
+    fn addr_mask_agrees_with_prefix_len() {
+        let base: [u32; 4] = [
+            0x2001_0db8u32.to_be(),
+            0x1234_5678u32.to_be(),
+            0,
+            0xffff_0a00u32.to_be(),
+        ];
+        for len in 0..=128u8 {
+            let mut net = base;
+            // Bits past the length are zero in a Prefix.
+            for (i, w) in net.iter_mut().enumerate() {
+                let bits = u32::from(len).saturating_sub(32 * i as u32).min(32);
+                let keep = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                *w = (u32::from_be(*w) & keep).to_be();
+            }
+            let p = v6(net, len);
+            let m = AddrMask::of(&p).expect("inet6");
+            for bit in 0..128u32 {
+                let mut a = base;
+                let w = (bit / 32) as usize;
+                a[w] = (u32::from_be(a[w]) ^ (1 << (31 - bit % 32))).to_be();
+                assert_eq!(
+                    m.contains(&a),
+                    p.contains(FAMILY_INET6, &a),
+                    "len {len} bit {bit}"
+                );
+            }
+            assert_eq!(
+                m.contains(&base),
+                p.contains(FAMILY_INET6, &base),
+                "len {len}"
+            );
+        }
+        assert!(AddrMask::of(&Prefix::ANY).expect("any").contains(&base));
+        let v4 = Prefix {
+            family: crate::FAMILY_INET,
+            ..Prefix::ANY
+        };
+        assert_eq!(AddrMask::of(&v4), None);
+    }
 }

@@ -2,22 +2,21 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use injector_common::Trigger;
 
-use crate::maps::{FAULT_STATS, TRIGGER_STATE, lease_checked, leased};
+use crate::maps::{FAULT_STATS, TRIGGER_STATE, coarse_now, lease_checked, leased};
 
 /// Evaluates `trigger` for one event that matched the fault in `slot`.
 /// Returns whether the fault fires; updates the slot's counters either way.
 /// Expired rules, and every rule once the daemon's lease has run out,
 /// return `false` without counting an evaluation: every fault of every
 /// family goes through here, so none outlives its daemon by more than the
-/// lease.
+/// lease (plus one clock tick: see [`coarse_now`]).
 #[inline(always)]
 pub fn evaluate(slot: u32, trigger: &Trigger) -> bool {
     if lease_checked() || trigger.expires_at_ns != 0 {
-        // SAFETY: helper without arguments or side effects.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = coarse_now();
         if !leased(now) || (trigger.expires_at_ns != 0 && now >= trigger.expires_at_ns) {
             return false;
         }

@@ -1,7 +1,10 @@
-//! Cost per packet of the XDP and TC packet programs, by BPF_PROG_TEST_RUN
-//! with a large repeat count, against do-nothing XDP_PASS / TC "next"
-//! programs from the same object, with 0, 1, 1,000 and 10,000 faults
-//! installed for other targets in the same maps. Run by `./x bench`.
+//! Cost per packet of the packet programs, by BPF_PROG_TEST_RUN with a
+//! large repeat count, against do-nothing programs from the same object:
+//! an interface's XDP and TC programs with no rules, ten rules for other
+//! ports, a matching rule that never fires (with and without the lease
+//! check), several, and faults that fire; the cgroup_skb program with a
+//! matching rule and 0, 1, 1,000 and 10,000 other cgroups' faults in the
+//! same maps. Run by `./x bench`.
 //!
 //! It is also the drop benchmark's NIC-like traffic generator: `xdpgen`
 //! runs a program that returns XDP_TX under BPF_PROG_TEST_RUN in
@@ -9,7 +12,11 @@
 //! through IF as a driver hands them over (on a veth, the peer receives
 //! frames, not skbs), and prints frames sent per second.
 //!
+//! `xdpdrop` attaches a bare XDP_DROP program to IF until killed: what a
+//! dropper that looks at nothing achieves.
+//!
 //! Usage: packet_bench [REPEAT] | packet_bench xdpgen IF SRC_MAC DST_MAC SECONDS
+//!        | packet_bench xdpdrop IF
 
 use std::time::{Duration, Instant};
 
@@ -17,13 +24,16 @@ use anyhow::Context as _;
 use aya::{
     EbpfLoader,
     maps::Array,
-    programs::{SchedClassifier, TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
+    programs::{CgroupSkb, SchedClassifier, TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
 use injector_common::{
     LEASE_SLOT, Trigger,
-    bench::BENCH_XDP_TX,
+    bench::{BENCH_CGROUP_SKB, BENCH_XDP_DROP, BENCH_XDP_TX},
     globals, maps,
-    packet::{HOOK_TC_EGRESS, HOOK_XDP, PACKET_TC_EGRESS, PACKET_XDP},
+    packet::{
+        HOOK_CGROUP_EGRESS, HOOK_TC_EGRESS, HOOK_XDP, PACKET_CGROUP_EGRESS, PACKET_TC_EGRESS,
+        PACKET_XDP,
+    },
     probe::{PROBE_TC, PROBE_XDP},
 };
 use injectord::{
@@ -78,6 +88,28 @@ fn xdp_generate(ifname: &str, src: [u8; 6], dst: [u8; 6], seconds: f64) -> anyho
     Ok(sent as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Attaches a bare XDP_DROP program to `ifname` and holds it until killed:
+/// the drop benchmark's reference dropper.
+fn xdp_drop(ifname: &str) -> anyhow::Result<()> {
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .context("loading the object")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(BENCH_XDP_DROP)
+        .context(BENCH_XDP_DROP)?
+        .try_into()?;
+    prog.load()?;
+    let ifindex =
+        nix::net::if_::if_nametoindex(ifname).with_context(|| format!("no interface {ifname}"))?;
+    // Native mode, as the daemon attaches on a veth.
+    prog.attach(ifindex, aya::programs::xdp::XdpMode::Driver)
+        .with_context(|| format!("attaching XDP_DROP to {ifname}"))?;
+    println!("attached");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 fn plan(fault: serde_json::Value) -> anyhow::Result<PacketPlan> {
     let spec = FaultSpec::from_params(json!({"target": {"interface": "eth0"}, "fault": fault}))?;
     let fault = params_as::<PacketFault>(spec.fault.params()).context("not a packet fault")?;
@@ -93,6 +125,11 @@ fn main() -> anyhow::Result<()> {
         println!("{pps}");
         return Ok(());
     }
+    if let [cmd, ifname] = args.as_slice()
+        && cmd == "xdpdrop"
+    {
+        return xdp_drop(ifname);
+    }
     let repeat: u32 = args
         .first()
         .map(|s| s.parse())
@@ -101,52 +138,182 @@ fn main() -> anyhow::Result<()> {
     let nr_cpus = aya::util::nr_cpus()
         .map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?
         .get() as usize;
-    let (ebpf, mut maps) = load_object(true)?;
     let data = frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-    let run = |name: &'static str| run_program(&ebpf, name, &data, repeat);
 
-    let base_xdp = run(PROBE_XDP)?;
-    let base_tc = run(PROBE_TC)?;
-    println!("packet program cost, BPF_PROG_TEST_RUN x {repeat}, median of 5 (64-byte UDP frame)");
+    // An interface's object, as the daemon loads one per interface.
+    let (iface, mut maps) = load_object(true, Rules::Interface)?;
+    let run = |ebpf: &aya::Ebpf, name: &'static str| run_program(ebpf, name, &data, repeat);
+    let base_xdp = run(&iface, PROBE_XDP)?;
+    let base_tc = run(&iface, PROBE_TC)?;
     println!(
-        "{:<58} {:>9} {:>7} {:>9} {:>7}",
-        "scenario", "XDP ns", "ratio", "TC ns", "ratio"
+        "packet program cost, BPF_PROG_TEST_RUN x {repeat}, median of 5 (64-byte UDP frame to port 9)"
+    );
+    println!(
+        "{:<62} {:>7} {:>6} {:>7} {:>6}",
+        "an interface's programs", "XDP ns", "+ns", "TC ns", "+ns"
     );
     let row = |name: &str, x: f64, t: f64| {
         println!(
-            "{name:<58} {x:>9.1} {:>7.2} {t:>9.1} {:>7.2}",
-            x / base_xdp,
-            t / base_tc
+            "{name:<62} {x:>7.1} {:>6.1} {t:>7.1} {:>6.1}",
+            x - base_xdp,
+            t - base_tc
         );
+    };
+    let both = |ebpf: &aya::Ebpf| -> anyhow::Result<(f64, f64)> {
+        Ok((run(ebpf, PACKET_XDP)?, run(ebpf, PACKET_TC_EGRESS)?))
     };
     row(
         "baseline: XDP_PASS / TC next, no lookups",
         base_xdp,
         base_tc,
     );
+    let (x, t) = both(&iface)?;
+    row("no rules", x, t);
 
-    // A fault on this target (0, a per-interface object's own) that matches
-    // the packet but never fires (probability 0): the whole evaluation
-    // path, every packet. Then faults on other targets, each with its own
-    // target id, rule and prefixes, in the same maps.
-    row(
-        "no fault on this target (one hash lookup, miss)",
-        run(PACKET_XDP)?,
-        run(PACKET_TC_EGRESS)?,
-    );
-    let mut own = TargetRules::default();
     let never = Trigger {
         threshold: 0,
         ..trigger()
     };
-    let p = plan(
-        json!({"type": "packet_drop", "direction": "both", "protocol": "udp",
-                        "dst": "10.0.0.0/8", "dst_port": 9}),
-    )?;
-    maps.add(
-        0,
+    let hooks = (1 << HOOK_XDP, 1 << HOOK_TC_EGRESS);
+    let mut own = TargetRules::default();
+    let add = |maps: &mut PacketMaps,
+               own: &mut TargetRules,
+               fault: serde_json::Value,
+               slot: u32,
+               t: Trigger|
+     -> anyhow::Result<Vec<u32>> {
+        let p = plan(fault)?;
+        Ok(maps.add(0, own, p.entries(hooks.0, hooks.1, slot, t), nr_cpus)?)
+    };
+    // Nine rules for other UDP ports (other port buckets), then the one
+    // for this packet: the whole evaluation path, never firing.
+    let mut others = Vec::new();
+    for i in 0..10u32 {
+        let port = 20_000 + 1 + i * 3;
+        others.push(add(
+            &mut maps,
+            &mut own,
+            json!({"type": "packet_drop", "direction": "both", "protocol": "udp", "dst_port": port}),
+            1 + i,
+            trigger(),
+        )?);
+    }
+    let (x, t) = both(&iface)?;
+    row("10 rules for other ports, none matching", x, t);
+    for indices in others.drain(1..) {
+        maps.remove(0, &mut own, &indices, 0);
+    }
+    let one = add(
+        &mut maps,
         &mut own,
-        p.entries(1 << HOOK_XDP, 1 << HOOK_TC_EGRESS, 0, never),
+        json!({"type": "packet_drop", "direction": "both", "protocol": "udp",
+               "dst": "10.0.0.0/8", "dst_port": 9}),
+        20,
+        never,
+    )?;
+    let (x, t) = both(&iface)?;
+    row(
+        "1 matching rule (p=0: the whole path, never fires) + 1 other",
+        x,
+        t,
+    );
+    let mut more = Vec::new();
+    for i in 0..4u32 {
+        more.push(add(
+            &mut maps,
+            &mut own,
+            json!({"type": "packet_drop", "direction": "both", "protocol": "udp", "dst_port": 9}),
+            21 + i,
+            never,
+        )?);
+    }
+    let (x, t) = both(&iface)?;
+    row("5 matching rules (p=0; past the first, a bpf_loop)", x, t);
+    for indices in more {
+        maps.remove(0, &mut own, &indices, 0);
+    }
+
+    // The same matching rule in a copy whose programs skip the lease check.
+    let (off, mut off_maps) = load_object(false, Rules::Interface)?;
+    add(
+        &mut off_maps,
+        &mut TargetRules::default(),
+        json!({"type": "packet_drop", "direction": "both", "protocol": "udp",
+               "dst": "10.0.0.0/8", "dst_port": 9}),
+        20,
+        never,
+    )?;
+    let (x, t) = both(&off)?;
+    row(
+        "1 matching rule (p=0), no lease check (LEASE_CHECK=0)",
+        x,
+        t,
+    );
+
+    // Faults that fire on every packet.
+    maps.remove(0, &mut own, &one, 0);
+    let drop_all = add(
+        &mut maps,
+        &mut own,
+        json!({"type": "packet_drop", "direction": "both", "protocol": "udp", "dst_port": 9}),
+        30,
+        trigger(),
+    )?;
+    let (x, t) = both(&iface)?;
+    row("drop, firing (XDP_DROP / TC redirect to nowhere)", x, t);
+    maps.remove(0, &mut own, &drop_all, 0);
+    for (what, fault) in [
+        (
+            "corrupt one payload byte, firing (TC; checksum fixed)",
+            json!({"type": "packet_corrupt", "direction": "egress", "protocol": "udp", "dst_port": 9, "fix_checksum": true}),
+        ),
+        (
+            "duplicate, firing (TC; a clone sent again)",
+            json!({"type": "packet_duplicate", "direction": "egress", "protocol": "udp", "dst_port": 9}),
+        ),
+    ] {
+        let p = plan(fault)?;
+        let indices = maps.add(
+            0,
+            &mut own,
+            p.entries(0, 1 << HOOK_TC_EGRESS, 31, trigger()),
+            nr_cpus,
+        )?;
+        println!(
+            "{what:<62} {:>7} {:>6} {:>7.1} {:>6.1}",
+            "-",
+            "-",
+            run(&iface, PACKET_TC_EGRESS)?,
+            run(&iface, PACKET_TC_EGRESS)? - base_tc
+        );
+        maps.remove(0, &mut own, &indices, 0);
+    }
+
+    // The cgroup programs: one object for every targeted cgroup. A test
+    // run's cgroup storage is fresh, so the program takes BENCH_CGROUP as
+    // its target (see `load_object`).
+    let (cg, mut cg_maps) = load_object(true, Rules::Cgroup)?;
+    let base_cg = run(&cg, BENCH_CGROUP_SKB)?;
+    println!();
+    println!(
+        "{:<62} {:>7} {:>6}",
+        "the cgroup programs (egress)", "ns", "+ns"
+    );
+    let cg_row = |name: &str, v: f64| println!("{name:<62} {v:>7.1} {:>6.1}", v - base_cg);
+    cg_row("baseline: a do-nothing cgroup_skb program", base_cg);
+    cg_row(
+        "the cgroup is not a target (one hash miss)",
+        run(&cg, PACKET_CGROUP_EGRESS)?,
+    );
+    let mut own = TargetRules::default();
+    let p = plan(
+        json!({"type": "packet_drop", "direction": "egress", "protocol": "udp",
+               "dst": "10.0.0.0/8", "dst_port": 9}),
+    )?;
+    cg_maps.add(
+        BENCH_TARGET,
+        &mut own,
+        p.entries(0, 1 << HOOK_CGROUP_EGRESS, 0, never),
         nr_cpus,
     )?;
     let mut sets: Vec<TargetRules> = Vec::new();
@@ -155,92 +322,71 @@ fn main() -> anyhow::Result<()> {
         while installed < want {
             let i = installed + 1;
             let p = plan(
-                json!({"type": "packet_drop", "direction": "both", "protocol": "udp",
-                                "dst": format!("10.{}.{}.0/24", (i >> 8) & 255, i & 255),
-                                "dst_port": 9}),
+                json!({"type": "packet_drop", "direction": "egress", "protocol": "udp",
+                       "dst": format!("10.{}.{}.0/24", (i >> 8) & 255, i & 255),
+                       "dst_port": 9}),
             )?;
-            let entries = p.entries(1 << HOOK_XDP, 1 << HOOK_TC_EGRESS, i as u32, trigger());
+            let entries = p.entries(0, 1 << HOOK_CGROUP_EGRESS, i as u32, trigger());
             let mut set = TargetRules::default();
-            maps.add(i as u64, &mut set, entries, nr_cpus)?;
+            cg_maps.add(i as u64, &mut set, entries, nr_cpus)?;
             sets.push(set);
             installed += 1;
         }
-        row(
-            &format!("matching fault (p=0) here + {want} faults on other targets"),
-            run(PACKET_XDP)?,
-            run(PACKET_TC_EGRESS)?,
+        cg_row(
+            &format!("a matching rule (p=0) for this cgroup + {want} other cgroups'"),
+            run(&cg, PACKET_CGROUP_EGRESS)?,
         );
     }
-    // The same fault without an address filter: no LPM lookup at all.
-    maps.remove(0, &mut own, &[0], 0);
-    let p = plan(
-        json!({"type": "packet_drop", "direction": "both", "protocol": "udp", "dst_port": 9}),
-    )?;
-    maps.add(
-        0,
-        &mut own,
-        p.entries(1 << HOOK_XDP, 1 << HOOK_TC_EGRESS, 0, never),
-        nr_cpus,
-    )?;
-    row(
-        "matching fault (p=0) filtering on port only + 10000 others",
-        run(PACKET_XDP)?,
-        run(PACKET_TC_EGRESS)?,
-    );
-
-    // What the lease check costs: a matching fault in a copy of the object
-    // whose programs skip the check, next to the same in this copy.
-    let (off, mut off_maps) = load_object(false)?;
-    let p = plan(
-        json!({"type": "packet_drop", "direction": "both", "protocol": "udp",
-                        "dst": "10.0.0.0/8", "dst_port": 9}),
-    )?;
-    off_maps.add(
-        0,
-        &mut TargetRules::default(),
-        p.entries(1 << HOOK_XDP, 1 << HOOK_TC_EGRESS, 0, never),
-        nr_cpus,
-    )?;
-    maps.remove(0, &mut own, &[0], 0);
-    maps.add(
-        0,
-        &mut own,
-        p.entries(1 << HOOK_XDP, 1 << HOOK_TC_EGRESS, 0, never),
-        nr_cpus,
-    )?;
-    row(
-        "matching fault (p=0) + 10000 others, lease checked",
-        run(PACKET_XDP)?,
-        run(PACKET_TC_EGRESS)?,
-    );
-    row(
-        "matching fault (p=0), no lease check (LEASE_CHECK=0)",
-        run_program(&off, PACKET_XDP, &data, repeat)?,
-        run_program(&off, PACKET_TC_EGRESS, &data, repeat)?,
-    );
     Ok(())
+}
+
+/// The cgroup the cgroup rows' program runs for: above the ids of the
+/// 10,000 other targets the rows install.
+const BENCH_TARGET: u64 = 1 << 32;
+
+/// Which rule maps a loaded copy's programs read.
+#[derive(Clone, Copy)]
+enum Rules {
+    /// An interface's object (XDP, TC): whole rule sets.
+    Interface,
+    /// The shared object (cgroup_skb): rules by target.
+    Cgroup,
 }
 
 /// Loads the object with the packet programs and the do-nothing probes,
 /// its lease granted for good (no daemon renews it here), or with the
 /// lease check skipped (`lease_check` false: the verifier prunes it).
-fn load_object(lease_check: bool) -> anyhow::Result<(aya::Ebpf, PacketMaps)> {
+fn load_object(lease_check: bool, rules: Rules) -> anyhow::Result<(aya::Ebpf, PacketMaps)> {
     let check = u8::from(lease_check);
     let mut ebpf = EbpfLoader::new()
         .override_global(globals::LEASE_CHECK, &check, true)
+        .override_global(globals::BENCH_CGROUP, &BENCH_TARGET, true)
         .load(OBJECT)
         .context("loading the object")?;
     let mut lease: Array<_, u64> =
         Array::try_from(ebpf.map_mut(maps::LEASE).context(maps::LEASE)?)?;
     lease.set(LEASE_SLOT, &u64::MAX, 0)?;
-    let maps = PacketMaps::take(&mut ebpf)?;
-    for name in [PROBE_XDP, PACKET_XDP] {
-        let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
-        p.load()?;
-    }
-    for name in [PROBE_TC, PACKET_TC_EGRESS] {
-        let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
-        p.load()?;
+    let maps = match rules {
+        Rules::Interface => PacketMaps::take_interface(&mut ebpf)?,
+        Rules::Cgroup => PacketMaps::take(&mut ebpf)?,
+    };
+    match rules {
+        Rules::Interface => {
+            for name in [PROBE_XDP, PACKET_XDP] {
+                let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
+                p.load()?;
+            }
+            for name in [PROBE_TC, PACKET_TC_EGRESS] {
+                let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
+                p.load()?;
+            }
+        }
+        Rules::Cgroup => {
+            for name in [BENCH_CGROUP_SKB, PACKET_CGROUP_EGRESS] {
+                let p: &mut CgroupSkb = ebpf.program_mut(name).context(name)?.try_into()?;
+                p.load()?;
+            }
+        }
     }
     Ok((ebpf, maps))
 }
@@ -256,6 +402,8 @@ fn run_program(ebpf: &aya::Ebpf, name: &str, data: &[u8], repeat: u32) -> anyhow
         };
         let prog = ebpf.program(name).with_context(|| name.to_string())?;
         let d: Duration = if let Ok(p) = <&Xdp>::try_from(prog) {
+            p.test_run(opts)?.duration
+        } else if let Ok(p) = <&CgroupSkb>::try_from(prog) {
             p.test_run(opts)?.duration
         } else {
             <&SchedClassifier>::try_from(prog)?.test_run(opts)?.duration

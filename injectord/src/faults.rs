@@ -30,6 +30,7 @@ use crate::{
     family::{
         self, Backend, Counters, Installed, Load, Options, Request, Services, Target,
         block::latency::{BlockLatency, BlockSeries},
+        packet::PoolStatus,
         syscall::latency::{LatencySeries, Watch, Watches},
     },
     kernel::{Kernel, reaper::Reaper},
@@ -71,6 +72,8 @@ pub struct Faults {
     cgroup2_mount: String,
     latency: Option<Watches>,
     block_latency: Option<BlockLatency>,
+    /// The packet family's pool of interface copies, for `status`.
+    interface_pool: Option<PoolStatus>,
 }
 
 #[derive(Default)]
@@ -179,6 +182,7 @@ impl Faults {
             .collect();
         let latency = services.get::<Watches>();
         let block_latency = services.get::<BlockLatency>();
+        let interface_pool = services.get::<PoolStatus>();
         Self {
             table: Mutex::new(Table {
                 next_id: 1,
@@ -187,6 +191,7 @@ impl Faults {
             cgroup2_mount: cgroups.mount().display().to_string(),
             latency: latency.clone(),
             block_latency,
+            interface_pool,
             installer: Mutex::new(Installer {
                 kernel,
                 backends,
@@ -207,6 +212,22 @@ impl Faults {
             .collect()
     }
 
+    /// Tells the families the daemon serves: their background work may
+    /// start now.
+    pub fn serving(&self) {
+        for backend in &mut lock(&self.installer).backends {
+            backend.serving();
+        }
+    }
+
+    /// Waits until what the families undo in the background after a
+    /// removal is done (before the daemon exits).
+    pub fn settle(&self) {
+        for backend in &mut lock(&self.installer).backends {
+            backend.settle();
+        }
+    }
+
     /// What the families found this kernel can do for them.
     pub fn family_capabilities(&self) -> Vec<Capability> {
         lock(&self.installer)
@@ -218,6 +239,12 @@ impl Faults {
 
     pub fn cgroup2_mount(&self) -> &str {
         &self.cgroup2_mount
+    }
+
+    /// Copies of the interface programs ready to attach, and how many the
+    /// pool keeps (without the table's or the installer's lock).
+    pub fn interface_pool(&self) -> Option<(usize, usize)> {
+        self.interface_pool.as_ref().map(PoolStatus::ready)
     }
 
     /// The number of faults, without taking a lock.

@@ -10,6 +10,7 @@
 pub mod capabilities;
 pub mod errno;
 pub mod error;
+pub mod experiment;
 pub mod family;
 pub mod faults;
 pub mod kernel;

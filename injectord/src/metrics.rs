@@ -49,6 +49,34 @@ impl Collector for FaultCollector {
     }
 }
 
+/// `injectord_experiment_phase{experiment, run, phase}`: 1 for the phase
+/// each running experiment is in (see [`crate::experiment`]). The family
+/// is declared even with no experiment running.
+#[derive(Debug)]
+struct ExperimentCollector {
+    state: Shared,
+}
+
+impl Collector for ExperimentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "injectord_experiment_phase",
+            "1 for the phase (warmup, inject, recover) that each running experiment's current run is in, as its runner reports it",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (experiment, run, phase) in self.state.experiments.current() {
+            let labels = [
+                ("experiment", experiment.as_str()),
+                ("run", run.as_str()),
+                ("phase", phase),
+            ];
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Every metric family about faults. Each family is written (HELP and
 /// TYPE) even with no fault installed, so a dashboard's queries name
 /// metrics the daemon exports whatever runs.
@@ -288,6 +316,9 @@ pub fn registry(state: Shared) -> Registry {
         "How long faults keep firing after the daemon last renewed its lease",
         lease,
     );
+    registry.register_collector(Box::new(ExperimentCollector {
+        state: state.clone(),
+    }));
     registry.register_collector(Box::new(FaultCollector { state }));
     registry
 }

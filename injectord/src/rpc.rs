@@ -29,6 +29,8 @@ pub struct State {
     pub lease: std::time::Duration,
     pub socket: String,
     pub metrics_addr: String,
+    /// Phases of running experiments, for Prometheus (`experiment_phase`).
+    pub experiments: crate::experiment::Phases,
 }
 
 pub type Shared = Arc<State>;
@@ -42,8 +44,9 @@ impl std::fmt::Debug for State {
     }
 }
 
-/// Serves one line without blocking the async runtime: `status` and
-/// `capabilities` (which take no lock) are answered at once; anything that
+/// Serves one line without blocking the async runtime: `status`,
+/// `capabilities` and `experiment_phase` (which take no lock of the fault
+/// table) are answered at once; anything that
 /// takes the fault table's lock, which an install holds while it loads
 /// programs or talks netlink, runs on a blocking thread. Requests of one
 /// connection are served in order (the caller awaits each), and the lock
@@ -69,8 +72,12 @@ fn is_lock_free(line: &str) -> bool {
         #[serde(borrow)]
         method: Option<&'a str>,
     }
-    serde_json::from_str::<Method<'_>>(line)
-        .is_ok_and(|m| matches!(m.method, Some("status" | "capabilities")))
+    serde_json::from_str::<Method<'_>>(line).is_ok_and(|m| {
+        matches!(
+            m.method,
+            Some("status" | "capabilities" | "experiment_phase")
+        )
+    })
 }
 
 /// Handles one line: a request, or a batch of them (an array). Returns
@@ -251,6 +258,7 @@ fn dispatch(state: &Shared, method: &str, params: Value) -> Result<Value, RpcErr
             Ok(json!({ "removed": view }))
         }
         "clear" => Ok(json!({ "removed": state.faults.clear() })),
+        "experiment_phase" => state.experiments.set(params),
         "status" => Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
@@ -267,6 +275,10 @@ fn dispatch(state: &Shared, method: &str, params: Value) -> Result<Value, RpcErr
                 .map(|(end, n)| (end.as_str().to_string(), json!(n)))
                 .collect::<serde_json::Map<_, _>>(),
             "lease_seconds": state.lease.as_secs_f64(),
+            "interface_pool": state.faults.interface_pool().map(|(ready, size)| json!({
+                "ready": ready,
+                "size": size,
+            })),
             "recovered": {
                 "undone": state.recovery.undone,
                 "gone": state.recovery.gone,
@@ -276,7 +288,7 @@ fn dispatch(state: &Shared, method: &str, params: Value) -> Result<Value, RpcErr
         other => Err(RpcError::new(
             ErrorCode::MethodNotFound,
             format!(
-                "unknown method {other:?}; methods: capabilities, inject, list, get, remove, clear, status"
+                "unknown method {other:?}; methods: capabilities, inject, list, get, remove, clear, status, experiment_phase"
             ),
         )),
     }

@@ -257,6 +257,26 @@ impl Daemon {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Waits (up to 120 s: a TCG guest verifies slowly) until the daemon's
+    /// start-up work is over: its pool of interface copies is full, which
+    /// it fills in the background after it starts serving. Tests that
+    /// measure an idle daemon (its CPU time, its descriptors) start here.
+    pub fn wait_at_rest(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = self.call("status", Value::Null).expect("status");
+            let pool = &status["interface_pool"];
+            if pool.is_null() || pool["ready"] == pool["size"] {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon's interface pool is not full after 120 s: {pool}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Resident memory of the daemon process in KiB (`VmRSS`), 0 once it
     /// has exited.
     pub fn rss_kib(&self) -> u64 {

@@ -160,6 +160,28 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// [`Self::attachments`] once `settled` holds of them (polled for up
+    /// to 15 s, room for a stalled TCG guest), or as they are then. After
+    /// `remove` the daemon detaches a device's programs in the background:
+    /// the fault's effect is over when the call returns, its programs are
+    /// gone a moment later.
+    pub fn attachments_when(
+        &self,
+        dev: &str,
+        settled: impl Fn(&Attachments) -> bool,
+    ) -> Attachments {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = self.attachments(dev);
+            if settled(&now) || std::time::Instant::now() > deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         // Processes still inside would keep it alive; kill them first.

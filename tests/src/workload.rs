@@ -54,7 +54,7 @@ pub struct Service {
 impl Service {
     /// Starts `program args...` in `ns` (inside `cg` if given), its output
     /// in `dir/<name>.log`.
-    fn start(
+    pub fn start(
         name: &'static str,
         ns: &Netns,
         cg: Option<&TestCgroup>,

@@ -12,9 +12,8 @@ use serde_json::{Value, json};
 const LEASE: Duration = Duration::from_secs(1);
 
 /// What the faults below leave on the devices: the partition's clsact
-/// filter at a.eth0's egress (its ingress half is an XDP link, which dies
-/// with the daemon) and the clsact qdisc, and on kernels with sch_fq an fq
-/// root qdisc.
+/// filters at a.eth0's egress and ingress (a veth's ingress drops run in
+/// TC) and the clsact qdisc, and on kernels with sch_fq an fq root qdisc.
 fn inject_netlink_faults(d: &Daemon, link: &Link, fq: bool) {
     d.inject(
         json!({"name": "cut", "target": {"interface": "eth0", "netns": link.a.name},
@@ -69,8 +68,8 @@ fn assert_recovered(d: &mut Daemon, link: &Link, before: &(Attachments, Attachme
     let now = (link.a.attachments("eth0"), link.b.attachments("eth0"));
     assert_eq!(now, *before, "the next start must leave nothing behind");
     let status = d.call("status", json!(null)).unwrap();
-    // The partition's egress filter and the clsact qdisc, and the fq.
-    let expected = 2 + u64::from(fq);
+    // The partition's two filters and the clsact qdisc, and the fq.
+    let expected = 3 + u64::from(fq);
     assert_eq!(status["recovered"]["undone"], expected, "{status}");
     assert_eq!(status["recovered"]["failed"], 0, "{status}");
     let m = d.metrics();

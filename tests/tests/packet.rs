@@ -59,7 +59,7 @@ fn ingress_drop_at_xdp_hits_ipv6_icmp_only() {
     let id = d.inject(json!({
         "name": "icmp6-in",
         "target": {"interface": "eth0", "netns": link.b.name},
-        "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "icmp", "src": "fd99::/64"},
+        "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "icmp", "src": "fd99::/64", "hook": "xdp"},
     }));
     let view = d.call("get", json!({"id": id})).unwrap();
     assert_eq!(view["interface"]["xdp"], "attached", "{view}");
@@ -103,6 +103,85 @@ fn ingress_drop_at_xdp_hits_ipv6_icmp_only() {
     let _ = server.kill();
     let _ = server.wait();
     assert!(ok, "curl over the faulted link must work");
+}
+
+/// On a veth an ingress drop runs at TC unless `hook` says `xdp`; either
+/// way the drop acts; and a hook where it means nothing is refused with
+/// the field named.
+#[test]
+fn hook_puts_ingress_drops_at_tc_or_xdp() {
+    let d = Daemon::start();
+    let link = Link::new("hook");
+    let on_b = json!({"interface": "eth0", "netns": link.b.name});
+    for hook in [None, Some("tc"), Some("xdp")] {
+        let label = hook.unwrap_or("default");
+        let mut fault = json!({"type": "packet_drop", "direction": "ingress", "protocol": "icmp",
+                               "dst": format!("{B_IP}/32")});
+        if let Some(h) = hook {
+            fault["hook"] = json!(h);
+        }
+        let id = d.inject(json!({"name": label, "target": on_b, "fault": fault}));
+        let view = d.call("get", json!({"id": id})).unwrap();
+        assert_eq!(view["interface"]["veth"], true, "{view}");
+        let want_xdp = hook == Some("xdp");
+        let on_xdp = view["interface"]["xdp"] == "attached";
+        assert_eq!(on_xdp, want_xdp, "{label}: {view}");
+        let now = link.b.attachments("eth0");
+        assert_eq!(now.xdp.contains("prog/xdp"), want_xdp, "{label}: {now:?}");
+        // (Program names are cut to 15 bytes.)
+        assert_eq!(
+            now.tcx[0].contains("packet_tc_ingre")
+                || now.ingress_filters.contains("packet_tc_ingre"),
+            !want_xdp,
+            "{label}: {now:?}"
+        );
+        let (tx, rx, ..) = ping(&link.a, B_IP, 5, "0.2");
+        assert_eq!(
+            (tx, rx),
+            (5, 0),
+            "{label}: the echo requests must be dropped"
+        );
+        assert_eq!(packets(&d, label, "packet_drop", "dropped"), 5);
+        d.call("remove", json!({"id": id})).unwrap();
+        // Programs go in the background; the next fault waits for that.
+        link.b.attachments_when("eth0", |a| {
+            !a.xdp.contains("prog/xdp") && !a.tcx[0].contains("packet")
+        });
+    }
+    assert_eq!(ping_all(&link.a, B_IP, 3, "0.2").received, 3);
+
+    let refused = |fault: Value, target: Value| {
+        let err = d
+            .call("inject", json!({"target": target, "fault": fault}))
+            .unwrap_err()
+            .downcast::<ErrorResponse>()
+            .unwrap();
+        assert_eq!(err.data["field"], "fault.hook", "{err:?}");
+        err.message
+    };
+    let egress = refused(
+        json!({"type": "packet_drop", "direction": "egress", "hook": "tc"}),
+        on_b.clone(),
+    );
+    assert!(egress.contains("no ingress side"), "{egress}");
+    let cg = TestCgroup::new("hook");
+    let on_cgroup = refused(
+        json!({"type": "packet_drop", "direction": "ingress", "hook": "xdp"}),
+        json!({"cgroup": cg.rel}),
+    );
+    assert!(on_cgroup.contains("cgroup_skb"), "{on_cgroup}");
+    let bad = d
+        .call(
+            "inject",
+            json!({"target": on_b, "fault": {"type": "packet_drop", "hook": "nic"}}),
+        )
+        .unwrap_err()
+        .downcast::<ErrorResponse>()
+        .unwrap();
+    assert_eq!(bad.data["field"], "fault.hook", "{bad:?}");
+    // Nothing of the refused faults stayed.
+    let list = d.call("list", json!(null)).unwrap();
+    assert_eq!(list["faults"].as_array().map(Vec::len), Some(0), "{list}");
 }
 
 #[test]
@@ -226,7 +305,9 @@ fn delay_moves_ping_rtt_or_is_refused_without_sch_fq() {
         .unwrap_or(0.0);
     assert!(count >= 40.0, "delay histogram: {count}");
     d.call("remove", json!({"name": "slow"})).unwrap();
-    let after = link.a.attachments("eth0");
+    let after = link
+        .a
+        .attachments_when("eth0", |a| !a.qdiscs.contains("fq"));
     assert!(!after.qdiscs.contains("fq"), "fq must go: {after:?}");
 }
 
@@ -546,7 +627,10 @@ fn container_cgroup_takes_rewrites_and_delay_on_its_own_device() {
     }
     d.call("remove", json!({"name": "pod-a-dup"})).unwrap();
     assert_eq!(
-        (c0.attachments("eth0"), br.containers[1].attachments("eth0")),
+        (
+            c0.attachments_when("eth0", |a| *a == before.0),
+            br.containers[1].attachments("eth0")
+        ),
         before,
         "removal restores pod a's device"
     );

@@ -38,7 +38,7 @@ fn faults(link: &Link) -> [serde_json::Value; 3] {
         json!({"name": "dup", "target": {"interface": "eth0", "netns": link.a.name},
                "fault": {"type": "packet_duplicate", "direction": "ingress", "protocol": "udp"}}),
         json!({"name": "xdp", "target": {"interface": "eth0", "netns": link.b.name},
-               "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "icmp"},
+               "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "icmp", "hook": "xdp"},
                "trigger": {"probability": 0.5}}),
     ]
 }
@@ -180,11 +180,32 @@ fn installed_fq_is_removed_even_after_sigkill() {
     }
 }
 
+/// The address of the macvlan device in b of
+/// [`another_xdp_program_is_left_alone_and_ingress_drops_use_tc`].
+const MV_IP: &str = "10.99.0.3";
+
+/// Where another program holds a device's XDP, an ingress drop goes
+/// through TC (the device is a macvlan, since a veth's drops go to TC
+/// anyway), and `"hook": "xdp"` there is refused, naming why.
 #[test]
 fn another_xdp_program_is_left_alone_and_ingress_drops_use_tc() {
-    // "Another tool": this test process attaches an XDP program (the
-    // do-nothing probe from injectord's object) to b.eth0 and holds it.
     let link = Link::new("xdp-other");
+    link.b.run_ok(
+        "ip",
+        &[
+            "link", "add", "mv0", "link", "eth0", "type", "macvlan", "mode", "bridge",
+        ],
+    );
+    link.b
+        .run_ok("ip", &["addr", "add", &format!("{MV_IP}/24"), "dev", "mv0"]);
+    link.b.run_ok("ip", &["link", "set", "mv0", "up"]);
+    // Only mv0 answers ARP for its address (by default eth0 would too,
+    // and a's packets for MV_IP would never reach mv0's hooks).
+    link.b
+        .run_ok("sysctl", &["-qw", "net.ipv4.conf.eth0.arp_ignore=1"]);
+    assert_eq!(ping_all(&link.a, MV_IP, 3, "0.1").received, 3);
+    // "Another tool": this test process attaches an XDP program (the
+    // do-nothing probe from injectord's object) to b's mv0 and holds it.
     let ns = std::fs::File::open(link.b.path()).unwrap();
     let mut ebpf = aya::Ebpf::load(injectord::kernel::OBJECT).unwrap();
     let prog: &mut aya::programs::Xdp = ebpf
@@ -197,16 +218,31 @@ fn another_xdp_program_is_left_alone_and_ingress_drops_use_tc() {
         s.spawn(|| {
             use std::os::fd::AsFd as _;
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            prog.attach(c"eth0", aya::programs::XdpMode::Skb).unwrap();
+            prog.attach(c"mv0", aya::programs::XdpMode::Skb).unwrap();
         })
         .join()
         .unwrap();
     });
-    let before = link.b.attachments("eth0");
+    let before = link.b.attachments("mv0");
     assert!(before.xdp.contains("probe_xdp"), "{before:?}");
 
     let d = Daemon::start();
-    let id = d.inject(json!({"name": "in", "target": {"interface": "eth0", "netns": link.b.name},
+    let on_mv0 = json!({"interface": "mv0", "netns": link.b.name});
+    let insisted = d
+        .call(
+            "inject",
+            json!({"target": on_mv0,
+                   "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "icmp", "hook": "xdp"}}),
+        )
+        .unwrap_err()
+        .downcast::<ErrorResponse>()
+        .unwrap();
+    assert_eq!(insisted.data["field"], "fault.hook", "{insisted:?}");
+    assert!(
+        insisted.message.contains("XDP cannot be used"),
+        "{insisted:?}"
+    );
+    let id = d.inject(json!({"name": "in", "target": on_mv0,
                              "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "icmp"}}));
     let view = d.call("get", json!({"id": id})).unwrap();
     assert!(
@@ -216,17 +252,18 @@ fn another_xdp_program_is_left_alone_and_ingress_drops_use_tc() {
             .starts_with("unavailable"),
         "{view}"
     );
+    assert_eq!(view["interface"]["veth"], false, "{view}");
     assert_eq!(
-        ping(&link.a, B_IP, 3, "0.1").1,
+        ping(&link.a, MV_IP, 3, "0.1").1,
         0,
         "the drop works through TC"
     );
-    assert!(link.b.attachments("eth0").xdp.contains("probe_xdp"));
+    assert!(link.b.attachments("mv0").xdp.contains("probe_xdp"));
     d.call("remove", json!({"id": id})).unwrap();
     assert_eq!(
-        link.b.attachments("eth0"),
+        link.b.attachments_when("mv0", |a| *a == before),
         before,
         "the other program stays, ours is gone"
     );
-    assert_eq!(ping_all(&link.a, B_IP, 3, "0.1").received, 3);
+    assert_eq!(ping_all(&link.a, MV_IP, 3, "0.1").received, 3);
 }

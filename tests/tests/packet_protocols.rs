@@ -162,7 +162,7 @@ fn ingress_filters_gre_at_xdp_and_esp_at_tc() {
     let link = Link::new("proto-in");
     let on_b = json!({"interface": "eth0", "netns": link.b.name});
     d.inject(json!({"name": "no-gre", "target": on_b,
-                    "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "gre"}}));
+                    "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "gre", "hook": "xdp"}}));
     d.inject(json!({"name": "esp-twice", "target": on_b,
                     "fault": {"type": "packet_duplicate", "direction": "ingress", "protocol": "ESP"}}));
     let flows = [

@@ -457,6 +457,12 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     let port = tcp_sink("127.0.0.1:0");
     let link = Link::new("prom");
     let delay = inject_experiment(&d, &cg, port, &link);
+    // An experiment runner's phase, for the phase panel.
+    d.call(
+        "experiment_phase",
+        json!({"experiment": "prom", "run": "1", "phase": "inject", "ttl": "10m"}),
+    )
+    .expect("experiment_phase");
     // Block I/O: direct reads of a loop device from the target; an
     // io_delay on the target aimed at another device splits the
     // histogram by cgroup and exports its outcome counters (held reads
@@ -703,6 +709,7 @@ const HELD: usize = 120;
 fn held_metrics_connections_cost_no_cpu_and_spare_the_control_socket() {
     raise_own_nofile();
     let d = Daemon::start();
+    d.wait_at_rest();
     let pid = d.pid();
     // 100 descriptors to spare, and more clients than that, each connected
     // and silent. (The listen backlog of 128 holds those not accepted.)
@@ -740,6 +747,7 @@ fn held_metrics_connections_cost_no_cpu_and_spare_the_control_socket() {
 #[test]
 fn a_full_file_table_backs_off_instead_of_spinning() {
     let d = Daemon::start();
+    d.wait_at_rest();
     let pid = d.pid();
     // Not one descriptor to spare (every one below the limit is taken):
     // every accept fails with EMFILE while clients wait in the backlog,

@@ -90,6 +90,10 @@ pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
     if only == "all" || only == "packet" {
         crate::bench_net::run(&bin)?;
     }
+    // Its last part alone (also run by `packet`).
+    if only == "switch" {
+        crate::bench_switch::run(&bin, 50)?;
+    }
     if only == "all" || only == "block" {
         crate::bench_block::run(&bin)?;
     }
@@ -315,12 +319,14 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
         }
         [cmd, port] if cmd == "echo" => {
             let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port.parse::<u16>()?))?;
+            crate::bench_switch::grow_receive_buffer(&sock);
             let mut buf = [0u8; 2048];
             loop {
                 let (n, from) = sock.recv_from(&mut buf)?;
                 sock.send_to(&buf[..n], from)?;
             }
         }
+        [cmd, host, port] if cmd == "probe" => crate::bench_switch::probe(host, port.parse()?),
         [cmd, host, port, n] if cmd == "rtt" => {
             let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
             sock.connect((host.as_str(), port.parse::<u16>()?))?;
@@ -341,13 +347,13 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: bench-worker connect PORT N | syscalls openat|connect PORT N | watch PORT | blast IF SRC DST SECONDS | echo PORT | rtt HOST PORT N"
+            "usage: bench-worker connect PORT N | syscalls openat|connect PORT N | watch PORT | blast IF SRC DST SECONDS | echo PORT | probe HOST PORT | rtt HOST PORT N"
         ),
     }
 }
 
 /// p50 and p99 of nanosecond samples, in microseconds.
-fn percentiles(v: &mut [u64]) -> (f64, f64) {
+pub fn percentiles(v: &mut [u64]) -> (f64, f64) {
     v.sort_unstable();
     let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0;
     (at(0.5), at(0.99))

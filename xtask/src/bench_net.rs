@@ -1,7 +1,8 @@
 //! `cargo xtask bench`, packet half: the per-packet cost of the XDP and TC
 //! programs (BPF_PROG_TEST_RUN, by the `packet_bench` example), drop
 //! throughput on a veth pair against iptables and nftables, and the latency
-//! a flow that no fault targets sees with 10,000 faults installed.
+//! a flow that no fault targets sees with 10,000 faults installed; then
+//! how fast interface faults switch on and off (`bench_switch.rs`).
 
 use std::{
     path::{Path, PathBuf},
@@ -21,7 +22,7 @@ use crate::bench::{start_daemon, this_binary};
 /// The benchmark's veth pair: the generators (`bench-worker blast` and the
 /// `packet_bench` example's `xdpgen`) write 10.97.0.1 -> 10.97.0.2 into
 /// their frames.
-const BENCH_SUBNET: Subnet = Subnet {
+pub const BENCH_SUBNET: Subnet = Subnet {
     a: "10.97.0.1",
     b: "10.97.0.2",
     a6: "fd97::1",
@@ -30,7 +31,7 @@ const BENCH_SUBNET: Subnet = Subnet {
 
 /// Two namespaces joined by veth `eth0` <-> `eth0` on [`BENCH_SUBNET`],
 /// deleted on drop.
-fn veth_pair(tag: &str) -> Link {
+pub fn veth_pair(tag: &str) -> Link {
     Link::on(&format!("bench-{tag}"), &BENCH_SUBNET)
 }
 
@@ -98,6 +99,7 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
         drop_throughput(bin, &generator)?;
     }
     latency(bin)?;
+    crate::bench_switch::run(bin, 50)?;
     Ok(())
 }
 
@@ -234,14 +236,25 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
             drop_rate(&pair, generator, seconds, || (dropper.handled)(&pair.b))?,
         ));
     }
-    {
-        let pair = receiver("inj");
+    for (tag, hook, row) in [
+        (
+            "inj",
+            "xdp",
+            "injectord packet_drop ingress, \"hook\": \"xdp\"",
+        ),
+        (
+            "inj-tc",
+            "tc",
+            "injectord packet_drop ingress in TC (a veth's default)",
+        ),
+    ] {
+        let pair = receiver(tag);
         let d = start_daemon(bin)?;
         let mut rpc = d.client();
         let id = rpc.call(
             "inject",
             json!({"target": {"interface": "eth0", "netns": pair.b.name},
-                   "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "udp"}}),
+                   "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "udp", "hook": hook}}),
         )?["id"]
             .clone();
         let count = || -> anyhow::Result<u64> {
@@ -249,10 +262,34 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
                 .as_u64()
                 .unwrap_or(0))
         };
-        rows.push((
-            "injectord packet_drop ingress (XDP)",
-            drop_rate(&pair, generator, seconds, count)?,
-        ));
+        rows.push((row, drop_rate(&pair, generator, seconds, count)?));
+    }
+    if let Generator::XdpFrames(example) = generator {
+        // The reference: a bare XDP_DROP, which looks at nothing; veth
+        // counts what its XDP program dropped.
+        let pair = receiver("xdp");
+        let mut dropper = pair.b.spawn(
+            example.to_str().context("utf-8 path")?,
+            &["xdpdrop", "eth0"],
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let drops = || -> anyhow::Result<u64> {
+            let out = pair.b.run_ok("ethtool", &["-S", "eth0"]);
+            Ok(out
+                .lines()
+                .filter(|l| {
+                    l.trim_start()
+                        .split(':')
+                        .next()
+                        .is_some_and(|k| k.ends_with("xdp_drops"))
+                })
+                .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+                .sum())
+        };
+        let measured = drop_rate(&pair, generator, seconds, drops);
+        let _ = dropper.kill();
+        let _ = dropper.wait();
+        rows.push(("a bare XDP_DROP program (the ceiling)", measured?));
     }
     let ipt = rows[1].1.0;
     let how = match generator {
@@ -264,13 +301,18 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
     println!(
         "\n100% drop of 64-byte UDP frames from {how}, a.eth0 -> b.eth0; b handles its packets in a NAPI thread (median of 3 x {seconds} s)"
     );
+    let bare = rows
+        .iter()
+        .find(|(name, _)| name.starts_with("a bare XDP_DROP"))
+        .map(|(_, (handled, _))| *handled);
     println!(
-        "{:<62} {:>12} {:>12} {:>12}",
-        "at b", "handled/s", "offered/s", "vs iptables"
+        "{:<62} {:>12} {:>12} {:>12} {:>12}",
+        "at b", "handled/s", "offered/s", "vs iptables", "vs XDP_DROP"
     );
     for (name, (handled, offered)) in &rows {
+        let vs_bare = bare.map_or("-".to_string(), |b| format!("{:.2}", handled / b));
         println!(
-            "{name:<62} {handled:>12.0} {offered:>12.0} {:>12.2}",
+            "{name:<62} {handled:>12.0} {offered:>12.0} {:>12.2} {vs_bare:>12}",
             handled / ipt
         );
     }
@@ -374,13 +416,27 @@ fn untargeted_rtts(
         "+ 63 UDP faults for other ports on a.eth0 egress (TC on the path)".into(),
         ping(pair),
     ));
+    // b.eth0's ingress, one hook at a time: TC (any fault but a drop goes
+    // there), then XDP (drops). On a veth, an XDP program moves the
+    // device's receive path to NAPI, for every packet.
+    rpc.call(
+        "inject",
+        json!({"name": "tc-ingress", "target": {"interface": "eth0", "netns": pair.b.name},
+               "fault": {"type": "packet_corrupt", "direction": "ingress", "protocol": "udp", "dst_port": 9}}),
+    )?;
+    rows.push((
+        "+ a UDP fault for another port on b.eth0 ingress (TC on the path)".into(),
+        ping(pair),
+    ));
+    rpc.call("remove", json!({"name": "tc-ingress"}))?;
     rpc.call(
         "inject",
         json!({"target": {"interface": "eth0", "netns": pair.b.name},
-               "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "udp", "dst_port": 9}}),
+               "fault": {"type": "packet_drop", "direction": "ingress", "protocol": "udp", "dst_port": 9,
+                         "hook": "xdp"}}),
     )?;
     rows.push((
-        "+ a UDP fault for another port on b.eth0 ingress (XDP on the path)".into(),
+        "instead, a UDP drop for another port on b.eth0 ingress (XDP)".into(),
         ping(pair),
     ));
     drop(rpc);

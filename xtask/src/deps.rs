@@ -10,6 +10,8 @@ use crate::sh;
 const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("bpftool", "bpftool"),
+    // The tests set up namespaces, veths and qdiscs with these and check
+    // the daemon's work with them; the daemon itself needs neither.
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("/usr/bin/python3", "python3"),
@@ -37,6 +39,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("/usr/sbin/haproxy", "haproxy"),
     ("/usr/sbin/dnsmasq", "dnsmasq-base"),
     ("/usr/sbin/keepalived", "keepalived"),
+    // Experiment tests: Chromium renders the HTML report headless and
+    // takes the screenshot that the test checks for the plots.
+    ("chromium", "chromium"),
 ];
 
 pub fn have(cmd: &str) -> bool {

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_block;
 mod bench_net;
+mod bench_switch;
 mod bench_syscall;
 mod deps;
 mod kernel_build;
@@ -65,7 +66,8 @@ enum Task {
         /// inject operations for the control-plane latency.
         #[arg(long, default_value_t = 1000)]
         injects: u32,
-        /// Which part: connect, packet, syscall, block or all.
+        /// Which part: connect, packet, syscall, block or all (or switch:
+        /// packet's switch-on/off latencies alone).
         #[arg(long, default_value = "all")]
         only: String,
     },

@@ -58,7 +58,15 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
                 kernels.push(matrix::ensure_kernel(&cache, &tools, &spec)?);
             }
         }
-        results.extend(run_vms(&tools, &kernels, &daemon, &tests, &matrix_dir)?);
+        let (host_only, vm_tests): (Vec<PathBuf>, Vec<PathBuf>) =
+            tests.iter().cloned().partition(|t| is_host_only(t));
+        for t in &host_only {
+            eprintln!(
+                "[x] host kernel only, not run under QEMU: {}",
+                t.file_name().unwrap_or_default().to_string_lossy()
+            );
+        }
+        results.extend(run_vms(&tools, &kernels, &daemon, &vm_tests, &matrix_dir)?);
     }
 
     let order: Vec<&str> = results.iter().map(|r| r.0.as_str()).collect();
@@ -161,6 +169,18 @@ fn vm_jobs() -> usize {
         })
 }
 
+/// Test binaries that run on the host kernel only: they exercise user
+/// space (the experiment runner against real services, Chromium rendering
+/// its report), not a kernel feature, and would cost minutes under TCG.
+/// Each of their tests asserts that it runs on the host.
+const HOST_ONLY: &[&str] = &["experiment-", "injectord_experiment-"];
+
+fn is_host_only(exe: &Path) -> bool {
+    exe.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| HOST_ONLY.iter().any(|p| n.starts_with(p)))
+}
+
 /// Upper bound for one test binary. The slowest (faultspecs, packet) take
 /// 3-4 min under TCG and ran past 5 on CI's slower machine.
 const BINARY_LIMIT: Duration = Duration::from_secs(600);
@@ -181,6 +201,8 @@ fn build_tests() -> anyhow::Result<Vec<PathBuf>> {
             "injector-common",
             "-p",
             "injectord",
+            "-p",
+            "injectord-experiment",
             "-p",
             "injectord-tests",
             "-p",
@@ -260,9 +282,7 @@ fn run_here(
         ok &= status.success();
         if !status.success() {
             let rc = status.code().unwrap_or(-1);
-            tally
-                .troubles
-                .push(trouble(exe, &format!("exit {rc}"), &output));
+            tally.troubles.push(trouble(exe, &ended(rc), &output));
         }
     }
     Ok((tally, ok))
@@ -293,7 +313,7 @@ fn run_in_vm(
         "fail=0\n\
          part='{part}'\n\
          stuck() {{ echo \"[x] $1 timed out after {limit}s; processes left:\"; \
-           for p in /proc/[0-9]*; do c=$(timeout 2 tr '\\0' ' ' < $p/cmdline 2>/dev/null); \
+           for p in /proc/[0-9]*; do c=$(timeout 2 tr '\\0' ' ' 2>/dev/null < $p/cmdline); \
              case \"$c\" in ''|*bash*) continue;; esac; \
              echo \"-- ${{p#/proc/}} $(grep State: $p/status) wchan=$(timeout 2 cat $p/wchan) $c\"; \
              timeout 2 cat $p/stack 2>/dev/null | head -12; done; }}\n",
@@ -325,17 +345,19 @@ fn run_in_vm(
     let status = matrix::run_in_vm(tools, kernel, &command, &[matrix_dir])?;
     let mut tally = Tally::default();
     let mut section = String::new();
+    let mut last_done = None;
     for line in fs::read_to_string(&log).unwrap_or_default().lines() {
         add_result_line(&mut tally, line);
         if let Some(done) = line.strip_prefix(MARK) {
             let (exe, rc) = done.rsplit_once(" rc=").unwrap_or((done, "?"));
-            if rc != "0" {
-                let how = match rc {
-                    "124" | "137" => format!("timed out after {}s", BINARY_LIMIT.as_secs()),
-                    _ => format!("exit {rc}"),
-                };
-                tally.troubles.push(trouble(Path::new(exe), &how, &section));
+            if let Ok(rc) = rc.parse::<i32>()
+                && rc != 0
+            {
+                tally
+                    .troubles
+                    .push(trouble(Path::new(exe), &ended(rc), &section));
             }
+            last_done = Some(exe.to_string());
             section.clear();
         } else {
             section.push_str(line);
@@ -345,9 +367,7 @@ fn run_in_vm(
     // The VM's own limit cut a binary short: its marker never came.
     if !status.success()
         && let Ok(exe) = fs::read_to_string(&current)
-        && !fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains(&format!("{MARK}{}", exe.trim()))
+        && last_done.as_deref() != Some(exe.trim())
     {
         let output = fs::read_to_string(&part_path).unwrap_or_default();
         tally.troubles.push(trouble(
@@ -364,6 +384,14 @@ fn run_in_vm(
         return Ok((tally, false));
     }
     Ok((tally, status.success()))
+}
+
+/// How a binary under `timeout` ended, from its exit code.
+fn ended(rc: i32) -> String {
+    match rc {
+        124 | 137 => format!("timed out after {}s", BINARY_LIMIT.as_secs()),
+        _ => format!("exit {rc}"),
+    }
 }
 
 /// Ends a binary's section of a VM log: the binary's path and exit code.

@@ -2,11 +2,20 @@
 //! XDP (ingress drops at line rate), TC (everything that rewrites or
 //! re-times packets) and cgroup_skb (one cgroup's packets only).
 //!
-//! Per packet, after parsing: one hash lookup for the target's rule masks at
-//! this hook (cut to the rules of the packet's protocol class), two LPM-trie lookups (source and destination prefix) whose
-//! values are masks of the rules covering the address, and then one rule
-//! lookup per candidate rule left in the intersection (in a bpf_loop). A
-//! packet that no rule aims at stops after the first lookup or the tries.
+//! An interface's programs (XDP, TC) have an object of their own, whose
+//! rules sit in array maps ([`RuleSet`] masks, a rule table): per packet,
+//! after parsing, three loads give the candidates (the rules of the
+//! packet's hook, protocol class and destination-port bucket), and the
+//! first candidate is checked in place, the others in a bpf_loop. A packet that no rule
+//! aims at stops after those loads.
+//!
+//! The cgroup programs share one object among every targeted cgroup: per
+//! packet, one hash lookup for the target's rule masks at this hook (cut to
+//! the rules of the packet's protocol class), two LPM-trie lookups (source
+//! and destination prefix) whose values are masks of the rules covering the
+//! address, and then one rule lookup per candidate rule left in the
+//! intersection (in a bpf_loop). A packet that no rule aims at stops after
+//! the first lookup or the tries.
 
 mod cgroup;
 mod parse;
@@ -21,12 +30,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
 };
 use injector_common::{
-    FAMILY_INET6, MAX_FAULTS,
+    MAX_FAULTS,
     packet::{
         ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DELAY_BUCKETS,
-        DelayHistogram, LPM_FULL_BITS, LpmData, MAX_PACKET_RULES, NR_PROTO_CLASSES, OFFSET_RANDOM,
-        PacketRule, PacketRuleKey, PacketTarget, PortKey, REGION_ANY, REGION_HEADERS,
-        RULE_JITTER_NORMAL, proto_class,
+        DPORT_BUCKETS, DelayHistogram, LPM_FULL_BITS, LpmData, MAX_PACKET_RULES, NR_PROTO_CLASSES,
+        OFFSET_RANDOM, PacketRule, PacketRuleKey, PacketTarget, PortKey, REGION_ANY,
+        REGION_HEADERS, RULE_JITTER_NORMAL, RULE_SETS, RuleSet, proto_class,
     },
 };
 pub use parse::Flow;
@@ -36,6 +45,19 @@ use crate::{maps::FAULT_STATS, trigger};
 /// `BPF_F_NO_PREALLOC`: a rule replaced by the daemon is freed after an RCU
 /// grace period, so a program never reads one half-rewritten.
 const NO_PREALLOC: u32 = 1;
+
+/// An interface object's rule sets; see [`RuleSet`].
+#[map]
+static IFACE_RULES: Array<RuleSet> = Array::with_max_entries(RULE_SETS, 0);
+
+/// `[0]`: which of [`IFACE_RULES`] is in force.
+#[map]
+static IFACE_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The rules of [`IFACE_RULES`]: rule `i` of set `s` at `s * 64 + i`.
+#[map]
+static IFACE_RULE_TABLE: Array<PacketRule> =
+    Array::with_max_entries(RULE_SETS * MAX_PACKET_RULES, 0);
 
 /// Rule masks per target and hook.
 #[map]
@@ -158,6 +180,18 @@ pub fn run<P: Packet>(hook: usize, target: u64, flow: &Flow, pkt: &mut P) -> Ver
     if mask & dst_filtered != 0 {
         mask &= lpm_mask(&PACKET_DST, &target_be, &flow.dst);
     }
+    // The first candidate in place, as in `run_interface`.
+    if mask == 0 {
+        return Verdict::Pass;
+    }
+    let index = lowest_bit(mask);
+    mask &= mask - 1;
+    if step(target, index, flow, pkt) == Verdict::Drop {
+        return Verdict::Drop;
+    }
+    if mask == 0 {
+        return Verdict::Pass;
+    }
 
     // bpf_loop (Linux 5.17+) rather than a bounded loop: the verifier checks
     // the callback once, where a 64-round loop around the rule evaluation
@@ -184,6 +218,86 @@ pub fn run<P: Packet>(hook: usize, target: u64, flow: &Flow, pkt: &mut P) -> Ver
     } else {
         Verdict::Pass
     }
+}
+
+/// Runs an interface's rules at `hook` against one packet.
+#[inline(always)]
+pub fn run_interface<P: Packet>(hook: usize, flow: &Flow, pkt: &mut P) -> Verdict {
+    let active = IFACE_ACTIVE.get(0).copied().unwrap_or(0) % RULE_SETS;
+    let Some(set) = IFACE_RULES.get(active) else {
+        return Verdict::Pass;
+    };
+    let mut mask = set.masks[hook & 7]
+        & set.proto_masks[proto_class(flow.proto) & (NR_PROTO_CLASSES - 1)]
+        & set.dport_masks[usize::from(flow.dport) & (DPORT_BUCKETS - 1)];
+    // The common case, one candidate, without a call; more go through
+    // bpf_loop (see `run`). Two inline candidates made the verifier walk
+    // every pair of paths through the actions: past its one-million
+    // instruction budget.
+    if mask == 0 {
+        return Verdict::Pass;
+    }
+    let first = active * MAX_PACKET_RULES;
+    let index = lowest_bit(mask);
+    mask &= mask - 1;
+    if let Some(rule) = IFACE_RULE_TABLE.get(first + index)
+        && check(rule, flow, pkt) == Verdict::Drop
+    {
+        return Verdict::Drop;
+    }
+    if mask == 0 {
+        return Verdict::Pass;
+    }
+    let mut state = SetLoop {
+        mask,
+        first,
+        flow,
+        pkt,
+        drop: false,
+    };
+    // SAFETY: as in `run`.
+    unsafe {
+        bpf_loop(
+            MAX_PACKET_RULES,
+            set_step::<P> as *mut c_void,
+            (&raw mut state).cast(),
+            0,
+        )
+    };
+    if state.drop {
+        Verdict::Drop
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// What [`set_step`] works on, on the caller's stack.
+struct SetLoop<'a, P> {
+    mask: u64,
+    /// Where the set's rules start in [`IFACE_RULE_TABLE`].
+    first: u32,
+    flow: &'a Flow,
+    pkt: &'a mut P,
+    drop: bool,
+}
+
+/// The bpf_loop callback of [`run_interface`]: the lowest candidate left.
+extern "C" fn set_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the SetLoop that `run_interface` passed to
+    // bpf_loop, alive and not otherwise borrowed for the loop's duration.
+    let state = unsafe { &mut *ctx.cast::<SetLoop<'_, P>>() };
+    if state.mask == 0 {
+        return 1;
+    }
+    let index = lowest_bit(state.mask);
+    state.mask &= state.mask - 1;
+    if let Some(rule) = IFACE_RULE_TABLE.get(state.first + index)
+        && check(rule, state.flow, state.pkt) == Verdict::Drop
+    {
+        state.drop = true;
+        return 1;
+    }
+    0
 }
 
 /// What the bpf_loop callback works on, on the caller's stack.
@@ -232,10 +346,15 @@ fn step<P: Packet>(target: u64, index: u32, flow: &Flow, pkt: &mut P) -> Verdict
     };
     // SAFETY: as for `masks`: a replaced rule stays intact until the end of
     // this RCU read section.
-    let rule = unsafe { &*rule };
+    check(unsafe { &*rule }, flow, pkt)
+}
+
+/// One candidate rule: its filters, then its fault.
+#[inline(always)]
+fn check<P: Packet>(rule: &PacketRule, flow: &Flow, pkt: &mut P) -> Verdict {
     if !rule.accepts(flow.proto, flow.sport, flow.dport)
-        || !rule.src.contains(FAMILY_INET6, &flow.src)
-        || !rule.dst.contains(FAMILY_INET6, &flow.dst)
+        || !rule.src.contains(&flow.src)
+        || !rule.dst.contains(&flow.dst)
     {
         return Verdict::Pass;
     }

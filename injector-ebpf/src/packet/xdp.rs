@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use injector_common::packet::HOOK_XDP;
 
-use super::{Packet, Verdict, parse, run};
+use super::{Packet, Verdict, parse, run_interface};
 
 struct XdpPacket {
     len: u32,
@@ -24,8 +24,8 @@ pub fn packet_xdp(ctx: XdpContext) -> u32 {
     let mut pkt = XdpPacket {
         len: (end - data) as u32,
     };
-    // A per-interface object: its maps hold this interface's rules only.
-    match run(HOOK_XDP, 0, &flow, &mut pkt) {
+    // A per-interface object: its rule set is this interface's.
+    match run_interface(HOOK_XDP, &flow, &mut pkt) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass => xdp_action::XDP_PASS,
     }

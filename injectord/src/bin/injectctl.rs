@@ -42,6 +42,30 @@ enum Command {
     Capabilities,
     /// Daemon status.
     Status,
+    /// Experiments: run a plan of faults against a live service while
+    /// probing it, and report its KPIs.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+}
+
+#[derive(Subcommand)]
+enum ExperimentCommand {
+    /// Run a plan (JSON, or YAML for .yaml/.yml): prints a table (the JSON
+    /// report with --json), a progress display on stderr meanwhile.
+    Run {
+        /// The plan file.
+        plan: PathBuf,
+        /// Also write a static HTML report (plots included) here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Also write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// The fault library that `library` faults name specs in (default:
+        /// `faultspecs/` next to the plan, else in the current directory).
+        #[arg(long)]
+        faultspecs: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -271,6 +295,22 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli, fault_fields: Map<String, Value>) -> anyhow::Result<()> {
+    if let Command::Experiment(ExperimentCommand::Run {
+        plan,
+        html,
+        report,
+        faultspecs,
+    }) = &cli.command
+    {
+        return run_experiment(
+            &cli.socket,
+            plan,
+            faultspecs.as_deref(),
+            html.as_deref(),
+            report.as_deref(),
+            cli.json,
+        );
+    }
     let mut client = Client::connect(&cli.socket)?;
     let (method, params) = match &cli.command {
         Command::Inject(args) => ("inject", args.spec(fault_fields)?),
@@ -280,6 +320,7 @@ fn run(cli: &Cli, fault_fields: Map<String, Value>) -> anyhow::Result<()> {
         Command::Clear => ("clear", Value::Null),
         Command::Capabilities => ("capabilities", Value::Null),
         Command::Status => ("status", Value::Null),
+        Command::Experiment(_) => unreachable!("handled above"),
     };
     let result = client.call(method, params)?;
     if cli.json {
@@ -316,6 +357,7 @@ fn run(cli: &Cli, fault_fields: Map<String, Value>) -> anyhow::Result<()> {
                 println!("{k:<16} {}", text(v));
             }
         }
+        Command::Experiment(_) => {}
     }
     Ok(())
 }
@@ -393,4 +435,58 @@ fn print_fault(f: &Value) {
     ] {
         println!("{label:<12} {value}");
     }
+}
+
+/// `experiment run`: loads the plan, runs it with a progress display on
+/// stderr, prints the table (or the JSON report) and writes the reports
+/// asked for. Exits 0 whatever the verdicts: the report says them.
+fn run_experiment(
+    socket: &std::path::Path,
+    plan_path: &std::path::Path,
+    faultspecs: Option<&std::path::Path>,
+    html: Option<&std::path::Path>,
+    report_path: Option<&std::path::Path>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    use injectord_experiment::{Plan, html as page, progress::Terminal, run};
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("INJECTCTL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    let library = faultspecs.map_or_else(
+        || {
+            let beside = plan_path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("faultspecs");
+            if beside.is_dir() {
+                beside
+            } else {
+                PathBuf::from("faultspecs")
+            }
+        },
+        std::path::Path::to_path_buf,
+    );
+    let plan = Plan::load(plan_path, &library)?;
+    let mut progress = Terminal::new();
+    let report = run(&plan, socket, &mut progress)
+        .with_context(|| format!("running experiment {}", plan.name))?;
+    progress.clear();
+    let json_text = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = report_path {
+        std::fs::write(p, &json_text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = html {
+        std::fs::write(p, page::render(&report))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if json_out {
+        println!("{json_text}");
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
 }

@@ -179,6 +179,9 @@ pub struct Options {
     pub syscall_latency: bool,
     /// Leave the block I/O latency histograms off (`--no-block-latency`).
     pub no_block_latency: bool,
+    /// How many per-interface copies of the object to keep loaded ahead
+    /// (`--interface-pool`; 0: load each on demand).
+    pub interface_pool: usize,
 }
 
 /// Typed values one family publishes for later ones (e.g. the connect
@@ -202,6 +205,13 @@ pub trait Backend: Send {
     fn capabilities(&self) -> Vec<Capability>;
     /// Installs a fault of this family.
     fn install(&mut self, request: &mut Request<'_>) -> Result<Box<dyn Installed>, Error>;
+    /// Called once the daemon reports ready: background work start-up
+    /// must not wait for (the packet family's pool of interface copies).
+    fn serving(&mut self) {}
+    /// Waits until what the family undoes in the background after a
+    /// removal returned is done (the packet family detaches interfaces
+    /// there); called before the daemon exits.
+    fn settle(&mut self) {}
 }
 
 /// A resolved target.

@@ -251,10 +251,10 @@ fn pending(path: &Path) -> Vec<(Option<String>, Option<NsId>, Undo)> {
     pending.into_values().collect()
 }
 
-/// Whether tc(8) says the state or its device does not exist, or the
-/// cgroup of a pause is gone.
+/// Whether the undo found its state, device or cgroup gone (its error
+/// says "not found" then).
 fn is_gone(err: &str) -> bool {
-    err.contains("not found") || err.contains("Cannot find device")
+    err.contains("not found")
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! What every fault family shares on the kernel side: the loaded eBPF
-//! object and its fault slots, cgroup attachments, network namespaces, the
-//! reaper that undoes netlink state after a crash, and the eBPF log.
+//! object and its fault slots, cgroup attachments, network namespaces,
+//! qdiscs and tc filters over rtnetlink, the reaper that undoes netlink
+//! state after a crash, and the eBPF log.
 
 pub mod btf;
 pub mod cgroup_links;
+pub mod grace;
 pub mod journal;
 pub mod lease;
 pub mod logs;
 pub mod netns;
+pub mod qdisc;
 pub mod reaper;
 pub mod shared;
 pub mod slots;
@@ -145,7 +148,10 @@ pub fn load_instance(
 }
 
 /// The object's maps whose size is a plain entry count (not cgroup
-/// storage, ring buffers or data sections). Parsed once: the object is
+/// storage, ring buffers or data sections). LRU hashes count: they are
+/// always preallocated, so left at their size (the block and latency
+/// families' 65,536 entries) each copy would hold megabytes of kernel
+/// memory for programs it never loads. Parsed once: the object is
 /// large (BTF, debug info) and interface copies load on the request path.
 fn shrinkable_maps() -> anyhow::Result<Vec<String>> {
     static MAPS: OnceLock<Result<Vec<String>, String>> = OnceLock::new();
@@ -167,6 +173,8 @@ fn parse_shrinkable_maps() -> anyhow::Result<Vec<String>> {
                     || x == BPF_MAP_TYPE_ARRAY as u32
                     || x == BPF_MAP_TYPE_PERCPU_HASH as u32
                     || x == BPF_MAP_TYPE_PERCPU_ARRAY as u32
+                    || x == BPF_MAP_TYPE_LRU_HASH as u32
+                    || x == BPF_MAP_TYPE_LRU_PERCPU_HASH as u32
                     || x == BPF_MAP_TYPE_LPM_TRIE as u32
             )
         })

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     journal::{self, Entry, Journal, NsId},
     netns::NsHandle,
+    qdisc::{self, NetlinkError, Rtnl},
 };
 
 /// The first argument that makes the injectord binary run as the reaper.
@@ -50,7 +51,8 @@ pub const REAPER_ARG: &str = "__injectord_reaper";
 /// (process state; its own process group).
 pub const KEEPER_ARG: &str = "__injectord_keeper";
 
-/// How to undo one piece of netlink state (run with tc(8) in its namespace).
+/// How to undo one piece of state: netlink state (undone over rtnetlink in
+/// its namespace) or process and cgroup state.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Undo {
@@ -174,31 +176,37 @@ impl Undo {
                 dev,
                 ingress,
                 priority,
-            } => tc(&[
-                "filter",
-                "del",
-                "dev",
-                dev,
-                if *ingress { "ingress" } else { "egress" },
-                "pref",
-                &priority.to_string(),
-            ])
-            .map(drop),
-            Self::Clsact { dev } => {
-                if clsact_is_empty(dev) {
-                    tc(&["qdisc", "del", "dev", dev, "clsact"]).map(drop)
-                } else {
-                    Ok(())
+            } => netlink_undo(&format!("our filter on {dev}"), |nl| {
+                let ifindex = qdisc::ifindex(dev)?;
+                // No clsact, no filter: someone removed the qdisc, and our
+                // filter went with it.
+                if nl.clsact(ifindex)?.is_none() {
+                    return Err(NetlinkError::NotFound(format!("a clsact qdisc on {dev}")));
                 }
-            }
-            Self::Fq { dev } => {
-                let root = tc(&["-j", "qdisc", "show", "dev", dev, "root"])?;
-                if root.contains("\"kind\":\"fq\"") {
-                    tc(&["qdisc", "del", "dev", dev, "root"]).map(drop)
-                } else {
-                    Ok(())
+                nl.delete_clsact_filter(ifindex, *ingress, *priority)
+            }),
+            Self::Clsact { dev } => netlink_undo(&format!("clsact on {dev}"), |nl| {
+                // Gone already (the device, or the qdisc) is as good as
+                // undone; a filter of anyone's still there keeps it.
+                let Ok(ifindex) = qdisc::ifindex(dev) else {
+                    return Ok(());
+                };
+                if nl.clsact(ifindex)?.is_some()
+                    && nl.clsact_filters(ifindex, true)? == 0
+                    && nl.clsact_filters(ifindex, false)? == 0
+                {
+                    nl.delete_clsact(ifindex)?;
                 }
-            }
+                Ok(())
+            }),
+            Self::Fq { dev } => netlink_undo(&format!("fq on {dev}"), |nl| {
+                let ifindex = qdisc::ifindex(dev)?;
+                let root = nl.root_qdisc(ifindex)?;
+                if root.kind == "fq" {
+                    nl.delete_root(ifindex, root.handle)?;
+                }
+                Ok(())
+            }),
         }
     }
 }
@@ -303,61 +311,20 @@ pub fn process_state(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// Whether no filter (of anyone) is left on the device's clsact qdisc.
-pub fn clsact_is_empty(dev: &str) -> bool {
-    ["ingress", "egress"].iter().all(|dir| {
-        tc(&["-j", "filter", "show", "dev", dev, dir])
-            .ok()
-            .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
-            .is_some_and(|v| v.as_array().is_some_and(Vec::is_empty))
-    })
-}
-
-/// How long one tc(8) run may take: it answers in milliseconds, and a
-/// hung one must not hold up the request (or the reaper) for good.
-const TC_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Runs tc(8) in the calling thread's network namespace, killed after
-/// [`TC_LIMIT`].
-pub fn tc(args: &[&str]) -> Result<String, String> {
-    let mut child = Command::new("tc")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running tc: {e}"))?;
-    let deadline = std::time::Instant::now() + TC_LIMIT;
-    // tc's output is small: it fits the pipes while we poll.
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "tc {} did not finish within {TC_LIMIT:?}",
-                    args.join(" ")
-                ));
-            }
-            Err(e) => return Err(format!("waiting for tc: {e}")),
+/// Runs `f` on a fresh rtnetlink socket in the calling thread's network
+/// namespace. The error names `what`, and says "not found" when the
+/// device or the state is gone (recovery counts those as gone).
+fn netlink_undo(
+    what: &str,
+    f: impl FnOnce(&mut Rtnl) -> Result<(), NetlinkError>,
+) -> Result<(), String> {
+    Rtnl::open().and_then(|mut nl| f(&mut nl)).map_err(|e| {
+        if e.is_gone() && !matches!(e, NetlinkError::NotFound(_)) {
+            format!("undoing {what}: not found ({e})")
+        } else {
+            format!("undoing {what}: {e}")
         }
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("reading tc's output: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "tc {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    })
 }
 
 /// The daemon's end of the pipes, and the journal.

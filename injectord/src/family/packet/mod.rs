@@ -19,9 +19,10 @@ pub mod spec;
 use injector_common::packet::ACTION_DROP;
 use serde_json::Value;
 
+pub use self::interface::PoolStatus;
 use self::{
     cgroup::{CgroupPackets, CgroupRules},
-    interface::{Attach, InterfaceFault, Interfaces},
+    interface::{Attach, InterfaceFault, Interfaces, Pool},
     plan::PacketPlan,
     spec::{PacketFault, Partition},
 };
@@ -75,6 +76,15 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
             .map_err(|e| format!("cgroup_skb packet programs do not load: {e}")),
     )];
     capabilities.extend(net.capabilities);
+    // tcx links need the TC hooks anchored to act at once; clsact filters
+    // turn them on themselves (pool.rs).
+    let tcx = capabilities.iter().any(|c| c.name == "tcx" && c.available);
+    let pool = Pool::new(
+        load.options.interface_pool,
+        tcx && !load.options.force_clsact,
+        load.kernel.lease.clone(),
+    );
+    load.services.publish(pool.status());
     Box::new(Packets {
         cgroup,
         interfaces: Interfaces::new(
@@ -83,6 +93,7 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
                 force_clsact: load.options.force_clsact,
             },
             load.reaper.clone(),
+            pool,
         ),
         connect: load.services.get::<ConnectRules>(),
         capabilities,
@@ -92,6 +103,14 @@ fn load(load: &mut Load<'_>) -> Box<dyn Backend> {
 impl Backend for Packets {
     fn capabilities(&self) -> Vec<Capability> {
         self.capabilities.clone()
+    }
+
+    fn serving(&mut self) {
+        self.interfaces.serving();
+    }
+
+    fn settle(&mut self) {
+        self.interfaces.settle();
     }
 
     fn install(&mut self, req: &mut Request<'_>) -> Result<Box<dyn Installed>, Error> {
@@ -135,6 +154,11 @@ impl Backend for Packets {
                 )?;
                 Ok(Box::new(OnInterface { fault: f, kind }))
             }
+            Target::Cgroup(_) if plan.hook.is_some() => Err(Error::InvalidValue(format!(
+                "hook chooses where an interface's ingress drops run; a {} on a cgroup runs in the cgroup's own packet programs (cgroup_skb). Drop hook, or aim the fault at the interface",
+                plan.kind
+            ))
+            .at("fault.hook")),
             Target::Cgroup(cgroup) => self.install_on_cgroup(req, fault, &plan, cgroup),
         }
     }

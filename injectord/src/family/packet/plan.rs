@@ -10,7 +10,7 @@ use injector_common::packet::{
 
 use super::{
     rules::RuleEntry,
-    spec::{Distribution, PacketFault, PacketFilter, Protocol, Region},
+    spec::{Distribution, Hook, PacketFault, PacketFilter, Protocol, Region},
 };
 use crate::{error::Error, family::Params as _, spec::values::PortRange};
 
@@ -30,6 +30,8 @@ pub struct PacketPlan {
     /// Needs sch_fq at the device root (delay, rate).
     pub needs_fq: bool,
     pub install_fq: bool,
+    /// Where the spec wants ingress drops to run (interfaces only).
+    pub hook: Option<Hook>,
 }
 
 impl PacketPlan {
@@ -94,6 +96,7 @@ impl PacketPlan {
             mirrored,
             needs_fq,
             install_fq,
+            hook: fault.hook(),
         }
     }
 

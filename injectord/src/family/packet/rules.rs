@@ -3,8 +3,9 @@
 //! LPM tries, rate-limit state, delay histograms).
 //!
 //! Shared by the cgroup_skb backend (targets are cgroup ids, one object for
-//! all cgroups) and the interface backend (target 0 in a private object per
-//! interface).
+//! all cgroups, rules published entry by entry in hash maps and LPM tries)
+//! and the interface backend (a private object per interface, whose rules
+//! are published whole, as a [`RuleSet`] swapped in at once).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -19,15 +20,16 @@ use aya::{
 use injector_common::{
     FAMILY_INET6, Prefix,
     packet::{
-        ACTION_DELAY, ACTION_RATE, DELAY_HIST, DelayHistogram, LPM_TARGET_BITS, LpmData,
-        MAX_PACKET_RULES, NR_HOOKS, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC,
+        ACTION_DELAY, ACTION_RATE, AddrMask, DELAY_HIST, DPORT_BUCKETS, DelayHistogram,
+        IFACE_ACTIVE, IFACE_RULE_TABLE, IFACE_RULES, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES,
+        NR_HOOKS, NR_PROTO_CLASSES, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC,
         PACKET_TARGETS, PROTO_ANY, PacketRule, PacketRuleKey, PacketTarget, PortKey, RATE_STATE,
-        proto_class,
+        RULE_SETS, RuleSet, proto_class,
     },
 };
 use ipnet::IpNet;
 
-use crate::error::Error;
+use crate::{error::Error, kernel::grace};
 
 /// One kernel rule: the hooks it runs at (bit per hook), its prefixes and
 /// the rule proper.
@@ -66,32 +68,83 @@ impl TargetRules {
 
 /// The packet maps of one loaded object.
 pub struct PacketMaps {
+    publish: Publish,
+    rate: Array<MapData, u64>,
+    hist: PerCpuHashMap<MapData, u32, DelayHistogram>,
+}
+
+/// How an object's programs read their rules.
+enum Publish {
+    /// The cgroup programs: entry by entry, by target.
+    ByTarget(TargetMaps),
+    /// An interface's programs: whole rule sets.
+    Sets(RuleSets),
+}
+
+struct TargetMaps {
     targets: HashMap<MapData, u64, PacketTarget>,
     rules: HashMap<MapData, PacketRuleKey, PacketRule>,
     src: LpmTrie<MapData, LpmData, u64>,
     dst: LpmTrie<MapData, LpmData, u64>,
     ports: HashMap<MapData, PortKey, u64>,
-    rate: Array<MapData, u64>,
-    hist: PerCpuHashMap<MapData, u32, DelayHistogram>,
+}
+
+/// An interface object's rule sets: the daemon writes a whole set where
+/// no program reads, then names it in force with one array write; packets
+/// see the old rules or the new, never a mix.
+struct RuleSets {
+    sets: Array<MapData, RuleSet>,
+    table: Array<MapData, PacketRule>,
+    active: Array<MapData, u32>,
+    current: u32,
+    /// Per set, when it was last taken out of force: it is written again
+    /// only after a grace period since (programs that read it before the
+    /// switch may still run until then).
+    retired: [Option<grace::Ticket>; RULE_SETS as usize],
 }
 
 impl PacketMaps {
+    /// The maps of the object the cgroup programs share.
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let publish = {
+            let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name}"));
+            Publish::ByTarget(TargetMaps {
+                targets: HashMap::try_from(take(PACKET_TARGETS)?)?,
+                rules: HashMap::try_from(take(PACKET_RULES)?)?,
+                src: LpmTrie::try_from(take(PACKET_SRC)?)?,
+                dst: LpmTrie::try_from(take(PACKET_DST)?)?,
+                ports: HashMap::try_from(take(PACKET_PORTS)?)?,
+            })
+        };
+        Self::with(ebpf, publish)
+    }
+
+    /// The maps of an interface's own object.
+    pub fn take_interface(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let publish = {
+            let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name}"));
+            Publish::Sets(RuleSets {
+                sets: Array::try_from(take(IFACE_RULES)?)?,
+                table: Array::try_from(take(IFACE_RULE_TABLE)?)?,
+                active: Array::try_from(take(IFACE_ACTIVE)?)?,
+                current: 0,
+                retired: [None; RULE_SETS as usize],
+            })
+        };
+        Self::with(ebpf, publish)
+    }
+
+    fn with(ebpf: &mut Ebpf, publish: Publish) -> anyhow::Result<Self> {
         let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name}"));
         Ok(Self {
-            targets: HashMap::try_from(take(PACKET_TARGETS)?)?,
-            rules: HashMap::try_from(take(PACKET_RULES)?)?,
-            src: LpmTrie::try_from(take(PACKET_SRC)?)?,
-            dst: LpmTrie::try_from(take(PACKET_DST)?)?,
-            ports: HashMap::try_from(take(PACKET_PORTS)?)?,
+            publish,
             rate: Array::try_from(take(RATE_STATE)?)?,
             hist: PerCpuHashMap::try_from(take(DELAY_HIST)?)?,
         })
     }
 
-    /// Publishes `entries` for `target`; returns their rule indices. Order
-    /// matters: rules and prefixes first, the masks that make programs look
-    /// at them last, so a packet never sees a half-installed fault.
+    /// Publishes `entries` for `target`; returns their rule indices. A
+    /// packet never sees a half-installed fault.
     pub fn add(
         &mut self,
         target: u64,
@@ -119,16 +172,14 @@ impl PacketMaps {
                 .map_err(Error::map(DELAY_HIST))?;
         }
         for (index, mut entry) in indices.iter().zip(entries) {
-            entry.rule.src = prefix_of(entry.src);
-            entry.rule.dst = prefix_of(entry.dst);
-            self.rules
-                .insert(&rule_key(target, *index), &entry.rule, 0)
-                .map_err(Error::map(PACKET_RULES))?;
+            entry.rule.src = addr_mask_of(entry.src);
+            entry.rule.dst = addr_mask_of(entry.dst);
             set.entries.insert(*index, entry);
         }
-        let result = self
-            .sync_prefixes(target, set)
-            .and_then(|()| self.sync_masks(target, set));
+        let result = match &mut self.publish {
+            Publish::ByTarget(maps) => maps.add(target, set, &indices),
+            Publish::Sets(sets) => sets.publish(set),
+        };
         if let Err(e) = result {
             self.remove(target, set, &indices, slot);
             return Err(e);
@@ -136,12 +187,57 @@ impl PacketMaps {
         Ok(indices)
     }
 
-    /// Withdraws rules: masks first (programs stop looking at once), then
-    /// the rules and prefixes.
+    /// Withdraws rules; programs stop looking at them at once.
     pub fn remove(&mut self, target: u64, set: &mut TargetRules, indices: &[u32], slot: u32) {
         for index in indices {
             set.entries.remove(index);
         }
+        match &mut self.publish {
+            Publish::ByTarget(maps) => maps.remove(target, set, indices),
+            Publish::Sets(sets) => {
+                if let Err(e) = sets.publish(set) {
+                    tracing::error!(error = %e, "publishing packet rules");
+                }
+            }
+        }
+        let _ = self.hist.remove(&slot);
+    }
+
+    /// Sums a delay histogram over CPUs.
+    pub fn histogram(&self, slot: u32) -> Option<DelayHistogram> {
+        let per_cpu = self.hist.get(&slot, 0).ok()?;
+        Some(
+            per_cpu
+                .iter()
+                .fold(DelayHistogram::default(), |mut acc, h| {
+                    for (a, b) in acc.buckets.iter_mut().zip(h.buckets) {
+                        *a += b;
+                    }
+                    acc.sum_ns += h.sum_ns;
+                    acc
+                }),
+        )
+    }
+}
+
+impl TargetMaps {
+    /// Rules and prefixes first, the masks that make programs look at them
+    /// last.
+    fn add(&mut self, target: u64, set: &mut TargetRules, indices: &[u32]) -> Result<(), Error> {
+        for index in indices {
+            if let Some(entry) = set.entries.get(index) {
+                self.rules
+                    .insert(&rule_key(target, *index), &entry.rule, 0)
+                    .map_err(Error::map(PACKET_RULES))?;
+            }
+        }
+        self.sync_prefixes(target, set)?;
+        self.sync_masks(target, set)
+    }
+
+    /// Masks first (programs stop looking at once), then the rules and
+    /// prefixes.
+    fn remove(&mut self, target: u64, set: &mut TargetRules, indices: &[u32]) {
         if let Err(e) = self.sync_masks(target, set) {
             tracing::error!(error = %e, target, "updating packet rule masks");
         }
@@ -151,7 +247,6 @@ impl PacketMaps {
         if let Err(e) = self.sync_prefixes(target, set) {
             tracing::error!(error = %e, target, "updating packet prefixes");
         }
-        let _ = self.hist.remove(&slot);
     }
 
     fn sync_masks(&mut self, target: u64, set: &TargetRules) -> Result<(), Error> {
@@ -159,22 +254,12 @@ impl PacketMaps {
             let _ = self.targets.remove(&target);
             return Ok(());
         }
-        let mut masks = PacketTarget::default();
-        for (index, entry) in &set.entries {
-            for (hook, mask) in masks.masks.iter_mut().enumerate().take(NR_HOOKS) {
-                if entry.hooks & (1 << hook) != 0 {
-                    *mask |= 1 << index;
-                }
-            }
-            // `icmp` rules carry PROTO_ICMP and match ICMPv6 too: both are
-            // one class. A rule for a protocol without a class of its own
-            // sits in class 0 and checks its number per packet.
-            for (class, mask) in masks.proto_masks.iter_mut().enumerate() {
-                if entry.rule.proto == PROTO_ANY || class == proto_class(entry.rule.proto) {
-                    *mask |= 1 << index;
-                }
-            }
-        }
+        let (hooks, protos) = candidate_masks(set);
+        let mut masks = PacketTarget {
+            masks: hooks,
+            proto_masks: protos,
+            ..PacketTarget::default()
+        };
         // Up to this many prefixed rules, checking each candidate's prefix
         // is cheaper than an LPM lookup (and does not depend on how many
         // other targets share the trie).
@@ -227,22 +312,77 @@ impl PacketMaps {
         set.port_keys = ports.into_keys().collect();
         Ok(())
     }
+}
 
-    /// Sums a delay histogram over CPUs.
-    pub fn histogram(&self, slot: u32) -> Option<DelayHistogram> {
-        let per_cpu = self.hist.get(&slot, 0).ok()?;
-        Some(
-            per_cpu
-                .iter()
-                .fold(DelayHistogram::default(), |mut acc, h| {
-                    for (a, b) in acc.buckets.iter_mut().zip(h.buckets) {
-                        *a += b;
-                    }
-                    acc.sum_ns += h.sum_ns;
-                    acc
-                }),
-        )
+impl RuleSets {
+    /// Writes the rules of `set` into the set not in force, then puts it in
+    /// force.
+    fn publish(&mut self, set: &TargetRules) -> Result<(), Error> {
+        let value = rule_set(set);
+        let next = (self.current + 1) % RULE_SETS;
+        if let Some(ticket) = self.retired[next as usize].take() {
+            grace::wait(ticket);
+        }
+        // The rules first, then the masks that make programs look at
+        // them, then the switch.
+        for (index, entry) in &set.entries {
+            self.table
+                .set(next * MAX_PACKET_RULES + index, &entry.rule, 0)
+                .map_err(Error::map(IFACE_RULE_TABLE))?;
+        }
+        self.sets
+            .set(next, &*value, 0)
+            .map_err(Error::map(IFACE_RULES))?;
+        self.active
+            .set(0, &next, 0)
+            .map_err(Error::map(IFACE_ACTIVE))?;
+        // The set just taken out of force may still be read by programs
+        // that looked it up before the switch.
+        self.retired[self.current as usize] = Some(grace::retire());
+        self.current = next;
+        Ok(())
     }
+}
+
+/// The rule set the programs read for `set`.
+fn rule_set(set: &TargetRules) -> Box<RuleSet> {
+    let mut value = Box::<RuleSet>::default();
+    let (hooks, protos) = candidate_masks(set);
+    value.masks = hooks;
+    value.proto_masks = protos;
+    for (index, entry) in &set.entries {
+        let bit = 1u64 << index;
+        let [low, high] = entry.rule.dport;
+        if usize::from(high.saturating_sub(low)) + 1 >= DPORT_BUCKETS {
+            value.dport_masks.iter_mut().for_each(|m| *m |= bit);
+        } else {
+            for port in low..=high {
+                value.dport_masks[usize::from(port) % DPORT_BUCKETS] |= bit;
+            }
+        }
+    }
+    value
+}
+
+/// The candidate masks of a target's rules: by hook, and by protocol class.
+fn candidate_masks(set: &TargetRules) -> ([u64; NR_HOOKS], [u64; NR_PROTO_CLASSES]) {
+    let (mut hooks, mut protos) = ([0u64; NR_HOOKS], [0u64; NR_PROTO_CLASSES]);
+    for (index, entry) in &set.entries {
+        for (hook, mask) in hooks.iter_mut().enumerate() {
+            if entry.hooks & (1 << hook) != 0 {
+                *mask |= 1 << index;
+            }
+        }
+        // `icmp` rules carry PROTO_ICMP and match ICMPv6 too: both are one
+        // class. A rule for a protocol without a class of its own sits in
+        // class 0 and checks its number per packet.
+        for (class, mask) in protos.iter_mut().enumerate() {
+            if entry.rule.proto == PROTO_ANY || class == proto_class(entry.rule.proto) {
+                *mask |= 1 << index;
+            }
+        }
+    }
+    (hooks, protos)
 }
 
 fn port_key(target: u64, port: u16) -> PortKey {
@@ -308,17 +448,18 @@ fn same_key(a: &Key<LpmData>, b: &Key<LpmData>) -> bool {
 }
 
 /// A rule's prefix, IPv4 mapped into IPv6 as the programs see addresses.
-fn prefix_of(net: Option<IpNet>) -> Prefix {
+fn addr_mask_of(net: Option<IpNet>) -> AddrMask {
     let Some(net) = net else {
-        return Prefix::ANY;
+        return AddrMask::ANY;
     };
     let key = lpm_key(0, Some(net));
-    Prefix {
+    let prefix = Prefix {
         family: FAMILY_INET6,
         prefix_len: (key.prefix_len() - LPM_TARGET_BITS) as u8,
         _pad: [0; 2],
         addr: key.data().addr,
-    }
+    };
+    AddrMask::of(&prefix).expect("an IPv6 prefix has a mask form")
 }
 
 /// The LPM key of a prefix of `target` (IPv4 as `::ffff:a.b.c.d/96+len`).
@@ -373,16 +514,51 @@ mod tests {
     }
 
     #[test]
+    fn rule_sets_bucket_rules_by_destination_port() {
+        let entry = |dport: [u16; 2], hooks: u8, proto: u8| RuleEntry {
+            hooks,
+            src: None,
+            dst: None,
+            rule: PacketRule {
+                proto,
+                sport: [0, u16::MAX],
+                dport,
+                ..PacketRule::default()
+            },
+        };
+        let mut set = TargetRules::default();
+        set.entries.insert(0, entry([9, 9], 1, 17));
+        set.entries.insert(1, entry([0, u16::MAX], 2, PROTO_ANY));
+        set.entries.insert(2, entry([100, 131], 1, 6));
+        set.entries.insert(5, entry([1000, 1063], 1, 17));
+        let v = rule_set(&set);
+        // Port 9: rule 0, the any-port rule 1 and the 64-port range 5.
+        assert_eq!(v.dport_masks[9], 0b10_0011);
+        // 100..=131 covers buckets 36..=63 and 0..=3.
+        assert_eq!(v.dport_masks[40] & 0b100, 0b100);
+        assert_eq!(v.dport_masks[2] & 0b100, 0b100);
+        assert_eq!(v.dport_masks[10] & 0b100, 0);
+        assert_eq!(v.masks[0], 0b10_0101);
+        assert_eq!(v.masks[1], 0b10);
+        // UDP's class: the UDP rules and the any-protocol one.
+        assert_eq!(v.proto_masks[proto_class(17)], 0b10_0011);
+    }
+
+    #[test]
     fn rule_prefixes_map_ipv4_into_ipv6() {
-        let p = prefix_of(Some("10.1.0.0/16".parse().unwrap()));
+        let p = addr_mask_of(Some("10.1.0.0/16".parse().unwrap()));
         let mapped = |a: [u8; 4]| {
             let o = std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets();
             let (c, _) = o.as_chunks::<4>();
             [0, 1, 2, 3].map(|i| u32::from_ne_bytes(c[i]))
         };
-        assert_eq!(p.prefix_len, 96 + 16);
-        assert!(p.contains(FAMILY_INET6, &mapped([10, 1, 200, 3])));
-        assert!(!p.contains(FAMILY_INET6, &mapped([10, 2, 0, 1])));
-        assert!(prefix_of(None).contains(FAMILY_INET6, &mapped([1, 2, 3, 4])));
+        // ::ffff:10.1.0.0/112: the first 96 bits and 16 of the last word.
+        let last = u32::from_ne_bytes([255, 255, 0, 0]);
+        assert_eq!(p.mask, [u32::MAX, u32::MAX, u32::MAX, last]);
+        assert!(p.contains(&mapped([10, 1, 200, 3])));
+        assert!(!p.contains(&mapped([10, 2, 0, 1])));
+        // IPv4 in IPv6: an IPv6 address with the same last word is not in it.
+        assert!(!p.contains(&[0, 0, 0, mapped([10, 1, 0, 0])[3]]));
+        assert!(addr_mask_of(None).contains(&mapped([1, 2, 3, 4])));
     }
 }

@@ -50,6 +50,12 @@ impl PacketFault {
             _ => Self::Drop(p(value)?),
         };
         fault.filter().check()?;
+        if fault.hook().is_some() && !fault.filter().direction.ingress() {
+            return Err(SpecError::Never {
+                field: "hook",
+                message: "hook chooses where ingress drops run, and this fault has no ingress side (\"direction\": \"egress\"); drop hook, or set \"direction\" to \"ingress\" or \"both\"".into(),
+            });
+        }
         Ok(fault)
     }
 
@@ -62,6 +68,15 @@ impl PacketFault {
             "bandwidth_limit" => fields_of::<BandwidthLimit>(),
             "partition" => fields_of::<Partition>(),
             _ => fields_of::<PacketDrop>(),
+        }
+    }
+
+    /// The ingress hook the spec asks for, if any.
+    pub fn hook(&self) -> Option<Hook> {
+        match self {
+            Self::Drop(f) => f.hook,
+            Self::Partition(f) => f.hook,
+            _ => None,
         }
     }
 
@@ -200,7 +215,11 @@ macro_rules! packet_fault {
 
 packet_fault!(
     /// Drops matching packets.
-    PacketDrop {}
+    PacketDrop {
+        /// Where ingress drops run on an interface; see [`Hook`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hook: Option<Hook>,
+    }
 );
 
 packet_fault!(
@@ -264,8 +283,26 @@ packet_fault!(
     Partition {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         errno: Option<Errno>,
+        /// Where the ingress half runs on an interface; see [`Hook`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hook: Option<Hook>,
     }
 );
+
+/// Where an interface's ingress drops run: `xdp` (before the kernel builds
+/// an skb: the line-rate path for frames from a NIC) or `tc`. Without it:
+/// XDP, but TC on a veth or where another program holds the device's XDP.
+/// A veth receives skbs, which its XDP path turns back into frames on a
+/// NAPI path, for every packet, targeted or not: slower drops and slower
+/// untargeted flows than TC (docs/design.md, "XDP or TC at ingress").
+/// `xdp` still pays off on a veth fed by XDP redirects. Faults other than
+/// drops always run at TC.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -1,17 +1,23 @@
 //! TC on an interface: tcx links first in the chain where the kernel has
 //! them (Linux 6.6+), clsact + cls_bpf filters otherwise.
 
-use aya::programs::{
-    LinkOrder, SchedClassifier, TcAttach, TcAttachType,
-    links::Link as _,
-    tc::{self, NlOptions, SchedClassifierLink},
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttach, TcAttachType,
+        links::Link as _,
+        tc::{self, NlOptions, SchedClassifierLink},
+    },
 };
 use injector_common::packet::{PACKET_TC_EGRESS, PACKET_TC_INGRESS};
 
 use super::{Attach, Interface};
 use crate::{
     error::{Error, chain},
-    kernel::reaper::{self, NetlinkGuard, Reaper, Undo, Undoable},
+    kernel::{
+        qdisc::Rtnl,
+        reaper::{NetlinkGuard, Reaper, Undo, Undoable},
+    },
 };
 
 /// Our TC program on one direction of the device.
@@ -46,22 +52,15 @@ impl Interface {
         if self.tc[i].is_some() {
             return Ok(());
         }
-        let name = [PACKET_TC_INGRESS, PACKET_TC_EGRESS][i];
+        let name = program_name(attach_type);
         let ifindex = self.ifindex;
         let dev = self.name.clone();
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| Error::Internal(format!("{name} missing from the object")))?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| {
-                Error::UnsupportedKernel(format!("loading {name} (TC classifier): {}", chain(&e)))
-            })?;
-        }
+        let prog = load(&mut self.ebpf, attach_type)?;
         // Recorded before the qdisc exists, so a crash in between is
         // covered; settled at once if the qdisc was there already.
         let clsact_record = reaper.record(&self.ns, Undo::Clsact { dev: dev.clone() });
+        // A clsact we added and could not remove after a failed attach.
+        let mut clsact_left = false;
         let attached = self.ns.run(|| {
             // tcx (Linux 6.6+): a link, first in the chain; our program
             // answers "next" for packets it leaves alone.
@@ -93,8 +92,12 @@ impl Interface {
                     match prog.attach(ifindex, nl) {
                         Ok(id) => Ok((id, true, created)),
                         Err(e) => {
-                            if created {
-                                let _ = reaper::tc(&["qdisc", "del", "dev", &dev, "clsact"]);
+                            if created
+                                && let Err(del) =
+                                    Rtnl::open().and_then(|mut nl| nl.delete_clsact(ifindex))
+                            {
+                                tracing::warn!(interface = %dev, error = %del, "could not remove the clsact qdisc just added; the reaper will retry when injectord exits");
+                                clsact_left = true;
                             }
                             Err(format!("tcx: {}; clsact filter: {}", tcx_err, chain(&e)))
                         }
@@ -102,7 +105,7 @@ impl Interface {
                 }
             }
         });
-        let (link, netlink, created) = attached
+        let attached = attached
             .map_err(|e| format!("entering the namespace: {e}"))
             .and_then(|r| r)
             .and_then(|(id, netlink, created)| {
@@ -112,7 +115,16 @@ impl Interface {
             })
             .map_err(|msg| {
                 Error::UnsupportedKernel(format!("attaching {name} to {}: {msg}", self.label))
-            })?;
+            });
+        let (link, netlink, created) = match attached {
+            Ok(attached) => attached,
+            Err(e) => {
+                if clsact_left {
+                    clsact_record.keep();
+                }
+                return Err(e);
+            }
+        };
         if created && self.clsact.is_none() {
             self.clsact = Some(NetlinkGuard::new(
                 Undo::Clsact { dev: dev.clone() },
@@ -146,4 +158,31 @@ impl Interface {
         tracing::debug!(interface = %self.label, name, netlink, "attached TC program");
         Ok(())
     }
+}
+
+fn program_name(attach_type: TcAttachType) -> &'static str {
+    if attach_type == TcAttachType::Egress {
+        PACKET_TC_EGRESS
+    } else {
+        PACKET_TC_INGRESS
+    }
+}
+
+/// The object's TC program for one direction, loaded (verified) if it was
+/// not yet.
+pub(super) fn load(
+    ebpf: &mut Ebpf,
+    attach_type: TcAttachType,
+) -> Result<&mut SchedClassifier, Error> {
+    let name = program_name(attach_type);
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| Error::Internal(format!("{name} missing from the object")))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| {
+            Error::UnsupportedKernel(format!("loading {name} (TC classifier): {}", chain(&e)))
+        })?;
+    }
+    Ok(prog)
 }

@@ -1,6 +1,9 @@
 //! XDP on an interface: ingress drops at line rate, before an skb exists.
 
-use aya::programs::{Link as _, Xdp, XdpMode, xdp::XdpLink};
+use aya::{
+    Ebpf,
+    programs::{Link as _, Xdp, XdpMode, xdp::XdpLink},
+};
 use injector_common::packet::PACKET_XDP;
 
 use super::Interface;
@@ -59,15 +62,7 @@ impl Interface {
 
     fn attach_xdp(&mut self) -> Result<XdpLink, String> {
         let ifindex = self.ifindex;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PACKET_XDP)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| format!("{PACKET_XDP} missing from the object"))?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|e| format!("loading {PACKET_XDP}: {}", chain(&e)))?;
-        }
+        let prog = load(&mut self.ebpf)?;
         let id = self
             .ns
             .run(|| {
@@ -83,4 +78,17 @@ impl Interface {
             .map_err(|e| e.to_string())??;
         prog.take_link(id).map_err(|e| chain(&e))
     }
+}
+
+/// The object's XDP program, loaded (verified) if it was not yet.
+pub(super) fn load(ebpf: &mut Ebpf) -> Result<&mut Xdp, String> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(PACKET_XDP)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| format!("{PACKET_XDP} missing from the object"))?;
+    if prog.fd().is_err() {
+        prog.load()
+            .map_err(|e| format!("loading {PACKET_XDP}: {}", chain(&e)))?;
+    }
+    Ok(prog)
 }
