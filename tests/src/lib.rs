@@ -87,6 +87,18 @@ pub fn wait_line(child: &mut Child, needle: &str) -> Option<String> {
     None
 }
 
+/// Whether this runs in one of the matrix's emulated (TCG) guests, where
+/// a timer or a sleep overshoots by milliseconds whenever the host is busy:
+/// by xtask's kernel label, else by the CPU QEMU emulates.
+pub fn emulated() -> bool {
+    match std::env::var("INJECTORD_KERNEL_LABEL") {
+        Ok(label) => !label.starts_with("host-"),
+        Err(_) => {
+            std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("QEMU Virtual CPU"))
+        }
+    }
+}
+
 /// Where the capability matrix rows go (set by `cargo xtask test`).
 pub fn matrix_dir() -> Option<PathBuf> {
     std::env::var_os("INJECTORD_MATRIX_DIR").map(PathBuf::from)

@@ -377,9 +377,14 @@ fn io_delay_20ms_slows_the_targets_io_by_20ms_and_moves_its_histogram() {
         sib[0]["p50_ms"]
     );
     let added = p50 - base;
+    // ±20% on a real kernel. A TCG guest's timers fire late whenever the
+    // host is busy (24.8-28.3 ms added with two guests on two cores): the
+    // bound above is looser there; the histogram below holds the delay
+    // itself to 18-30 ms everywhere.
+    let most = if emulated() { 32.0 } else { 24.0 };
     assert!(
-        (16.0..=24.0).contains(&added),
-        "20 ms ± 20% added: {added:.2} ms ({r:?})"
+        (16.0..=most).contains(&added),
+        "20 ms added (16 to {most} ms): {added:.2} ms ({r:?})"
     );
     // Writes, the other device and the sibling are not delayed: the
     // fault matched exactly the 20 reads (counters below), and their
