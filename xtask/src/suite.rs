@@ -59,13 +59,8 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
             }
         }
         for t in &tests {
-            let name = t.file_name().unwrap_or_default().to_string_lossy();
-            let kernels = vm_kernels(t);
-            if kernels.is_none_or(|k| k.len() < 3) {
-                eprintln!(
-                    "[x] {name}: on the host{}, not in the other VM kernels",
-                    kernels.map_or(String::new(), |k| format!(" and in {}", k.join(", ")))
-                );
+            if let Some(line) = scope_line(t) {
+                eprintln!("[x] {line}");
             }
         }
         results.extend(run_vms(&tools, &kernels, &daemon, &tests, &matrix_dir)?);
@@ -186,6 +181,17 @@ const SCOPED: &[(&str, &[&str])] = &[
     ("injectord_experiment-", &[]),
     ("faultspecs-", &["debian-6.12"]),
 ];
+
+/// Where a scoped binary runs, for the log; `None` for the others.
+fn scope_line(exe: &Path) -> Option<String> {
+    let kernels = vm_kernels(exe)?;
+    let name = exe.file_name()?.to_string_lossy();
+    Some(if kernels.is_empty() {
+        format!("{name}: on the host kernel only, not under QEMU")
+    } else {
+        format!("{name}: on the host and in {} only", kernels.join(", "))
+    })
+}
 
 /// The VM kernels `exe` runs in; `None`: all of them.
 fn vm_kernels(exe: &Path) -> Option<&'static [&'static str]> {
@@ -581,6 +587,20 @@ mod tests {
                 .unwrap()
                 .contains("trouble_names"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn scoped_binaries_say_where_they_run() {
+        let line = |n: &str| scope_line(Path::new(&format!("/t/deps/{n}")));
+        assert_eq!(line("packet-0123abcd"), None);
+        assert_eq!(
+            line("faultspecs-0123abcd").as_deref(),
+            Some("faultspecs-0123abcd: on the host and in debian-6.12 only")
+        );
+        assert_eq!(
+            line("experiment-0123abcd").as_deref(),
+            Some("experiment-0123abcd: on the host kernel only, not under QEMU")
         );
     }
 }
