@@ -86,10 +86,16 @@ pub mod bench {
     pub const BENCH_XDP_TX: &str = "bench_xdp_tx";
     /// A bare XDP_DROP: what the drop benchmark measures injectord against.
     pub const BENCH_XDP_DROP: &str = "bench_xdp_drop";
+    pub const BENCH_XDP_DROP_IP: &str = "bench_xdp_drop_ip";
     /// A do-nothing cgroup_skb program: the cgroup rows' baseline.
     pub const BENCH_CGROUP_SKB: &str = "bench_cgroup_skb";
 
-    pub const PROGRAMS: &[&str] = &[BENCH_XDP_TX, BENCH_XDP_DROP, BENCH_CGROUP_SKB];
+    pub const PROGRAMS: &[&str] = &[
+        BENCH_XDP_TX,
+        BENCH_XDP_DROP,
+        BENCH_XDP_DROP_IP,
+        BENCH_CGROUP_SKB,
+    ];
 }
 
 /// The one entry of the `LEASE` map.
@@ -222,6 +228,9 @@ pub struct FaultStats {
     /// Packets a rate limit dropped because they would have left later
     /// than its horizon.
     pub overflows: u64,
+    /// The trigger's random state on this CPU (xorshift64*), seeded from
+    /// the kernel's generator on first use. Not a counter: never summed.
+    pub rng: u64,
 }
 
 #[cfg(feature = "user")]

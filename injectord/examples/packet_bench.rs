@@ -13,10 +13,12 @@
 //! frames, not skbs), and prints frames sent per second.
 //!
 //! `xdpdrop` attaches a bare XDP_DROP program to IF until killed: what a
-//! dropper that looks at nothing achieves.
+//! dropper that looks at nothing achieves; `xdpdrop-ip` one that drops
+//! IPv4 frames by their ethertype, the least a dropper that reads the
+//! packet does.
 //!
 //! Usage: packet_bench [REPEAT] | packet_bench xdpgen IF SRC_MAC DST_MAC SECONDS
-//!        | packet_bench xdpdrop IF
+//!        | packet_bench xdpdrop IF | packet_bench xdpdrop-ip IF
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,7 @@ use aya::{
 };
 use injector_common::{
     LEASE_SLOT, Trigger,
-    bench::{BENCH_CGROUP_SKB, BENCH_XDP_DROP, BENCH_XDP_TX},
+    bench::{BENCH_CGROUP_SKB, BENCH_XDP_DROP, BENCH_XDP_DROP_IP, BENCH_XDP_TX},
     globals, maps,
     packet::{
         HOOK_CGROUP_EGRESS, HOOK_TC_EGRESS, HOOK_XDP, PACKET_CGROUP_EGRESS, PACKET_TC_EGRESS,
@@ -90,13 +92,13 @@ fn xdp_generate(ifname: &str, src: [u8; 6], dst: [u8; 6], seconds: f64) -> anyho
 
 /// Attaches a bare XDP_DROP program to `ifname` and holds it until killed:
 /// the drop benchmark's reference dropper.
-fn xdp_drop(ifname: &str) -> anyhow::Result<()> {
+fn xdp_drop(ifname: &str, program: &str) -> anyhow::Result<()> {
     let mut ebpf = EbpfLoader::new()
         .load(OBJECT)
         .context("loading the object")?;
     let prog: &mut Xdp = ebpf
-        .program_mut(BENCH_XDP_DROP)
-        .context(BENCH_XDP_DROP)?
+        .program_mut(program)
+        .context(program.to_string())?
         .try_into()?;
     prog.load()?;
     let ifindex =
@@ -128,7 +130,12 @@ fn main() -> anyhow::Result<()> {
     if let [cmd, ifname] = args.as_slice()
         && cmd == "xdpdrop"
     {
-        return xdp_drop(ifname);
+        return xdp_drop(ifname, BENCH_XDP_DROP);
+    }
+    if let [cmd, ifname] = args.as_slice()
+        && cmd == "xdpdrop-ip"
+    {
+        return xdp_drop(ifname, BENCH_XDP_DROP_IP);
     }
     let repeat: u32 = args
         .first()

@@ -184,6 +184,65 @@ fn hook_puts_ingress_drops_at_tc_or_xdp() {
     assert_eq!(list["faults"].as_array().map(Vec::len), Some(0), "{list}");
 }
 
+/// A drop without filters is evaluated before the packet is parsed (the
+/// catch-all fast path): it must still take every IP packet and only IP
+/// packets (ARP gets through), count each packet once, and hand what it
+/// lets through to the device's other rules in order.
+#[test]
+fn a_drop_without_filters_takes_every_ip_packet_and_spares_arp() {
+    let d = Daemon::start();
+    let link = Link::new("catchall");
+    let on_b = json!({"interface": "eth0", "netns": link.b.name});
+    for hook in ["xdp", "tc"] {
+        let all = d.inject(json!({"name": format!("all-{hook}"), "target": on_b,
+            "fault": {"type": "packet_drop", "direction": "ingress", "hook": hook}}));
+        // Forget b's address, so the pings must ask ARP first.
+        link.a.run_ok("ip", &["neigh", "flush", "all"]);
+        let (tx, rx, ..) = ping(&link.a, B_IP, 5, "0.2");
+        assert_eq!((tx, rx), (5, 0), "{hook}: every echo request dropped");
+        let neigh = link.a.run_ok("ip", &["neigh", "show", B_IP]);
+        assert!(
+            neigh.contains("lladdr"),
+            "{hook}: ARP is not IP and must get through: {neigh:?}"
+        );
+        // (The link's own IPv6 chatter, neighbour discovery and MLD, is IP
+        // too: at least the five requests, all dropped.)
+        let view = d.call("get", json!({"id": all})).unwrap();
+        assert!(view["evaluations"].as_u64() >= Some(5), "{hook}: {view}");
+        assert_eq!(view["activations"], view["evaluations"], "{hook}: {view}");
+        d.call("remove", json!({"id": all})).unwrap();
+        link.b.attachments_when("eth0", |a| {
+            !a.xdp.contains("prog/xdp") && !a.tcx[0].contains("packet")
+        });
+    }
+
+    // The catch-all first at p = 0.5, an ICMP drop second: each echo
+    // request is the first's to evaluate once, and what it spares is the
+    // second's (as is IPv6 chatter: ICMPv6, which `icmp` covers).
+    let half = d.inject(json!({"name": "half", "target": on_b,
+        "fault": {"type": "packet_drop", "direction": "ingress", "hook": "xdp"},
+        "trigger": {"probability": 0.5}}));
+    let icmp = d.inject(json!({"name": "icmp", "target": on_b,
+        "fault": {"type": "packet_drop", "direction": "ingress", "hook": "xdp", "protocol": "icmp"}}));
+    let n = 40;
+    let (tx, rx, ..) = ping(&link.a, B_IP, n, "0.02");
+    assert_eq!((tx, rx), (u64::from(n), 0));
+    let half = d.call("get", json!({"id": half})).unwrap();
+    let icmp = d.call("get", json!({"id": icmp})).unwrap();
+    let (evaluated, fired) = (
+        half["evaluations"].as_u64().unwrap(),
+        half["activations"].as_u64().unwrap(),
+    );
+    assert!(evaluated >= u64::from(n), "{half}");
+    assert!(fired > 0 && fired < evaluated, "{half}");
+    assert_eq!(
+        icmp["evaluations"].as_u64(),
+        Some(evaluated - fired),
+        "{icmp}"
+    );
+    assert_eq!(icmp["activations"], icmp["evaluations"], "{icmp}");
+}
+
 #[test]
 fn corruption_reaches_the_receiver() {
     let d = Daemon::start();

@@ -87,6 +87,9 @@ fn closed_port() -> anyhow::Result<u16> {
 
 pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
     let bin = build_daemon()?;
+    // ping, iptables, nft, python3...: what the tests install on a fresh
+    // machine, the packet and switch parts use too.
+    crate::deps::ensure_test_tools()?;
     if only == "all" || only == "packet" {
         crate::bench_net::run(&bin)?;
     }

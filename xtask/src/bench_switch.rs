@@ -229,7 +229,7 @@ fn measure_all(
 /// again, as it is when first faults do not come in a burst; returns how
 /// long. A daemon without a pool (`status` has no `interface_pool`)
 /// returns at once.
-fn pool_refilled(rpc: &mut Client) -> anyhow::Result<Duration> {
+pub fn pool_refilled(rpc: &mut Client) -> anyhow::Result<Duration> {
     let started = Instant::now();
     loop {
         let status = rpc.call("status", json!(null))?;

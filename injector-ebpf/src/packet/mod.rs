@@ -220,14 +220,34 @@ pub fn run<P: Packet>(hook: usize, target: u64, flow: &Flow, pkt: &mut P) -> Ver
     }
 }
 
-/// Runs an interface's rules at `hook` against one packet.
+/// Runs an interface's rules at `hook` against the Ethernet frame in
+/// `data..end`.
 #[inline(always)]
-pub fn run_interface<P: Packet>(hook: usize, flow: &Flow, pkt: &mut P) -> Verdict {
+pub fn run_interface<P: Packet>(hook: usize, data: usize, end: usize, pkt: &mut P) -> Verdict {
     let active = IFACE_ACTIVE.get(0).copied().unwrap_or(0) % RULE_SETS;
     let Some(set) = IFACE_RULES.get(active) else {
         return Verdict::Pass;
     };
+    let first = active * MAX_PACKET_RULES;
+    // A first rule that drops every IP packet is every IP packet's first
+    // candidate: evaluated on the ethertype alone, before the parse.
+    let catch_all = set.catch_all[hook & 7];
+    if catch_all != 0 {
+        if !parse::is_ip(data, end) {
+            return Verdict::Pass;
+        }
+        if let Some(rule) = IFACE_RULE_TABLE.get(first + lowest_bit(catch_all))
+            && trigger::evaluate(rule.slot, &rule.trigger)
+        {
+            return Verdict::Drop;
+        }
+    }
+    let Some(flow) = parse::ethernet(data, end) else {
+        return Verdict::Pass;
+    };
+    let flow = &flow;
     let mut mask = set.masks[hook & 7]
+        & !catch_all
         & set.proto_masks[proto_class(flow.proto) & (NR_PROTO_CLASSES - 1)]
         & set.dport_masks[usize::from(flow.dport) & (DPORT_BUCKETS - 1)];
     // The common case, one candidate, without a call; more go through
@@ -237,7 +257,6 @@ pub fn run_interface<P: Packet>(hook: usize, flow: &Flow, pkt: &mut P) -> Verdic
     if mask == 0 {
         return Verdict::Pass;
     }
-    let first = active * MAX_PACKET_RULES;
     let index = lowest_bit(mask);
     mask &= mask - 1;
     if let Some(rule) = IFACE_RULE_TABLE.get(first + index)

@@ -82,6 +82,22 @@ fn words<const N: usize>(data: usize, end: usize, off: usize, out: &mut [u32; 4]
 /// `::ffff:0:0` in network-order words, the prefix of IPv4-mapped addresses.
 const V4_MAPPED: u32 = u32::from_be(0x0000_ffff);
 
+/// Whether a frame that starts with an Ethernet header carries IPv4 or
+/// IPv6 (behind at most one VLAN tag, as [`ethernet`] reads it).
+#[inline(always)]
+pub fn is_ip(data: usize, end: usize) -> bool {
+    let Some(mut ethertype) = be16(data, end, 12) else {
+        return false;
+    };
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let Some(inner) = be16(data, end, 16) else {
+            return false;
+        };
+        ethertype = inner;
+    }
+    ethertype == ETH_P_IP || ethertype == ETH_P_IPV6
+}
+
 /// Parses a frame that starts with an Ethernet header (XDP, TC).
 #[inline(always)]
 pub fn ethernet(data: usize, end: usize) -> Option<Flow> {

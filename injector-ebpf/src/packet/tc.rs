@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use injector_common::packet::{DUPLICATE_MARK, HOOK_TC_EGRESS, HOOK_TC_INGRESS, PROTO_UDP};
 
-use super::{Flow, Packet, Verdict, parse, run_interface};
+use super::{Flow, Packet, Verdict, run_interface};
 
 /// Enough linear bytes for Ethernet, a VLAN tag, IPv6 with 64 bytes of
 /// extension headers (hop-by-hop, destination options, a routing header
@@ -184,12 +184,9 @@ fn run_tc(ctx: &TcContext, hook: usize, ingress: bool) -> i32 {
     }
     // SAFETY: the context is valid; data and data_end are readable in TC.
     let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
-    let Some(flow) = parse::ethernet(data, end) else {
-        return TC_ACT_UNSPEC;
-    };
     let mut pkt = TcPacket { skb, ingress };
     // A per-interface object: its rule set is this interface's.
-    match run_interface(hook, &flow, &mut pkt) {
+    match run_interface(hook, data, end, &mut pkt) {
         Verdict::Drop if ingress => TC_ACT_SHOT,
         Verdict::Drop => silent_drop(),
         Verdict::Pass => TC_ACT_UNSPEC,

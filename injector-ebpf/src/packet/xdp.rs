@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use injector_common::packet::HOOK_XDP;
 
-use super::{Packet, Verdict, parse, run_interface};
+use super::{Packet, Verdict, run_interface};
 
 struct XdpPacket {
     len: u32,
@@ -18,14 +18,11 @@ impl Packet for XdpPacket {
 #[xdp]
 pub fn packet_xdp(ctx: XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let Some(flow) = parse::ethernet(data, end) else {
-        return xdp_action::XDP_PASS;
-    };
     let mut pkt = XdpPacket {
         len: (end - data) as u32,
     };
     // A per-interface object: its rule set is this interface's.
-    match run_interface(HOOK_XDP, &flow, &mut pkt) {
+    match run_interface(HOOK_XDP, data, end, &mut pkt) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass => xdp_action::XDP_PASS,
     }

@@ -110,6 +110,7 @@ impl SlotPool {
                         evaluations: acc.evaluations + s.evaluations,
                         activations: acc.activations + s.activations,
                         overflows: acc.overflows + s.overflows,
+                        rng: 0,
                     })
             })
             .unwrap_or_default()

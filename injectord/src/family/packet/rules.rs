@@ -350,6 +350,15 @@ fn rule_set(set: &TargetRules) -> Box<RuleSet> {
     let (hooks, protos) = candidate_masks(set);
     value.masks = hooks;
     value.proto_masks = protos;
+    for (catch_all, mask) in value.catch_all.iter_mut().zip(hooks) {
+        let first = mask & mask.wrapping_neg();
+        let drops_all = first != 0
+            && set
+                .entries
+                .get(&first.trailing_zeros())
+                .is_some_and(|e| e.rule.drops_everything());
+        *catch_all = if drops_all { first } else { 0 };
+    }
     for (index, entry) in &set.entries {
         let bit = 1u64 << index;
         let [low, high] = entry.rule.dport;

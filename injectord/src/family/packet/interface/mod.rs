@@ -182,7 +182,9 @@ impl Interfaces {
             ))
             .at("fault.direction"));
         }
+        let started = std::time::Instant::now();
         let Device { ns, key, mtu, veth } = resolve_device(name, netns)?;
+        let resolve_us = started.elapsed().as_micros() as u64;
         plan.check_mtu(mtu)?;
         let (pool, teardown) = (&self.pool, &self.teardown);
         let iface = self.by_key.get_or_try_make(key, || {
@@ -213,7 +215,16 @@ impl Interfaces {
         })?;
         // On error, `iface` is dropped here; if no fault holds it, its
         // programs and netlink state go with it (on the teardown thread).
-        let (indices, slot) = lock(&iface).install(plan, trigger, self.attach, &self.reaper)?;
+        let ready_us = started.elapsed().as_micros() as u64;
+        let installed = lock(&iface).install(plan, trigger, self.attach, &self.reaper);
+        pool.refill();
+        let (indices, slot) = installed?;
+        tracing::debug!(
+            resolve_us,
+            ready_us,
+            total_us = started.elapsed().as_micros() as u64,
+            "interface fault installed"
+        );
         Ok(InterfaceFault {
             iface,
             indices,

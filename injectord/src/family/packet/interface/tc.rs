@@ -55,7 +55,9 @@ impl Interface {
         let name = program_name(attach_type);
         let ifindex = self.ifindex;
         let dev = self.name.clone();
+        let started = std::time::Instant::now();
         let prog = load(&mut self.ebpf, attach_type)?;
+        let load_us = started.elapsed().as_micros() as u64;
         // Recorded before the qdisc exists, so a crash in between is
         // covered; settled at once if the qdisc was there already.
         let clsact_record = reaper.record(&self.ns, Undo::Clsact { dev: dev.clone() });
@@ -155,7 +157,14 @@ impl Interface {
             ),
             netlink,
         });
-        tracing::debug!(interface = %self.label, name, netlink, "attached TC program");
+        tracing::debug!(
+            interface = %self.label,
+            name,
+            netlink,
+            load_us,
+            attach_us = started.elapsed().as_micros() as u64 - load_us,
+            "attached TC program"
+        );
         Ok(())
     }
 }
