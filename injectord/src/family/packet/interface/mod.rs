@@ -263,9 +263,16 @@ impl InterfaceFault {
 
 impl Drop for InterfaceFault {
     fn drop(&mut self) {
+        let started = std::time::Instant::now();
         let mut i = lock(&self.iface);
+        let locked_us = started.elapsed().as_micros() as u64;
         let Interface { maps, rules, .. } = &mut *i;
         maps.remove(0, rules, &self.indices, self.slot.index());
+        tracing::debug!(
+            locked_us,
+            total_us = started.elapsed().as_micros() as u64,
+            "interface rules withdrawn"
+        );
     }
 }
 
@@ -445,6 +452,7 @@ impl Drop for Interface {
             clsact: self.clsact.take(),
         };
         self.teardown.retire(self.key, Box::new(attached));
+        tracing::debug!(interface = %self.label, "interface retired");
     }
 }
 

@@ -68,7 +68,14 @@ struct Shared {
 struct State {
     ready: Vec<Blank>,
     filling: bool,
+    /// When the last fault that took a copy was in place.
+    refill_asked: Option<Instant>,
 }
+
+/// How long after a first fault is in place the filler waits before it
+/// verifies the next copy (200-300 ms of a core): past the moments an
+/// experiment measures, the fault's first effect and a quick `remove`.
+const REFILL_AFTER: Duration = Duration::from_millis(100);
 
 impl Pool {
     pub fn new(size: usize, anchor: bool, lease: Arc<Lease>) -> Self {
@@ -109,13 +116,15 @@ impl Pool {
         self.0.lock().ready.pop()
     }
 
-    /// Lets the filler replace what was taken. Called once the fault that
-    /// took a copy is in place, not at the take: verifying the next copy
-    /// keeps a core busy for 200-300 ms, and started at the take it
-    /// competed with the attach and with the traffic the fault was about
-    /// to hit (first faults took effect 1.6-2.5 ms after the request at
-    /// p50, against 0.5 ms on a device that had a fault already).
+    /// Lets the filler replace what was taken, [`REFILL_AFTER`] from now.
+    /// Called once the fault that took a copy is in place, not at the
+    /// take: verifying the next copy keeps a core busy for 200-300 ms,
+    /// and started at the take it competed with the attach and with the
+    /// traffic the fault was about to hit (first faults took effect
+    /// 1.6-2.5 ms after the request at p50, against 0.5 ms on a device
+    /// that had a fault already), and right after it, with a `remove`.
     pub(super) fn refill(&self) {
+        self.0.lock().refill_asked = Some(Instant::now());
         self.0.taken.notify_one();
     }
 }
@@ -155,6 +164,15 @@ fn filler(pool: &Weak<Shared>) {
                 );
                 continue;
             }
+        }
+        let pause = shared
+            .lock()
+            .refill_asked
+            .map_or(Duration::ZERO, |t| REFILL_AFTER.saturating_sub(t.elapsed()));
+        if !pause.is_zero() {
+            drop(shared);
+            std::thread::sleep(pause);
+            continue;
         }
         let started = Instant::now();
         // Loaded outside the lock: takes must not wait for a load.
