@@ -153,26 +153,25 @@ fn main() -> anyhow::Result<()> {
     let base_xdp = run(&iface, PROBE_XDP)?;
     let base_tc = run(&iface, PROBE_TC)?;
     println!(
-        "packet program cost, BPF_PROG_TEST_RUN x {repeat}, median of 5 (64-byte UDP frame to port 9)"
+        "packet program cost, BPF_PROG_TEST_RUN x {repeat}, median of 9 (64-byte UDP frame to port 9); +ns: median difference from the do-nothing program run just before"
     );
     println!(
         "{:<62} {:>7} {:>6} {:>7} {:>6}",
         "an interface's programs", "XDP ns", "+ns", "TC ns", "+ns"
     );
-    let row = |name: &str, x: f64, t: f64| {
-        println!(
-            "{name:<62} {x:>7.1} {:>6.1} {t:>7.1} {:>6.1}",
-            x - base_xdp,
-            t - base_tc
-        );
+    let row = |name: &str, (x, dx): (f64, f64), (t, dt): (f64, f64)| {
+        println!("{name:<62} {x:>7.1} {dx:>6.1} {t:>7.1} {dt:>6.1}");
     };
-    let both = |ebpf: &aya::Ebpf| -> anyhow::Result<(f64, f64)> {
-        Ok((run(ebpf, PACKET_XDP)?, run(ebpf, PACKET_TC_EGRESS)?))
+    let both = |ebpf: &aya::Ebpf| -> anyhow::Result<((f64, f64), (f64, f64))> {
+        Ok((
+            paired(ebpf, PACKET_XDP, PROBE_XDP, &data, repeat)?,
+            paired(ebpf, PACKET_TC_EGRESS, PROBE_TC, &data, repeat)?,
+        ))
     };
     row(
         "baseline: XDP_PASS / TC next, no lookups",
-        base_xdp,
-        base_tc,
+        (base_xdp, 0.0),
+        (base_tc, 0.0),
     );
     let (x, t) = both(&iface)?;
     row("no rules", x, t);
@@ -286,13 +285,8 @@ fn main() -> anyhow::Result<()> {
             p.entries(0, 1 << HOOK_TC_EGRESS, 31, trigger()),
             nr_cpus,
         )?;
-        println!(
-            "{what:<62} {:>7} {:>6} {:>7.1} {:>6.1}",
-            "-",
-            "-",
-            run(&iface, PACKET_TC_EGRESS)?,
-            run(&iface, PACKET_TC_EGRESS)? - base_tc
-        );
+        let (t, dt) = paired(&iface, PACKET_TC_EGRESS, PROBE_TC, &data, repeat)?;
+        println!("{what:<62} {:>7} {:>6} {t:>7.1} {dt:>6.1}", "-", "-");
         maps.remove(0, &mut own, &indices, 0);
     }
 
@@ -306,12 +300,10 @@ fn main() -> anyhow::Result<()> {
         "{:<62} {:>7} {:>6}",
         "the cgroup programs (egress)", "ns", "+ns"
     );
-    let cg_row = |name: &str, v: f64| println!("{name:<62} {v:>7.1} {:>6.1}", v - base_cg);
-    cg_row("baseline: a do-nothing cgroup_skb program", base_cg);
-    cg_row(
-        "the cgroup is not a target (one hash miss)",
-        run(&cg, PACKET_CGROUP_EGRESS)?,
-    );
+    let cg_row = |name: &str, (v, dv): (f64, f64)| println!("{name:<62} {v:>7.1} {dv:>6.1}");
+    let cg_run = || paired(&cg, PACKET_CGROUP_EGRESS, BENCH_CGROUP_SKB, &data, repeat);
+    cg_row("baseline: a do-nothing cgroup_skb program", (base_cg, 0.0));
+    cg_row("the cgroup is not a target (one hash miss)", cg_run()?);
     let mut own = TargetRules::default();
     let p = plan(
         json!({"type": "packet_drop", "direction": "egress", "protocol": "udp",
@@ -341,7 +333,7 @@ fn main() -> anyhow::Result<()> {
         }
         cg_row(
             &format!("a matching rule (p=0) for this cgroup + {want} other cgroups'"),
-            run(&cg, PACKET_CGROUP_EGRESS)?,
+            cg_run()?,
         );
     }
     Ok(())
@@ -400,25 +392,55 @@ fn load_object(lease_check: bool, rules: Rules) -> anyhow::Result<(aya::Ebpf, Pa
 
 /// ns per run of program `name`, median of 5 test runs of `repeat`.
 fn run_program(ebpf: &aya::Ebpf, name: &str, data: &[u8], repeat: u32) -> anyhow::Result<f64> {
-    let mut samples = Vec::new();
-    for _ in 0..5 {
-        let opts = TestRunOptions {
-            data_in: Some(data),
-            repeat,
-            ..TestRunOptions::default()
-        };
-        let prog = ebpf.program(name).with_context(|| name.to_string())?;
-        let d: Duration = if let Ok(p) = <&Xdp>::try_from(prog) {
-            p.test_run(opts)?.duration
-        } else if let Ok(p) = <&CgroupSkb>::try_from(prog) {
-            p.test_run(opts)?.duration
-        } else {
-            <&SchedClassifier>::try_from(prog)?.test_run(opts)?.duration
-        };
-        samples.push(d.as_nanos() as f64);
+    let mut samples = (0..5)
+        .map(|_| run_once(ebpf, name, data, repeat))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(median(&mut samples))
+}
+
+/// A program's cost and its cost over `base` (a do-nothing program of the
+/// same type), measured in turn, nine times each: the median of the
+/// differences of adjacent runs, so that a slow spell of the machine
+/// (this VM's per-packet times drift by several ns from one minute to the
+/// next) lands on both sides of a difference instead of on one row.
+fn paired(
+    ebpf: &aya::Ebpf,
+    name: &str,
+    base: &str,
+    data: &[u8],
+    repeat: u32,
+) -> anyhow::Result<(f64, f64)> {
+    let (mut values, mut diffs) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        let b = run_once(ebpf, base, data, repeat)?;
+        let v = run_once(ebpf, name, data, repeat)?;
+        values.push(v);
+        diffs.push(v - b);
     }
+    Ok((median(&mut values), median(&mut diffs)))
+}
+
+fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
-    Ok(samples[2])
+    samples[samples.len() / 2]
+}
+
+/// One BPF_PROG_TEST_RUN of `repeat` runs: the mean ns per run.
+fn run_once(ebpf: &aya::Ebpf, name: &str, data: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    let opts = TestRunOptions {
+        data_in: Some(data),
+        repeat,
+        ..TestRunOptions::default()
+    };
+    let prog = ebpf.program(name).with_context(|| name.to_string())?;
+    let d: Duration = if let Ok(p) = <&Xdp>::try_from(prog) {
+        p.test_run(opts)?.duration
+    } else if let Ok(p) = <&CgroupSkb>::try_from(prog) {
+        p.test_run(opts)?.duration
+    } else {
+        <&SchedClassifier>::try_from(prog)?.test_run(opts)?.duration
+    };
+    Ok(d.as_nanos() as f64)
 }
 
 fn trigger() -> Trigger {

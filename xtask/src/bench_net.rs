@@ -42,8 +42,34 @@ enum Generator {
     Skb,
     /// XDP live frames (the `packet_bench` example's `xdpgen`, at this
     /// path): b receives bare frames, as from a NIC, and builds an skb only
-    /// for what reaches its stack.
-    XdpFrames(PathBuf),
+    /// for what reaches its stack. With `one_cpu`, the generator and b's
+    /// NAPI thread are pinned to CPU 0: b returns each dropped frame to
+    /// the generator's page pool on the same CPU, where on two CPUs that
+    /// pool's spin lock is contended, more so the longer the dropper
+    /// takes (40-50% of both CPUs in a profile of the UDP row), which
+    /// magnifies every nanosecond of the dropper's own. A NIC's frames go
+    /// back to its own queue's pool, on the CPU that dropped them.
+    XdpFrames { example: PathBuf, one_cpu: bool },
+}
+
+impl Generator {
+    fn one_cpu(&self) -> bool {
+        matches!(self, Self::XdpFrames { one_cpu: true, .. })
+    }
+}
+
+/// The pids of the kernel's threaded-NAPI threads (`napi/<dev>-<id>`).
+fn napi_threads() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().into_string().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            comm.starts_with("napi/").then_some(pid)
+        })
+        .collect()
 }
 
 /// The packet generator: frames from a.eth0 to b, `seconds` long; returns
@@ -52,7 +78,14 @@ fn blast(pair: &Link, generator: &Generator, seconds: f64) -> anyhow::Result<f64
     let me = this_binary()?;
     let mut cmd: Vec<&str> = match generator {
         Generator::Skb => vec![&me, "bench-worker", "blast"],
-        Generator::XdpFrames(example) => vec![example.to_str().context("utf-8 path")?, "xdpgen"],
+        Generator::XdpFrames { example, one_cpu } => {
+            let run = vec![example.to_str().context("utf-8 path")?, "xdpgen"];
+            if *one_cpu {
+                [vec!["taskset", "-c", "0"], run].concat()
+            } else {
+                run
+            }
+        }
     };
     let (src, dst) = (pair.a.mac("eth0"), pair.b.mac("eth0"));
     let seconds = seconds.to_string();
@@ -95,7 +128,17 @@ fn number_after(text: &str, key: &str) -> anyhow::Result<u64> {
 pub fn run(bin: &Path) -> anyhow::Result<()> {
     let example = build_packet_bench()?;
     program_cost(&example)?;
-    for generator in [Generator::Skb, Generator::XdpFrames(example)] {
+    for generator in [
+        Generator::Skb,
+        Generator::XdpFrames {
+            example: example.clone(),
+            one_cpu: false,
+        },
+        Generator::XdpFrames {
+            example,
+            one_cpu: true,
+        },
+    ] {
         drop_throughput(bin, &generator)?;
     }
     latency(bin)?;
@@ -221,8 +264,15 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
     let receiver = |tag: &str| -> Link {
         let pair = veth_pair(tag);
         pair.b.run_ok("ethtool", &["-K", "eth0", "gro", "on"]);
+        let before = napi_threads();
         pair.b
             .run_ok("sh", &["-c", "echo 1 > /sys/class/net/eth0/threaded"]);
+        if generator.one_cpu() {
+            for pid in napi_threads().difference(&before) {
+                crate::sh(Command::new("taskset").args(["-pc", "0", pid]))
+                    .expect("pinning b's NAPI thread");
+            }
+        }
         pair
     };
     let mut rows: Vec<(&str, (f64, f64))> = Vec::new();
@@ -273,7 +323,7 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
         };
         rows.push((row, drop_rate(&pair, generator, seconds, count)?));
     }
-    if let Generator::XdpFrames(example) = generator {
+    if let Generator::XdpFrames { example, .. } = generator {
         // The references: a bare XDP_DROP, which looks at nothing, and
         // one that reads the ethertype first; veth counts what its XDP
         // program dropped.
@@ -312,8 +362,11 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
     let ipt = rows[1].1.0;
     let how = match generator {
         Generator::Skb => "a raw-socket generator (b receives skbs)",
-        Generator::XdpFrames(_) => {
+        Generator::XdpFrames { one_cpu: false, .. } => {
             "an XDP live-frames generator (b receives frames, as from a NIC)"
+        }
+        Generator::XdpFrames { one_cpu: true, .. } => {
+            "an XDP live-frames generator on CPU 0, b's NAPI thread on CPU 0 too (frames go back to their pool on the CPU that dropped them, as a NIC's do)"
         }
     };
     println!(

@@ -351,7 +351,7 @@ fn rule_set(set: &TargetRules) -> Box<RuleSet> {
     value.masks = hooks;
     value.proto_masks = protos;
     for (catch_all, mask) in value.catch_all.iter_mut().zip(hooks) {
-        let first = mask & mask.wrapping_neg();
+        let first = mask.isolate_lowest_one();
         let drops_all = first != 0
             && set
                 .entries
