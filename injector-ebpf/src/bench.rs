@@ -21,8 +21,8 @@ pub fn bench_xdp_drop(_ctx: XdpContext) -> u32 {
 }
 
 /// The drop benchmark's second reference: IPv4 frames dropped, the rest
-/// passed; what any dropper that reads the packet at all pays (the first
-/// touch of a frame's bytes is a cache miss when another core wrote it).
+/// passed; what any dropper that reads the packet at all pays (measured:
+/// no more than the bare XDP_DROP, within the run's noise).
 #[xdp]
 pub fn bench_xdp_drop_ip(ctx: XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());

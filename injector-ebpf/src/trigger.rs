@@ -78,8 +78,9 @@ fn chance(threshold: u64, rng: &mut u64) -> bool {
 
 /// The next 32 random bits of a per-CPU xorshift64* generator (Vigna,
 /// 2016; what passes BigCrush in its upper bits, which are the ones used).
-/// A few ALU instructions where `bpf_get_prandom_u32` is a helper call:
-/// about a third of what a matching, non-firing packet rule cost. The
+/// A few ALU instructions where `bpf_get_prandom_u32` is a helper call
+/// (what it saves per matching packet was within `./x bench`'s noise on
+/// the 2-core host). The
 /// state is seeded from the kernel's generator the first time a CPU uses
 /// a slot (the daemon zeroes it with the slot), so no two CPUs or slots
 /// share a sequence.

@@ -187,6 +187,7 @@ impl Interfaces {
         let resolve_us = started.elapsed().as_micros() as u64;
         plan.check_mtu(mtu)?;
         let (pool, teardown) = (&self.pool, &self.teardown);
+        let mut took = false;
         let iface = self.by_key.get_or_try_make(key, || {
             // The device's last teardown must be over before we attach.
             // (Faults are installed and dropped under the installer's
@@ -195,7 +196,10 @@ impl Interfaces {
             // A ready copy from the pool, or (pool empty or off) one
             // loaded now, its programs verified as they are needed.
             let blank = match pool.take() {
-                Some(blank) => blank,
+                Some(blank) => {
+                    took = true;
+                    blank
+                }
                 None => {
                     tracing::debug!(interface = %label, "no ready copy: loading one for this fault");
                     Blank::load(lease)?
@@ -217,7 +221,9 @@ impl Interfaces {
         // programs and netlink state go with it (on the teardown thread).
         let ready_us = started.elapsed().as_micros() as u64;
         let installed = lock(&iface).install(plan, trigger, self.attach, &self.reaper);
-        pool.refill();
+        if took {
+            pool.refill();
+        }
         let (indices, slot) = installed?;
         tracing::debug!(
             resolve_us,
@@ -452,7 +458,6 @@ impl Drop for Interface {
             clsact: self.clsact.take(),
         };
         self.teardown.retire(self.key, Box::new(attached));
-        tracing::debug!(interface = %self.label, "interface retired");
     }
 }
 
