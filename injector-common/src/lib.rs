@@ -87,6 +87,10 @@ pub mod bench {
     /// A bare XDP_DROP: what the drop benchmark measures injectord against.
     pub const BENCH_XDP_DROP: &str = "bench_xdp_drop";
     pub const BENCH_XDP_DROP_IP: &str = "bench_xdp_drop_ip";
+    /// An XDP_DROP of IPv4 frames that bumps a per-CPU counter.
+    pub const BENCH_XDP_DROP_COUNTED: &str = "bench_xdp_drop_counted";
+    /// The same, behind the daemon's lease check.
+    pub const BENCH_XDP_DROP_LEASED: &str = "bench_xdp_drop_leased";
     /// A do-nothing cgroup_skb program: the cgroup rows' baseline.
     pub const BENCH_CGROUP_SKB: &str = "bench_cgroup_skb";
 
@@ -94,6 +98,8 @@ pub mod bench {
         BENCH_XDP_TX,
         BENCH_XDP_DROP,
         BENCH_XDP_DROP_IP,
+        BENCH_XDP_DROP_COUNTED,
+        BENCH_XDP_DROP_LEASED,
         BENCH_CGROUP_SKB,
     ];
 }

@@ -107,12 +107,27 @@ pub struct RuleSet {
     /// port `p` (a rule without a port filter, or with a range of 64 ports
     /// or more, is in every bucket).
     pub dport_masks: [u64; DPORT_BUCKETS],
-    /// Per hook: the bit of the hook's first rule if that rule drops every
-    /// IP packet (no protocol, port or prefix filter), else 0. Every IP
-    /// packet's first candidate is then that rule, so the programs
-    /// evaluate it before parsing anything past the ethertype: a 100% drop
-    /// of a whole device costs little more than a bare `XDP_DROP`.
-    pub catch_all: [u64; NR_HOOKS],
+    /// Per hook: the hook's first rule if that rule drops every IP packet
+    /// (no protocol, port or prefix filter). Every IP packet's first
+    /// candidate is then that rule, so the programs evaluate it before
+    /// parsing anything past the ethertype, from this copy: a 100% drop of
+    /// a whole device costs little more than a bare `XDP_DROP`.
+    pub catch_all: [CatchAll; NR_HOOKS],
+}
+
+/// A hook's catch-all drop rule (see [`RuleSet::catch_all`]), copied out
+/// of the rule table: the fast path reads it from the rule set it already
+/// has in hand, one dependent load fewer per packet, and takes its index
+/// from `mask` without a bit scan.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CatchAll {
+    /// The rule's bit in [`RuleSet::masks`]; 0: the hook has no such rule.
+    pub mask: u64,
+    /// The rule's fault slot.
+    pub slot: u32,
+    pub _pad: u32,
+    pub trigger: Trigger,
 }
 
 impl Default for RuleSet {
@@ -121,7 +136,7 @@ impl Default for RuleSet {
             masks: [0; NR_HOOKS],
             proto_masks: [0; NR_PROTO_CLASSES],
             dport_masks: [0; DPORT_BUCKETS],
-            catch_all: [0; NR_HOOKS],
+            catch_all: [CatchAll::default(); NR_HOOKS],
         }
     }
 }

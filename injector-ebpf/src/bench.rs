@@ -1,5 +1,6 @@
 //! Programs for `./x bench` only; the daemon never loads them.
 
+use crate::maps::{FAULT_STATS, coarse_now, leased};
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{cgroup_skb, xdp},
@@ -37,6 +38,34 @@ pub fn bench_xdp_drop_ip(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_PASS
     }
+}
+
+/// The drop benchmark's third reference: as [`bench_xdp_drop_ip`], and
+/// each drop counted in slot 0's per-CPU activations, as every fault's
+/// are: the least a dropper that reports what it did pays.
+#[xdp]
+pub fn bench_xdp_drop_counted(ctx: XdpContext) -> u32 {
+    if !crate::packet::is_ip(ctx.data(), ctx.data_end()) {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(stats) = FAULT_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value; programs run with migration disabled.
+        unsafe { (*stats).activations += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+/// The fourth: as [`bench_xdp_drop_counted`], behind the lease check.
+#[xdp]
+pub fn bench_xdp_drop_leased(ctx: XdpContext) -> u32 {
+    if !crate::packet::is_ip(ctx.data(), ctx.data_end()) || !leased(coarse_now()) {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(stats) = FAULT_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value; programs run with migration disabled.
+        unsafe { (*stats).activations += 1 };
+    }
+    xdp_action::XDP_DROP
 }
 
 /// The cgroup rows' baseline: every packet let through, nothing looked at.

@@ -30,7 +30,10 @@ use aya::{
 };
 use injector_common::{
     LEASE_SLOT, Trigger,
-    bench::{BENCH_CGROUP_SKB, BENCH_XDP_DROP, BENCH_XDP_DROP_IP, BENCH_XDP_TX},
+    bench::{
+        BENCH_CGROUP_SKB, BENCH_XDP_DROP, BENCH_XDP_DROP_COUNTED, BENCH_XDP_DROP_IP,
+        BENCH_XDP_DROP_LEASED, BENCH_XDP_TX,
+    },
     globals, maps,
     packet::{
         HOOK_CGROUP_EGRESS, HOOK_TC_EGRESS, HOOK_XDP, PACKET_CGROUP_EGRESS, PACKET_TC_EGRESS,
@@ -96,6 +99,10 @@ fn xdp_drop(ifname: &str, program: &str) -> anyhow::Result<()> {
     let mut ebpf = EbpfLoader::new()
         .load(OBJECT)
         .context("loading the object")?;
+    // The leased reference's lease never runs out.
+    let mut lease: Array<_, u64> =
+        Array::try_from(ebpf.map_mut(maps::LEASE).context(maps::LEASE)?)?;
+    lease.set(LEASE_SLOT, &u64::MAX, 0)?;
     let prog: &mut Xdp = ebpf
         .program_mut(program)
         .context(program.to_string())?
@@ -136,6 +143,16 @@ fn main() -> anyhow::Result<()> {
         && cmd == "xdpdrop-ip"
     {
         return xdp_drop(ifname, BENCH_XDP_DROP_IP);
+    }
+    if let [cmd, ifname] = args.as_slice()
+        && cmd == "xdpdrop-counted"
+    {
+        return xdp_drop(ifname, BENCH_XDP_DROP_COUNTED);
+    }
+    if let [cmd, ifname] = args.as_slice()
+        && cmd == "xdpdrop-leased"
+    {
+        return xdp_drop(ifname, BENCH_XDP_DROP_LEASED);
     }
     let repeat: u32 = args
         .first()
@@ -268,6 +285,16 @@ fn main() -> anyhow::Result<()> {
     let (x, t) = both(&iface)?;
     row("drop, firing (XDP_DROP / TC redirect to nowhere)", x, t);
     maps.remove(0, &mut own, &drop_all, 0);
+    let every_ip = add(
+        &mut maps,
+        &mut own,
+        json!({"type": "packet_drop", "direction": "both"}),
+        30,
+        trigger(),
+    )?;
+    let (x, t) = both(&iface)?;
+    row("drop every IP packet, firing (decided on the ethertype)", x, t);
+    maps.remove(0, &mut own, &every_ip, 0);
     for (what, fault) in [
         (
             "corrupt one payload byte, firing (TC; checksum fixed)",

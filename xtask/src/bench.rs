@@ -93,7 +93,10 @@ pub fn run(iterations: u32, injects: u32, only: &str) -> anyhow::Result<()> {
     if only == "all" || only == "packet" {
         crate::bench_net::run(&bin)?;
     }
-    // Its last part alone (also run by `packet`).
+    // Parts of it alone (also run by `packet`).
+    if only == "drop" {
+        crate::bench_net::drops(&bin)?;
+    }
     if only == "switch" {
         crate::bench_switch::run(&bin, 50)?;
     }

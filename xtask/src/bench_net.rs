@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use injectord_tests::{
-    TestCgroup,
+    Client, TestCgroup,
     net::{Link, Netns, Subnet},
 };
 use serde_json::json;
@@ -94,26 +94,36 @@ fn blast(pair: &Link, generator: &Generator, seconds: f64) -> anyhow::Result<f64
     Ok(out.trim().parse::<f64>()?)
 }
 
-/// Packets per second the dropper at b handled: three runs of `seconds`,
-/// the median of (counter delta / time). `counter` reads the dropper's own
-/// count. Returns (handled/s, offered/s).
-fn drop_rate(
-    pair: &Link,
+/// CPU time (ns) the kernel thread `pid` has run so far
+/// (`/proc/PID/schedstat`).
+fn run_time_ns(pid: &str) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
+    stat.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no run time in /proc/{pid}/schedstat: {stat}"))
+}
+
+/// One run of `seconds` through `row`'s pair: (handled/s, offered/s, ns
+/// of b's NAPI thread per packet handled).
+fn drop_sample(
+    row: &mut DropRow,
     generator: &Generator,
     seconds: f64,
-    mut counter: impl FnMut() -> anyhow::Result<u64>,
-) -> anyhow::Result<(f64, f64)> {
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        let before = counter()?;
-        let offered = blast(pair, generator, seconds)?;
-        // Let the receiving NAPI thread drain its ring.
-        std::thread::sleep(Duration::from_millis(200));
-        let handled = (counter()? - before) as f64 / seconds;
-        runs.push((handled, offered));
-    }
-    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Ok(runs[1])
+    rpc: &mut Client,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let before = row.handled(rpc)?;
+    let cpu_before = run_time_ns(&row.napi)?;
+    let offered = blast(&row.pair, generator, seconds)?;
+    // Let the receiving NAPI thread drain its ring.
+    std::thread::sleep(Duration::from_millis(200));
+    let handled = row.handled(rpc)? - before;
+    let cpu = run_time_ns(&row.napi)? - cpu_before;
+    Ok((
+        handled as f64 / seconds,
+        offered,
+        cpu as f64 / handled.max(1) as f64,
+    ))
 }
 
 /// First number after `key` in `text`.
@@ -128,21 +138,31 @@ fn number_after(text: &str, key: &str) -> anyhow::Result<u64> {
 pub fn run(bin: &Path) -> anyhow::Result<()> {
     let example = build_packet_bench()?;
     program_cost(&example)?;
+    drop_tables(bin, &example)?;
+    latency(bin)?;
+    crate::bench_switch::run(bin, 50)?;
+    Ok(())
+}
+
+/// The drop throughput tables alone (`./x bench --only drop`).
+pub fn drops(bin: &Path) -> anyhow::Result<()> {
+    drop_tables(bin, &build_packet_bench()?)
+}
+
+fn drop_tables(bin: &Path, example: &Path) -> anyhow::Result<()> {
     for generator in [
         Generator::Skb,
         Generator::XdpFrames {
-            example: example.clone(),
+            example: example.to_path_buf(),
             one_cpu: false,
         },
         Generator::XdpFrames {
-            example,
+            example: example.to_path_buf(),
             one_cpu: true,
         },
     ] {
         drop_throughput(bin, &generator)?;
     }
-    latency(bin)?;
-    crate::bench_switch::run(bin, 50)?;
     Ok(())
 }
 
@@ -255,39 +275,119 @@ const KERNEL_DROPPERS: [KernelDropper; 3] = [
     },
 ];
 
+/// How a row of the drop table counts what its dropper handled.
+enum Counter {
+    /// Read in b by the kernel dropper's own command.
+    Kernel(fn(&Netns) -> anyhow::Result<u64>),
+    /// What b's veth counts as dropped by its XDP program (the reference
+    /// programs, held by `packet_bench xdpdrop*`).
+    XdpDrops(std::process::Child),
+    /// The activations of the daemon's fault with this id.
+    Activations(serde_json::Value),
+}
+
+/// A row of the drop table: a dropper on its own veth pair, and its
+/// samples.
+struct DropRow {
+    name: &'static str,
+    pair: Link,
+    /// b's NAPI thread: whose CPU time per packet the table shows.
+    napi: String,
+    counter: Counter,
+    samples: Vec<(f64, f64, f64)>,
+}
+
+impl DropRow {
+    fn handled(&self, rpc: &mut Client) -> anyhow::Result<u64> {
+        match &self.counter {
+            Counter::Kernel(read) => read(&self.pair.b),
+            Counter::XdpDrops(_) => {
+                let out = self.pair.b.run_ok("ethtool", &["-S", "eth0"]);
+                Ok(out
+                    .lines()
+                    .filter(|l| {
+                        l.trim_start()
+                            .split(':')
+                            .next()
+                            .is_some_and(|k| k.ends_with("xdp_drops"))
+                    })
+                    .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+                    .sum())
+            }
+            Counter::Activations(id) => Ok(rpc.call("get", json!({"id": id}))?["activations"]
+                .as_u64()
+                .unwrap_or(0)),
+        }
+    }
+
+    /// Medians of the samples: (handled/s, offered/s, NAPI ns per packet).
+    fn medians(&self) -> (f64, f64, f64) {
+        let median = |f: fn(&(f64, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = self.samples.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        (median(|s| s.0), median(|s| s.1), median(|s| s.2))
+    }
+}
+
+impl Drop for DropRow {
+    fn drop(&mut self) {
+        if let Counter::XdpDrops(child) = &mut self.counter {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Rounds of [`drop_throughput`]: each takes one sample of every row in
+/// turn, so a slow spell of this VM (its per-packet times drift by 10-20%
+/// from minute to minute) lands on every row rather than on one.
+const DROP_ROUNDS: usize = 7;
+
 fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
     eprintln!("[bench] 100% drop throughput on a veth pair");
-    let seconds = 3.0;
+    let seconds = 2.0;
     // b's eth0 processes its packets in a NAPI kernel thread (veth with GRO
-    // on, threaded NAPI), off the generator's CPU: what b can drop per
-    // second then shows the dropper's own cost, not the sender's.
-    let receiver = |tag: &str| -> Link {
+    // on, threaded NAPI), off the generator's CPU unless pinned with it:
+    // what b can drop per second then shows the dropper's own cost, not
+    // the sender's.
+    let receiver = |tag: &str| -> anyhow::Result<(Link, String)> {
         let pair = veth_pair(tag);
         pair.b.run_ok("ethtool", &["-K", "eth0", "gro", "on"]);
         let before = napi_threads();
         pair.b
             .run_ok("sh", &["-c", "echo 1 > /sys/class/net/eth0/threaded"]);
+        let new: Vec<String> = napi_threads().difference(&before).cloned().collect();
+        let [napi] = new.as_slice() else {
+            bail!("expected one NAPI thread for b's eth0, found {new:?}");
+        };
         if generator.one_cpu() {
-            for pid in napi_threads().difference(&before) {
-                crate::sh(Command::new("taskset").args(["-pc", "0", pid]))
-                    .expect("pinning b's NAPI thread");
-            }
+            crate::sh(Command::new("taskset").args(["-pc", "0", napi]))
+                .context("pinning b's NAPI thread")?;
         }
-        pair
+        Ok((pair, napi.clone()))
     };
-    let mut rows: Vec<(&str, (f64, f64))> = Vec::new();
+    let mut rows: Vec<DropRow> = Vec::new();
     for dropper in &KERNEL_DROPPERS {
-        let pair = receiver(dropper.tag);
+        let (pair, napi) = receiver(dropper.tag)?;
         if let [program, args @ ..] = dropper.install {
             pair.b.run_ok(program, args);
         }
-        rows.push((
-            dropper.row,
-            drop_rate(&pair, generator, seconds, || (dropper.handled)(&pair.b))?,
-        ));
+        rows.push(DropRow {
+            name: dropper.row,
+            pair,
+            napi,
+            counter: Counter::Kernel(dropper.handled),
+            samples: Vec::new(),
+        });
     }
+    // One daemon for the three injectord rows, as it would serve three
+    // devices.
+    let d = start_daemon(bin)?;
+    let mut rpc = d.client();
     let udp = |hook| json!({"type": "packet_drop", "direction": "ingress", "protocol": "udp", "hook": hook});
-    for (tag, fault, row) in [
+    for (tag, fault, name) in [
         (
             "inj",
             udp("xdp"),
@@ -304,62 +404,72 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
             "injectord packet_drop ingress, UDP, in TC (a veth's default)",
         ),
     ] {
-        let pair = receiver(tag);
-        let d = start_daemon(bin)?;
-        let mut rpc = d.client();
+        let (pair, napi) = receiver(tag)?;
         let id = rpc.call(
             "inject",
             json!({"target": {"interface": "eth0", "netns": pair.b.name}, "fault": fault}),
         )?["id"]
             .clone();
-        // The daemon refills its pool of interface objects in the
-        // background after a first fault: measured once that is over, as
-        // a fault that runs for a while would be.
-        crate::bench_switch::pool_refilled(&mut rpc)?;
-        let count = || -> anyhow::Result<u64> {
-            Ok(rpc.call("get", json!({"id": id}))?["activations"]
-                .as_u64()
-                .unwrap_or(0))
-        };
-        rows.push((row, drop_rate(&pair, generator, seconds, count)?));
+        rows.push(DropRow {
+            name,
+            pair,
+            napi,
+            counter: Counter::Activations(id),
+            samples: Vec::new(),
+        });
     }
+    // The daemon refills its pool of interface objects in the background
+    // after a first fault: measured once that is over, as a fault that
+    // runs for a while would be.
+    crate::bench_switch::pool_refilled(&mut rpc)?;
     if let Generator::XdpFrames { example, .. } = generator {
-        // The references: a bare XDP_DROP, which looks at nothing, and
-        // one that reads the ethertype first; veth counts what its XDP
-        // program dropped.
-        for (tag, mode, row) in [
+        // The references, held by packet_bench: a bare XDP_DROP, which
+        // looks at nothing; one that reads the ethertype first; one that
+        // also counts each drop in a per-CPU counter, as every fault
+        // does; and one that also checks the lease, as every fault does.
+        for (tag, mode, name) in [
             (
                 "xdp-ip",
                 "xdpdrop-ip",
-                "an XDP_DROP of IPv4 frames by ethertype (reads the frame)",
+                "reference: XDP_DROP of IPv4 frames by ethertype",
+            ),
+            (
+                "xdp-cnt",
+                "xdpdrop-counted",
+                "reference: ... and a per-CPU counter bumped",
+            ),
+            (
+                "xdp-lease",
+                "xdpdrop-leased",
+                "reference: ... and the daemon's lease checked",
             ),
             ("xdp", "xdpdrop", "a bare XDP_DROP program (the ceiling)"),
         ] {
-            let pair = receiver(tag);
-            let mut dropper = pair
+            let (pair, napi) = receiver(tag)?;
+            let child = pair
                 .b
                 .spawn(example.to_str().context("utf-8 path")?, &[mode, "eth0"]);
-            std::thread::sleep(Duration::from_millis(500));
-            let drops = || -> anyhow::Result<u64> {
-                let out = pair.b.run_ok("ethtool", &["-S", "eth0"]);
-                Ok(out
-                    .lines()
-                    .filter(|l| {
-                        l.trim_start()
-                            .split(':')
-                            .next()
-                            .is_some_and(|k| k.ends_with("xdp_drops"))
-                    })
-                    .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
-                    .sum())
-            };
-            let measured = drop_rate(&pair, generator, seconds, drops);
-            let _ = dropper.kill();
-            let _ = dropper.wait();
-            rows.push((row, measured?));
+            rows.push(DropRow {
+                name,
+                pair,
+                napi,
+                counter: Counter::XdpDrops(child),
+                samples: Vec::new(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for _ in 0..DROP_ROUNDS {
+        for row in &mut rows {
+            let sample = drop_sample(row, generator, seconds, &mut rpc)?;
+            row.samples.push(sample);
         }
     }
-    let ipt = rows[1].1.0;
+    let ipt = rows[1].medians().0;
+    let bare = rows
+        .iter()
+        .find(|r| r.name.starts_with("a bare XDP_DROP"))
+        .map(DropRow::medians);
     let how = match generator {
         Generator::Skb => "a raw-socket generator (b receives skbs)",
         Generator::XdpFrames { one_cpu: false, .. } => {
@@ -370,20 +480,20 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
         }
     };
     println!(
-        "\n100% drop of 64-byte UDP frames from {how}, a.eth0 -> b.eth0; b handles its packets in a NAPI thread (median of 3 x {seconds} s)"
+        "\n100% drop of 64-byte UDP frames from {how}, a.eth0 -> b.eth0; b handles its packets in a NAPI thread; medians of {DROP_ROUNDS} x {seconds} s, the rows taking turns; ns/pkt: CPU time of b's NAPI thread per packet handled"
     );
-    let bare = rows
-        .iter()
-        .find(|(name, _)| name.starts_with("a bare XDP_DROP"))
-        .map(|(_, (handled, _))| *handled);
     println!(
-        "{:<62} {:>12} {:>12} {:>12} {:>12}",
-        "at b", "handled/s", "offered/s", "vs iptables", "vs XDP_DROP"
+        "{:<62} {:>12} {:>12} {:>8} {:>11} {:>11} {:>12}",
+        "at b", "handled/s", "offered/s", "ns/pkt", "vs iptables", "vs XDP_DROP", "/CPU vs DROP"
     );
-    for (name, (handled, offered)) in &rows {
-        let vs_bare = bare.map_or("-".to_string(), |b| format!("{:.2}", handled / b));
+    for row in &rows {
+        let (handled, offered, ns) = row.medians();
+        let (vs_bare, vs_bare_cpu) = bare.map_or(("-".into(), "-".into()), |(b, _, b_ns)| {
+            (format!("{:.2}", handled / b), format!("{:.2}", b_ns / ns))
+        });
         println!(
-            "{name:<62} {handled:>12.0} {offered:>12.0} {:>12.2} {vs_bare:>12}",
+            "{:<62} {handled:>12.0} {offered:>12.0} {ns:>8.1} {:>11.2} {vs_bare:>11} {vs_bare_cpu:>12}",
+            row.name,
             handled / ipt
         );
     }

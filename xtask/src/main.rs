@@ -66,8 +66,9 @@ enum Task {
         /// inject operations for the control-plane latency.
         #[arg(long, default_value_t = 1000)]
         injects: u32,
-        /// Which part: connect, packet, syscall, block or all (or switch:
-        /// packet's switch-on/off latencies alone).
+        /// Which part: connect, packet, syscall, block or all (or, parts of
+        /// packet alone: drop for its drop throughput tables, switch for
+        /// its switch-on/off latencies).
         #[arg(long, default_value = "all")]
         only: String,
     },

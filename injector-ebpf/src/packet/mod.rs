@@ -38,7 +38,7 @@ use injector_common::{
         REGION_HEADERS, RULE_JITTER_NORMAL, RULE_SETS, RuleSet, proto_class,
     },
 };
-pub use parse::Flow;
+pub use parse::{Flow, is_ip};
 
 use crate::{maps::FAULT_STATS, trigger};
 
@@ -231,14 +231,12 @@ pub fn run_interface<P: Packet>(hook: usize, data: usize, end: usize, pkt: &mut 
     let first = active * MAX_PACKET_RULES;
     // A first rule that drops every IP packet is every IP packet's first
     // candidate: evaluated on the ethertype alone, before the parse.
-    let catch_all = set.catch_all[hook & 7];
-    if catch_all != 0 {
+    let catch_all = &set.catch_all[hook & 7];
+    if catch_all.mask != 0 {
         if !parse::is_ip(data, end) {
             return Verdict::Pass;
         }
-        if let Some(rule) = IFACE_RULE_TABLE.get(first + lowest_bit(catch_all))
-            && trigger::evaluate(rule.slot, &rule.trigger)
-        {
+        if trigger::evaluate(catch_all.slot, &catch_all.trigger) {
             return Verdict::Drop;
         }
     }
@@ -247,7 +245,7 @@ pub fn run_interface<P: Packet>(hook: usize, data: usize, end: usize, pkt: &mut 
     };
     let flow = &flow;
     let mut mask = set.masks[hook & 7]
-        & !catch_all
+        & !catch_all.mask
         & set.proto_masks[proto_class(flow.proto) & (NR_PROTO_CLASSES - 1)]
         & set.dport_masks[usize::from(flow.dport) & (DPORT_BUCKETS - 1)];
     // The common case, one candidate, without a call; more go through

@@ -20,7 +20,7 @@ use aya::{
 use injector_common::{
     FAMILY_INET6, Prefix,
     packet::{
-        ACTION_DELAY, ACTION_RATE, AddrMask, DELAY_HIST, DPORT_BUCKETS, DelayHistogram,
+        ACTION_DELAY, ACTION_RATE, AddrMask, CatchAll, DELAY_HIST, DPORT_BUCKETS, DelayHistogram,
         IFACE_ACTIVE, IFACE_RULE_TABLE, IFACE_RULES, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES,
         NR_HOOKS, NR_PROTO_CLASSES, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC,
         PACKET_TARGETS, PROTO_ANY, PacketRule, PacketRuleKey, PacketTarget, PortKey, RATE_STATE,
@@ -352,12 +352,21 @@ fn rule_set(set: &TargetRules) -> Box<RuleSet> {
     value.proto_masks = protos;
     for (catch_all, mask) in value.catch_all.iter_mut().zip(hooks) {
         let first = mask.isolate_lowest_one();
-        let drops_all = first != 0
-            && set
-                .entries
-                .get(&first.trailing_zeros())
-                .is_some_and(|e| e.rule.drops_everything());
-        *catch_all = if drops_all { first } else { 0 };
+        if first == 0 {
+            continue;
+        }
+        if let Some(entry) = set
+            .entries
+            .get(&first.trailing_zeros())
+            .filter(|e| e.rule.drops_everything())
+        {
+            *catch_all = CatchAll {
+                mask: first,
+                slot: entry.rule.slot,
+                _pad: 0,
+                trigger: entry.rule.trigger,
+            };
+        }
     }
     for (index, entry) in &set.entries {
         let bit = 1u64 << index;
