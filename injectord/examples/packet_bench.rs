@@ -282,9 +282,15 @@ fn main() -> anyhow::Result<()> {
         30,
         trigger(),
     )?;
+    expect_xdp(&iface, PACKET_XDP, &data, XDP_DROP)?;
     let (x, t) = both(&iface)?;
     row("drop, firing (XDP_DROP / TC redirect to nowhere)", x, t);
     maps.remove(0, &mut own, &drop_all, 0);
+    // Alone on the device, as a catch-all must be to be its hook's first
+    // rule.
+    for indices in others.drain(..) {
+        maps.remove(0, &mut own, &indices, 0);
+    }
     let every_ip = add(
         &mut maps,
         &mut own,
@@ -292,9 +298,34 @@ fn main() -> anyhow::Result<()> {
         30,
         trigger(),
     )?;
+    expect_xdp(&iface, PACKET_XDP, &data, XDP_DROP)?;
     let (x, t) = both(&iface)?;
-    row("drop every IP packet, firing (decided on the ethertype)", x, t);
+    row(
+        "drop every IP packet, firing (decided on the ethertype)",
+        x,
+        t,
+    );
     maps.remove(0, &mut own, &every_ip, 0);
+    // What the drop benchmark's reference droppers cost.
+    for (what, program) in [
+        ("reference: a bare XDP_DROP", BENCH_XDP_DROP),
+        (
+            "reference: XDP_DROP of IPv4 frames by ethertype",
+            BENCH_XDP_DROP_IP,
+        ),
+        (
+            "reference: ... and a per-CPU counter bumped",
+            BENCH_XDP_DROP_COUNTED,
+        ),
+        (
+            "reference: ... and the daemon's lease checked",
+            BENCH_XDP_DROP_LEASED,
+        ),
+    ] {
+        expect_xdp(&iface, program, &data, XDP_DROP)?;
+        let (x, dx) = paired(&iface, program, PROBE_XDP, &data, repeat)?;
+        println!("{what:<62} {x:>7.1} {dx:>6.1} {:>7} {:>6}", "-", "-");
+    }
     for (what, fault) in [
         (
             "corrupt one payload byte, firing (TC; checksum fixed)",
@@ -398,7 +429,14 @@ fn load_object(lease_check: bool, rules: Rules) -> anyhow::Result<(aya::Ebpf, Pa
     };
     match rules {
         Rules::Interface => {
-            for name in [PROBE_XDP, PACKET_XDP] {
+            for name in [
+                PROBE_XDP,
+                PACKET_XDP,
+                BENCH_XDP_DROP,
+                BENCH_XDP_DROP_IP,
+                BENCH_XDP_DROP_COUNTED,
+                BENCH_XDP_DROP_LEASED,
+            ] {
                 let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
                 p.load()?;
             }
@@ -450,6 +488,24 @@ fn paired(
 fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
+}
+
+/// `enum xdp_action`'s XDP_DROP.
+const XDP_DROP: u32 = 1;
+
+/// Fails unless the XDP program `name` returns `want` for `data`: a row
+/// meant to time a drop times one (a rule left over from an earlier row
+/// once made the catch-all row time the general path).
+fn expect_xdp(ebpf: &aya::Ebpf, name: &str, data: &[u8], want: u32) -> anyhow::Result<()> {
+    let prog: &Xdp = ebpf.program(name).context(name.to_string())?.try_into()?;
+    let got = prog
+        .test_run(TestRunOptions {
+            data_in: Some(data),
+            ..TestRunOptions::default()
+        })?
+        .return_value;
+    anyhow::ensure!(got == want, "{name} returned {got}, not {want}");
+    Ok(())
 }
 
 /// One BPF_PROG_TEST_RUN of `repeat` runs: the mean ns per run.

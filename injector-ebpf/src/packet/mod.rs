@@ -220,18 +220,21 @@ pub fn run<P: Packet>(hook: usize, target: u64, flow: &Flow, pkt: &mut P) -> Ver
     }
 }
 
-/// Runs an interface's rules at `hook` against the Ethernet frame in
+/// Runs an interface's rules at `HOOK` against the Ethernet frame in
 /// `data..end`.
 #[inline(always)]
-pub fn run_interface<P: Packet>(hook: usize, data: usize, end: usize, pkt: &mut P) -> Verdict {
+pub fn run_interface<const HOOK: usize, P: Packet>(
+    data: usize,
+    end: usize,
+    pkt: &mut P,
+) -> Verdict {
     let active = IFACE_ACTIVE.get(0).copied().unwrap_or(0) % RULE_SETS;
     let Some(set) = IFACE_RULES.get(active) else {
         return Verdict::Pass;
     };
-    let first = active * MAX_PACKET_RULES;
     // A first rule that drops every IP packet is every IP packet's first
     // candidate: evaluated on the ethertype alone, before the parse.
-    let catch_all = &set.catch_all[hook & 7];
+    let catch_all = &set.catch_all[HOOK & 7];
     if catch_all.mask != 0 {
         if !parse::is_ip(data, end) {
             return Verdict::Pass;
@@ -240,11 +243,12 @@ pub fn run_interface<P: Packet>(hook: usize, data: usize, end: usize, pkt: &mut 
             return Verdict::Drop;
         }
     }
+    let first = active * MAX_PACKET_RULES;
     let Some(flow) = parse::ethernet(data, end) else {
         return Verdict::Pass;
     };
     let flow = &flow;
-    let mut mask = set.masks[hook & 7]
+    let mut mask = set.masks[HOOK & 7]
         & !catch_all.mask
         & set.proto_masks[proto_class(flow.proto) & (NR_PROTO_CLASSES - 1)]
         & set.dport_masks[usize::from(flow.dport) & (DPORT_BUCKETS - 1)];

@@ -163,7 +163,7 @@ impl Packet for TcPacket {
 }
 
 #[inline(always)]
-fn run_tc(ctx: &TcContext, hook: usize, ingress: bool) -> i32 {
+fn run_tc<const HOOK: usize>(ctx: &TcContext, ingress: bool) -> i32 {
     let skb = ctx.as_ptr().cast::<__sk_buff>();
     // SAFETY: the context is valid for the program's run.
     let mark = unsafe { (*skb).mark };
@@ -186,7 +186,7 @@ fn run_tc(ctx: &TcContext, hook: usize, ingress: bool) -> i32 {
     let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
     let mut pkt = TcPacket { skb, ingress };
     // A per-interface object: its rule set is this interface's.
-    match run_interface(hook, data, end, &mut pkt) {
+    match run_interface::<HOOK, _>(data, end, &mut pkt) {
         Verdict::Drop if ingress => TC_ACT_SHOT,
         Verdict::Drop => silent_drop(),
         Verdict::Pass => TC_ACT_UNSPEC,
@@ -211,10 +211,10 @@ fn silent_drop() -> i32 {
 
 #[classifier]
 pub fn packet_tc_ingress(ctx: TcContext) -> i32 {
-    run_tc(&ctx, HOOK_TC_INGRESS, true)
+    run_tc::<HOOK_TC_INGRESS>(&ctx, true)
 }
 
 #[classifier]
 pub fn packet_tc_egress(ctx: TcContext) -> i32 {
-    run_tc(&ctx, HOOK_TC_EGRESS, false)
+    run_tc::<HOOK_TC_EGRESS>(&ctx, false)
 }

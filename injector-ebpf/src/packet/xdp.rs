@@ -22,7 +22,7 @@ pub fn packet_xdp(ctx: XdpContext) -> u32 {
         len: (end - data) as u32,
     };
     // A per-interface object: its rule set is this interface's.
-    match run_interface(HOOK_XDP, data, end, &mut pkt) {
+    match run_interface::<HOOK_XDP, _>(data, end, &mut pkt) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass => xdp_action::XDP_PASS,
     }
