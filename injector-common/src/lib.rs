@@ -87,7 +87,7 @@ pub mod bench {
     /// A bare XDP_DROP: what the drop benchmark measures injectord against.
     pub const BENCH_XDP_DROP: &str = "bench_xdp_drop";
     pub const BENCH_XDP_DROP_IP: &str = "bench_xdp_drop_ip";
-    /// An XDP_DROP of IPv4 frames that bumps a per-CPU counter.
+    /// An XDP_DROP of IP frames that bumps a per-CPU counter.
     pub const BENCH_XDP_DROP_COUNTED: &str = "bench_xdp_drop_counted";
     /// The same, behind the daemon's lease check.
     pub const BENCH_XDP_DROP_LEASED: &str = "bench_xdp_drop_leased";

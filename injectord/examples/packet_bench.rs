@@ -15,10 +15,12 @@
 //! `xdpdrop` attaches a bare XDP_DROP program to IF until killed: what a
 //! dropper that looks at nothing achieves; `xdpdrop-ip` one that drops
 //! IPv4 frames by their ethertype, the least a dropper that reads the
-//! packet does.
+//! packet does; `xdpdrop-counted` one that also bumps a per-CPU counter,
+//! and `xdpdrop-leased` one that also checks the lease, as every fault
+//! does.
 //!
 //! Usage: packet_bench [REPEAT] | packet_bench xdpgen IF SRC_MAC DST_MAC SECONDS
-//!        | packet_bench xdpdrop IF | packet_bench xdpdrop-ip IF
+//!        | packet_bench xdpdrop[-ip|-counted|-leased] IF
 
 use std::time::{Duration, Instant};
 
@@ -93,8 +95,8 @@ fn xdp_generate(ifname: &str, src: [u8; 6], dst: [u8; 6], seconds: f64) -> anyho
     Ok(sent as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Attaches a bare XDP_DROP program to `ifname` and holds it until killed:
-/// the drop benchmark's reference dropper.
+/// Attaches the reference dropper `program` to `ifname` and holds it until
+/// killed.
 fn xdp_drop(ifname: &str, program: &str) -> anyhow::Result<()> {
     let mut ebpf = EbpfLoader::new()
         .load(OBJECT)
@@ -134,25 +136,17 @@ fn main() -> anyhow::Result<()> {
         println!("{pps}");
         return Ok(());
     }
-    if let [cmd, ifname] = args.as_slice()
-        && cmd == "xdpdrop"
-    {
-        return xdp_drop(ifname, BENCH_XDP_DROP);
-    }
-    if let [cmd, ifname] = args.as_slice()
-        && cmd == "xdpdrop-ip"
-    {
-        return xdp_drop(ifname, BENCH_XDP_DROP_IP);
-    }
-    if let [cmd, ifname] = args.as_slice()
-        && cmd == "xdpdrop-counted"
-    {
-        return xdp_drop(ifname, BENCH_XDP_DROP_COUNTED);
-    }
-    if let [cmd, ifname] = args.as_slice()
-        && cmd == "xdpdrop-leased"
-    {
-        return xdp_drop(ifname, BENCH_XDP_DROP_LEASED);
+    if let [cmd, ifname] = args.as_slice() {
+        let program = match cmd.as_str() {
+            "xdpdrop" => Some(BENCH_XDP_DROP),
+            "xdpdrop-ip" => Some(BENCH_XDP_DROP_IP),
+            "xdpdrop-counted" => Some(BENCH_XDP_DROP_COUNTED),
+            "xdpdrop-leased" => Some(BENCH_XDP_DROP_LEASED),
+            _ => None,
+        };
+        if let Some(program) = program {
+            return xdp_drop(ifname, program);
+        }
     }
     let repeat: u32 = args
         .first()
