@@ -209,6 +209,13 @@ impl Trigger {
     pub fn is_counted(&self) -> bool {
         self.after != 0 || self.every_nth > 1 || self.max_activations != 0
     }
+
+    /// Whether the trigger fires at every event (until the lease or its
+    /// TTL runs out): probability 1 and nothing counted.
+    #[inline(always)]
+    pub fn fires_every_time(&self) -> bool {
+        self.threshold >= Self::ALWAYS && !self.is_counted()
+    }
 }
 
 /// Shared (not per-CPU) trigger state of one fault slot, updated with

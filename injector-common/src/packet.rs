@@ -28,7 +28,7 @@ pub const DELAY_HIST: &str = "DELAY_HIST";
 /// An interface's rules, as [`RuleSet`]s: [`RULE_SETS`] of them, the one
 /// [`IFACE_ACTIVE`] names in force.
 pub const IFACE_RULES: &str = "IFACE_RULES";
-/// `[0]`: the index of the rule set in force.
+/// `[0]`: an [`ActiveSet`], which rule set is in force.
 pub const IFACE_ACTIVE: &str = "IFACE_ACTIVE";
 /// The rules of an interface's rule sets: rule `i` of set `s` at
 /// `s * MAX_PACKET_RULES + i`.
@@ -113,6 +113,33 @@ pub struct RuleSet {
     /// parsing anything past the ethertype, from this copy: a 100% drop of
     /// a whole device costs little more than a bare `XDP_DROP`.
     pub catch_all: [CatchAll; NR_HOOKS],
+}
+
+/// Hooks an interface's programs run at: [`HOOK_XDP`], [`HOOK_TC_INGRESS`]
+/// and [`HOOK_TC_EGRESS`].
+pub const NR_IFACE_HOOKS: usize = 3;
+
+/// What an interface's programs read first, in one array lookup: which
+/// rule set is in force and, per hook, a catch-all drop rule that fires
+/// at every event (probability 1, no `after`, `every_nth` or
+/// `max_activations`; a TTL is fine), so a 100% drop of a device costs
+/// one lookup, the ethertype, the lease and the counters: no rule set.
+///
+/// A packet reads the fields the daemon changes one at a time, each
+/// write changing one field (see `RuleSets::publish` in the daemon): a
+/// `fast` entry is switched on (its `mask` set) only while the set in
+/// force has that rule first at that hook, switched off before a set
+/// without it is put in force, and its other fields are rewritten only
+/// while it is off and a grace period after it was last on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActiveSet {
+    /// The index of the [`RuleSet`] in force.
+    pub set: u32,
+    pub _pad: u32,
+    /// Per hook (XDP first, so that it shares the cache line with `set`):
+    /// `mask` 0 when the hook has no such rule.
+    pub fast: [CatchAll; NR_IFACE_HOOKS],
 }
 
 /// A hook's catch-all drop rule (see [`RuleSet::catch_all`]), copied out
@@ -426,6 +453,8 @@ mod pod {
     unsafe impl aya::Pod for super::DelayHistogram {}
     // SAFETY: as above (arrays of u64).
     unsafe impl aya::Pod for super::RuleSet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ActiveSet {}
 }
 
 #[cfg(test)]

@@ -243,6 +243,73 @@ fn a_drop_without_filters_takes_every_ip_packet_and_spares_arp() {
     assert_eq!(icmp["activations"], icmp["evaluations"], "{icmp}");
 }
 
+/// A whole-device drop that fires every time is decided from the first
+/// thing the programs read (see `ActiveSet` in injector-common), kept in
+/// step with the rule set: a second catch-all takes over when the first
+/// goes, a rule put first hands the catch-all to the rule set and back,
+/// and a TTL ends it.
+#[test]
+fn whole_device_drops_hand_over_in_order_and_expire() {
+    let d = Daemon::start();
+    let link = Link::new("handover");
+    let on_b = json!({"interface": "eth0", "netns": link.b.name});
+    let all = |name: &str| {
+        json!({"name": name, "target": on_b,
+            "fault": {"type": "packet_drop", "direction": "ingress", "hook": "xdp"}})
+    };
+    let stats = |name: &str| {
+        let v = d.call("get", json!({"name": name})).unwrap();
+        (
+            v["evaluations"].as_u64().unwrap(),
+            v["activations"].as_u64().unwrap(),
+        )
+    };
+    let all_dropped = |what: &str| {
+        let (tx, rx, ..) = ping(&link.a, B_IP, 5, "0.05");
+        assert_eq!((tx, rx), (5, 0), "{what}: every echo request dropped");
+    };
+
+    d.inject(all("first"));
+    d.inject(all("second"));
+    all_dropped("two catch-alls");
+    let (evaluated, fired) = stats("first");
+    assert!(fired >= 5 && fired == evaluated, "first: {evaluated} {fired}");
+    assert_eq!(stats("second"), (0, 0), "the first decides every packet");
+
+    d.call("remove", json!({"name": "first"})).unwrap();
+    all_dropped("the second alone");
+    let (evaluated, fired) = stats("second");
+    assert!(fired >= 5 && fired == evaluated, "second: {evaluated} {fired}");
+
+    // A UDP drop takes the first free rule index, ahead of the catch-all:
+    // the echo requests are still the catch-all's, now from the rule set.
+    d.inject(json!({"name": "udp", "target": on_b,
+        "fault": {"type": "packet_drop", "direction": "ingress", "hook": "xdp", "protocol": "udp"}}));
+    let before = stats("second").1;
+    all_dropped("behind a UDP rule");
+    let (evaluated, fired) = stats("second");
+    assert!(fired >= before + 5 && fired == evaluated, "second: {evaluated} {fired}");
+    assert_eq!(stats("udp"), (0, 0), "no UDP sent");
+    udp_send(&link.a, B_IP, 7150, 100, 10_000);
+    assert_eq!(stats("udp"), (100, 100), "the UDP rule comes first for UDP");
+    d.call("remove", json!({"name": "udp"})).unwrap();
+    let before = stats("second").1;
+    all_dropped("the catch-all first again");
+    assert!(stats("second").1 >= before + 5);
+
+    d.call("remove", json!({"name": "second"})).unwrap();
+    let (tx, rx, ..) = ping(&link.a, B_IP, 3, "0.05");
+    assert_eq!((tx, rx), (3, 3), "no fault left");
+
+    let mut brief = all("brief");
+    brief["duration"] = json!("1s");
+    d.inject(brief);
+    all_dropped("within the TTL");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (tx, rx, ..) = ping(&link.a, B_IP, 3, "0.05");
+    assert_eq!((tx, rx), (3, 3), "past the TTL");
+}
+
 #[test]
 fn corruption_reaches_the_receiver() {
     let d = Daemon::start();

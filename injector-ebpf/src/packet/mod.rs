@@ -34,9 +34,11 @@ use injector_common::{
     packet::{
         ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DELAY_BUCKETS,
         DPORT_BUCKETS, DelayHistogram, LPM_FULL_BITS, LpmData, MAX_PACKET_RULES, NR_PROTO_CLASSES,
-        OFFSET_RANDOM, PacketRule, PacketRuleKey, PacketTarget, PortKey, REGION_ANY,
-        REGION_HEADERS, RULE_JITTER_NORMAL, RULE_SETS, RuleSet, proto_class,
+        NR_IFACE_HOOKS, OFFSET_RANDOM, PacketRule, PacketRuleKey, PacketTarget, PortKey,
+        REGION_ANY, REGION_HEADERS, RULE_JITTER_NORMAL, RULE_SETS, RuleSet, proto_class,
+        ActiveSet,
     },
+    Trigger,
 };
 pub use parse::{Flow, is_ip};
 
@@ -50,9 +52,10 @@ const NO_PREALLOC: u32 = 1;
 #[map]
 static IFACE_RULES: Array<RuleSet> = Array::with_max_entries(RULE_SETS, 0);
 
-/// `[0]`: which of [`IFACE_RULES`] is in force.
+/// `[0]`: which of [`IFACE_RULES`] is in force, and the hooks' catch-all
+/// drops that fire at every event; see [`ActiveSet`].
 #[map]
-static IFACE_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+static IFACE_ACTIVE: Array<ActiveSet> = Array::with_max_entries(1, 0);
 
 /// The rules of [`IFACE_RULES`]: rule `i` of set `s` at `s * 64 + i`.
 #[map]
@@ -228,12 +231,35 @@ pub fn run_interface<const HOOK: usize, P: Packet>(
     end: usize,
     pkt: &mut P,
 ) -> Verdict {
-    let active = IFACE_ACTIVE.get(0).copied().unwrap_or(0) % RULE_SETS;
-    let Some(set) = IFACE_RULES.get(active) else {
+    let Some(active) = IFACE_ACTIVE.get(0) else {
         return Verdict::Pass;
     };
     // A first rule that drops every IP packet is every IP packet's first
-    // candidate: evaluated on the ethertype alone, before the parse.
+    // candidate: decided on the ethertype alone, before the parse. One
+    // that fires at every event, the common case, from `active` itself.
+    let fast = &active.fast[HOOK % NR_IFACE_HOOKS];
+    if fast.mask != 0 {
+        if !parse::is_ip(data, end) {
+            return Verdict::Pass;
+        }
+        // Such a trigger, spelled out so that the compiler drops the
+        // probability and counting branches of `evaluate`.
+        let every_time = Trigger {
+            threshold: Trigger::ALWAYS,
+            expires_at_ns: fast.trigger.expires_at_ns,
+            ..Trigger::default()
+        };
+        if trigger::evaluate(fast.slot, &every_time) {
+            return Verdict::Drop;
+        }
+        // The lease or the rule's TTL ran out: the same rule in the set
+        // below does not fire either (and is not counted), the others may.
+    }
+    let active = active.set % RULE_SETS;
+    let Some(set) = IFACE_RULES.get(active) else {
+        return Verdict::Pass;
+    };
+    // Any other catch-all (a probability, a count), from the set.
     let catch_all = &set.catch_all[HOOK & 7];
     if catch_all.mask != 0 {
         if !parse::is_ip(data, end) {

@@ -20,9 +20,9 @@ use aya::{
 use injector_common::{
     FAMILY_INET6, Prefix,
     packet::{
-        ACTION_DELAY, ACTION_RATE, AddrMask, CatchAll, DELAY_HIST, DPORT_BUCKETS, DelayHistogram,
+        ACTION_DELAY, ACTION_RATE, ActiveSet, AddrMask, CatchAll, DELAY_HIST, DPORT_BUCKETS, DelayHistogram,
         IFACE_ACTIVE, IFACE_RULE_TABLE, IFACE_RULES, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES,
-        NR_HOOKS, NR_PROTO_CLASSES, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC,
+        NR_HOOKS, NR_IFACE_HOOKS, NR_PROTO_CLASSES, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC,
         PACKET_TARGETS, PROTO_ANY, PacketRule, PacketRuleKey, PacketTarget, PortKey, RATE_STATE,
         RULE_SETS, RuleSet, proto_class,
     },
@@ -95,12 +95,16 @@ struct TargetMaps {
 struct RuleSets {
     sets: Array<MapData, RuleSet>,
     table: Array<MapData, PacketRule>,
-    active: Array<MapData, u32>,
-    current: u32,
+    /// What `IFACE_ACTIVE` holds: `active.set` is the set in force.
+    active: Array<MapData, ActiveSet>,
+    value: ActiveSet,
     /// Per set, when it was last taken out of force: it is written again
     /// only after a grace period since (programs that read it before the
     /// switch may still run until then).
     retired: [Option<grace::Ticket>; RULE_SETS as usize],
+    /// Per hook, when its fast catch-all was last switched off: the same,
+    /// for the entry's slot and trigger.
+    fast_retired: [Option<grace::Ticket>; NR_IFACE_HOOKS],
 }
 
 impl PacketMaps {
@@ -127,8 +131,9 @@ impl PacketMaps {
                 sets: Array::try_from(take(IFACE_RULES)?)?,
                 table: Array::try_from(take(IFACE_RULE_TABLE)?)?,
                 active: Array::try_from(take(IFACE_ACTIVE)?)?,
-                current: 0,
+                value: ActiveSet::default(),
                 retired: [None; RULE_SETS as usize],
+                fast_retired: [None; NR_IFACE_HOOKS],
             })
         };
         Self::with(ebpf, publish)
@@ -317,11 +322,28 @@ impl TargetMaps {
 impl RuleSets {
     /// Writes the rules of `set` into the set not in force, then puts it in
     /// force.
+    ///
+    /// The hooks' fast catch-alls ([`ActiveSet::fast`]) go with it: one
+    /// the new set does not have first is switched off before the switch,
+    /// one it has is switched on after. Each write of `IFACE_ACTIVE`
+    /// changes one field, and a program that finds a fast entry on acts as
+    /// the set in force does (or did, a moment before): a packet sees the
+    /// old rules or the new.
     fn publish(&mut self, set: &TargetRules) -> Result<(), Error> {
         let value = rule_set(set);
-        let next = (self.current + 1) % RULE_SETS;
+        let fast = fast_catch_alls(&value);
+        let current = self.value.set;
+        let next = (current + 1) % RULE_SETS;
         if let Some(ticket) = self.retired[next as usize].take() {
             grace::wait(ticket);
+        }
+        for (hook, wanted) in fast.iter().enumerate() {
+            let entry = &mut self.value.fast[hook];
+            if entry.mask != 0 && entry != wanted {
+                entry.mask = 0;
+                self.write_active()?;
+                self.fast_retired[hook] = Some(grace::retire());
+            }
         }
         // The rules first, then the masks that make programs look at
         // them, then the switch.
@@ -333,15 +355,53 @@ impl RuleSets {
         self.sets
             .set(next, &*value, 0)
             .map_err(Error::map(IFACE_RULES))?;
-        self.active
-            .set(0, &next, 0)
-            .map_err(Error::map(IFACE_ACTIVE))?;
+        self.value.set = next;
+        self.write_active()?;
         // The set just taken out of force may still be read by programs
         // that looked it up before the switch.
-        self.retired[self.current as usize] = Some(grace::retire());
-        self.current = next;
+        self.retired[current as usize] = Some(grace::retire());
+        for (hook, wanted) in fast.into_iter().enumerate() {
+            if wanted.mask == 0 || self.value.fast[hook].mask != 0 {
+                continue;
+            }
+            // Programs that found the entry on may still read its slot
+            // and trigger until a grace period after it went off.
+            if let Some(ticket) = self.fast_retired[hook].take() {
+                grace::wait(ticket);
+            }
+            // Slot and trigger while the entry is off, then the switch on:
+            // a packet that finds it on reads the new slot and trigger.
+            // (x86 keeps stores in order, even those of one `rep movsb`
+            // against another's; a weakly ordered CPU needs a grace
+            // period between the two writes.)
+            self.value.fast[hook] = CatchAll { mask: 0, ..wanted };
+            self.write_active()?;
+            #[cfg(not(target_arch = "x86_64"))]
+            grace::wait(grace::retire());
+            self.value.fast[hook].mask = wanted.mask;
+            self.write_active()?;
+        }
         Ok(())
     }
+
+    fn write_active(&mut self) -> Result<(), Error> {
+        self.active
+            .set(0, &self.value, 0)
+            .map_err(Error::map(IFACE_ACTIVE))
+    }
+}
+
+/// Per interface hook, the set's catch-all if it fires at every event
+/// (what [`ActiveSet::fast`] may hold), or an entry that is off.
+fn fast_catch_alls(value: &RuleSet) -> [CatchAll; NR_IFACE_HOOKS] {
+    std::array::from_fn(|hook| {
+        let catch_all = value.catch_all[hook];
+        if catch_all.mask != 0 && catch_all.trigger.fires_every_time() {
+            catch_all
+        } else {
+            CatchAll::default()
+        }
+    })
 }
 
 /// The rule set the programs read for `set`.
