@@ -273,13 +273,19 @@ fn whole_device_drops_hand_over_in_order_and_expire() {
     d.inject(all("second"));
     all_dropped("two catch-alls");
     let (evaluated, fired) = stats("first");
-    assert!(fired >= 5 && fired == evaluated, "first: {evaluated} {fired}");
+    assert!(
+        fired >= 5 && fired == evaluated,
+        "first: {evaluated} {fired}"
+    );
     assert_eq!(stats("second"), (0, 0), "the first decides every packet");
 
     d.call("remove", json!({"name": "first"})).unwrap();
     all_dropped("the second alone");
     let (evaluated, fired) = stats("second");
-    assert!(fired >= 5 && fired == evaluated, "second: {evaluated} {fired}");
+    assert!(
+        fired >= 5 && fired == evaluated,
+        "second: {evaluated} {fired}"
+    );
 
     // A UDP drop takes the first free rule index, ahead of the catch-all:
     // the echo requests are still the catch-all's, now from the rule set.
@@ -288,7 +294,10 @@ fn whole_device_drops_hand_over_in_order_and_expire() {
     let before = stats("second").1;
     all_dropped("behind a UDP rule");
     let (evaluated, fired) = stats("second");
-    assert!(fired >= before + 5 && fired == evaluated, "second: {evaluated} {fired}");
+    assert!(
+        fired >= before + 5 && fired == evaluated,
+        "second: {evaluated} {fired}"
+    );
     assert_eq!(stats("udp"), (0, 0), "no UDP sent");
     udp_send(&link.a, B_IP, 7150, 100, 10_000);
     assert_eq!(stats("udp"), (100, 100), "the UDP rule comes first for UDP");

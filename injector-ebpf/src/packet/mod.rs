@@ -30,15 +30,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
 };
 use injector_common::{
-    MAX_FAULTS,
+    MAX_FAULTS, Trigger,
     packet::{
-        ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, DELAY_BUCKETS,
-        DPORT_BUCKETS, DelayHistogram, LPM_FULL_BITS, LpmData, MAX_PACKET_RULES, NR_PROTO_CLASSES,
-        NR_IFACE_HOOKS, OFFSET_RANDOM, PacketRule, PacketRuleKey, PacketTarget, PortKey,
-        REGION_ANY, REGION_HEADERS, RULE_JITTER_NORMAL, RULE_SETS, RuleSet, proto_class,
-        ActiveSet,
+        ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, ActiveSet,
+        DELAY_BUCKETS, DPORT_BUCKETS, DelayHistogram, LPM_FULL_BITS, LpmData, MAX_PACKET_RULES,
+        NR_IFACE_HOOKS, NR_PROTO_CLASSES, OFFSET_RANDOM, PacketRule, PacketRuleKey, PacketTarget,
+        PortKey, REGION_ANY, REGION_HEADERS, RULE_JITTER_NORMAL, RULE_SETS, RuleSet, proto_class,
     },
-    Trigger,
 };
 pub use parse::{Flow, is_ip};
 

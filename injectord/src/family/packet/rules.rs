@@ -20,11 +20,11 @@ use aya::{
 use injector_common::{
     FAMILY_INET6, Prefix,
     packet::{
-        ACTION_DELAY, ACTION_RATE, ActiveSet, AddrMask, CatchAll, DELAY_HIST, DPORT_BUCKETS, DelayHistogram,
-        IFACE_ACTIVE, IFACE_RULE_TABLE, IFACE_RULES, LPM_TARGET_BITS, LpmData, MAX_PACKET_RULES,
-        NR_HOOKS, NR_IFACE_HOOKS, NR_PROTO_CLASSES, PACKET_DST, PACKET_PORTS, PACKET_RULES, PACKET_SRC,
-        PACKET_TARGETS, PROTO_ANY, PacketRule, PacketRuleKey, PacketTarget, PortKey, RATE_STATE,
-        RULE_SETS, RuleSet, proto_class,
+        ACTION_DELAY, ACTION_RATE, ActiveSet, AddrMask, CatchAll, DELAY_HIST, DPORT_BUCKETS,
+        DelayHistogram, IFACE_ACTIVE, IFACE_RULE_TABLE, IFACE_RULES, LPM_TARGET_BITS, LpmData,
+        MAX_PACKET_RULES, NR_HOOKS, NR_IFACE_HOOKS, NR_PROTO_CLASSES, PACKET_DST, PACKET_PORTS,
+        PACKET_RULES, PACKET_SRC, PACKET_TARGETS, PROTO_ANY, PacketRule, PacketRuleKey,
+        PacketTarget, PortKey, RATE_STATE, RULE_SETS, RuleSet, proto_class,
     },
 };
 use ipnet::IpNet;
