@@ -1284,12 +1284,13 @@ fn slow_disk_holds_each_io_20ms() {
         assert!(out.status.success(), "{out:?}");
         start.elapsed()
     };
-    // Three runs each, judged by the fastest: a TCG guest stalls a run by
+    // Five runs each, judged by the fastest: a TCG guest stalls a run by
     // 100 ms or more now and then, which one run against one could not
-    // tell from the fault. Taken in turns, so that a busy spell of the
-    // host slows both sides alike.
+    // tell from the fault (with three, a CI run once had every run of the
+    // unheld side stalled: best 336 ms against a usual 100). Taken in
+    // turns, so that a busy spell of the host slows both sides alike.
     let (mut slow, mut fast) = (Duration::MAX, Duration::MAX);
-    for _ in 0..3 {
+    for _ in 0..5 {
         slow = slow.min(read(&vnf));
         fast = fast.min(read(&other));
     }
@@ -1304,7 +1305,7 @@ fn slow_disk_holds_each_io_20ms() {
     );
     let (evaluations, activations) = d.counters(&name, "io_delay");
     assert!(
-        evaluations >= 30 && activations == evaluations,
+        evaluations >= 50 && activations == evaluations,
         "evaluations {evaluations}, activations {activations}"
     );
 }
