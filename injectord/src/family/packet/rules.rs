@@ -102,9 +102,9 @@ struct RuleSets {
     /// only after a grace period since (programs that read it before the
     /// switch may still run until then).
     retired: [Option<grace::Ticket>; RULE_SETS as usize],
-    /// Per hook, when its fast catch-all was last switched off: the same,
-    /// for the entry's slot and trigger.
-    fast_retired: [Option<grace::Ticket>; NR_IFACE_HOOKS],
+    /// When fast catch-alls were last switched off: the same, for their
+    /// slots and triggers.
+    fast_retired: Option<grace::Ticket>,
 }
 
 impl PacketMaps {
@@ -133,7 +133,7 @@ impl PacketMaps {
                 active: Array::try_from(take(IFACE_ACTIVE)?)?,
                 value: ActiveSet::default(),
                 retired: [None; RULE_SETS as usize],
-                fast_retired: [None; NR_IFACE_HOOKS],
+                fast_retired: None,
             })
         };
         Self::with(ebpf, publish)
@@ -337,13 +337,16 @@ impl RuleSets {
         if let Some(ticket) = self.retired[next as usize].take() {
             grace::wait(ticket);
         }
-        for (hook, wanted) in fast.iter().enumerate() {
-            let entry = &mut self.value.fast[hook];
+        let mut off = false;
+        for (entry, wanted) in self.value.fast.iter_mut().zip(&fast) {
             if entry.mask != 0 && entry != wanted {
                 entry.mask = 0;
-                self.write_active()?;
-                self.fast_retired[hook] = Some(grace::retire());
+                off = true;
             }
+        }
+        if off {
+            self.write_active()?;
+            self.fast_retired = Some(grace::retire());
         }
         // The rules first, then the masks that make programs look at
         // them, then the switch.
@@ -360,28 +363,35 @@ impl RuleSets {
         // The set just taken out of force may still be read by programs
         // that looked it up before the switch.
         self.retired[current as usize] = Some(grace::retire());
-        for (hook, wanted) in fast.into_iter().enumerate() {
-            if wanted.mask == 0 || self.value.fast[hook].mask != 0 {
-                continue;
-            }
-            // Programs that found the entry on may still read its slot
-            // and trigger until a grace period after it went off.
-            if let Some(ticket) = self.fast_retired[hook].take() {
-                grace::wait(ticket);
-            }
-            // Slot and trigger while the entry is off, then the switch on:
-            // a packet that finds it on reads the new slot and trigger.
-            // (x86 keeps stores in order, even those of one `rep movsb`
-            // against another's; a weakly ordered CPU needs a grace
-            // period between the two writes.)
-            self.value.fast[hook] = CatchAll { mask: 0, ..wanted };
-            self.write_active()?;
-            #[cfg(not(target_arch = "x86_64"))]
-            grace::wait(grace::retire());
-            self.value.fast[hook].mask = wanted.mask;
-            self.write_active()?;
+        let on: Vec<usize> = (0..NR_IFACE_HOOKS)
+            .filter(|&hook| fast[hook].mask != 0 && self.value.fast[hook].mask == 0)
+            .collect();
+        if on.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // Programs that found an entry on may still read its slot and
+        // trigger until a grace period after it went off.
+        if let Some(ticket) = self.fast_retired.take() {
+            grace::wait(ticket);
+        }
+        // Slots and triggers while the entries are off, then the switch
+        // on: a packet that finds one on reads its new slot and trigger.
+        // (x86 keeps stores in order, even those of one `rep movsb`
+        // against another's; a weakly ordered CPU needs a grace period
+        // between the two writes.)
+        for &hook in &on {
+            self.value.fast[hook] = CatchAll {
+                mask: 0,
+                ..fast[hook]
+            };
+        }
+        self.write_active()?;
+        #[cfg(not(target_arch = "x86_64"))]
+        grace::wait(grace::retire());
+        for &hook in &on {
+            self.value.fast[hook].mask = fast[hook].mask;
+        }
+        self.write_active()
     }
 
     fn write_active(&mut self) -> Result<(), Error> {
