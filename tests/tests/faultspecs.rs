@@ -688,14 +688,16 @@ fn pod_latency_100ms_slows_one_pod_only() {
                 .collect()
         };
         // The SYN leaves 80 to 120 ms late (uniform jitter). Every connect
-        // is at least that late; the median is within the jitter's range
-        // plus a margin. No bound on the slowest: a TCG guest on a busy
-        // machine adds tens of ms (CI saw 156 ms once) or more to one
-        // connect now and then.
+        // is at least that late, and the fastest, the one least disturbed
+        // by the machine, within the jitter's range plus a margin. A TCG
+        // guest on a busy machine only ever adds time, tens of ms at once
+        // (CI saw 156 ms once, and a run whose connects read 101, 111,
+        // 150, 166, 177): a bound on the median or the slowest would test
+        // the machine, not the fault.
         let mut slow = connect_ms(&pod_a, c0);
         slow.sort_by(f64::total_cmp);
         assert!(
-            slow.iter().all(|ms| *ms >= 75.0) && (75.0..=150.0).contains(&slow[slow.len() / 2]),
+            slow.iter().all(|ms| *ms >= 75.0) && slow[0] <= 130.0,
             "pod a's connects: {slow:?} ms"
         );
         // Pod b's SYNs are not delayed. A delayed SYN leaves at least 80 ms

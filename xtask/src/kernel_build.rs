@@ -188,12 +188,18 @@ pub struct Built {
     pub release: String,
 }
 
+/// Installs what the build needs (compilers, the kernel's source
+/// package) unless it is there.
+pub fn ensure_deps() -> anyhow::Result<()> {
+    deps::ensure(BUILD_TOOLS, BUILD_PACKAGES)
+}
+
 /// The cached kernel for `label`, built first if there is none for the
 /// current key. `vng` is virtme-ng's entry point, which writes the base
 /// config.
 pub fn ensure(cache: &Path, label: &str, vng: &Path, vng_version: &str) -> anyhow::Result<Built> {
     let start = Instant::now();
-    deps::ensure(BUILD_TOOLS, BUILD_PACKAGES)?;
+    ensure_deps()?;
     let kernels = cache.join("kernels");
     fs::create_dir_all(&kernels)?;
     let inputs = key_inputs(vng_version)?;

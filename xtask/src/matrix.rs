@@ -126,6 +126,93 @@ fn version_key(name: &str) -> Vec<u64> {
         .collect()
 }
 
+/// A kernel of the matrix, ready or still being built.
+pub enum PendingKernel {
+    Ready(Kernel),
+    /// Built by a background thread at idle priority: see `start_kernel`.
+    Building {
+        label: &'static str,
+        build: std::thread::JoinHandle<anyhow::Result<Kernel>>,
+    },
+}
+
+impl PendingKernel {
+    pub fn label(&self) -> &str {
+        match self {
+            Self::Ready(k) => &k.label,
+            Self::Building { label, .. } => label,
+        }
+    }
+
+    /// The kernel, once its build (if any) is done.
+    pub fn wait(self) -> anyhow::Result<Kernel> {
+        match self {
+            Self::Ready(k) => Ok(k),
+            Self::Building { label, build } => {
+                eprintln!("[x] {label}: waiting for the kernel build");
+                build
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("{label}: the kernel build thread panicked"))?
+            }
+        }
+    }
+}
+
+/// Downloads a Debian kernel now; starts a kernel that must be built in a
+/// background thread, so that it compiles while the host suite and the
+/// other guests run.
+///
+/// Those are bound by waiting (the host suite) or by one TCG thread (a
+/// guest), which leaves one of CI's two cores mostly idle for about 55
+/// minutes; the build needs about 26 CPU-minutes. It runs under
+/// `SCHED_IDLE`, inherited by make and the compilers, so that it only
+/// ever takes CPU time nothing else wants and timed tests see the
+/// machine as before. On a fresh machine this takes the build's 15-17
+/// minutes off the suite's wall time.
+pub fn start_kernel(
+    cache: &Path,
+    tools: &VmTools,
+    spec: &KernelSpec,
+) -> anyhow::Result<PendingKernel> {
+    match spec.source {
+        Source::Debian(_) => ensure_kernel(cache, tools, spec).map(PendingKernel::Ready),
+        Source::Built => {
+            // apt runs here, not beside the other downloads.
+            kernel_build::ensure_deps()?;
+            let (cache, vng, label) = (cache.to_path_buf(), tools.vng.clone(), spec.label);
+            let build = std::thread::Builder::new()
+                .name(format!("build-{label}"))
+                .spawn(move || {
+                    idle_priority();
+                    let built = kernel_build::ensure(&cache, label, &vng, VIRTME_NG_VERSION)?;
+                    Ok(Kernel {
+                        label: label.to_string(),
+                        release: built.release,
+                        vmlinuz: built.bzimage,
+                    })
+                })
+                .context("starting the kernel build thread")?;
+            Ok(PendingKernel::Building { label, build })
+        }
+    }
+}
+
+/// Puts the calling thread, and every process it starts from now on,
+/// under `SCHED_IDLE`. Best effort: a build at normal priority is only
+/// slower for the rest.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
+    // that outlives the call.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        eprintln!(
+            "[x] could not lower the kernel build to SCHED_IDLE: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// The kernel of `spec`, downloaded or built first unless it is cached.
 pub fn ensure_kernel(cache: &Path, tools: &VmTools, spec: &KernelSpec) -> anyhow::Result<Kernel> {
     match spec.source {

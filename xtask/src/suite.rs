@@ -42,6 +42,23 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
     let _ = fs::remove_dir_all(&matrix_dir);
     fs::create_dir_all(&matrix_dir)?;
 
+    // The VM kernels first: one that must be built compiles in the
+    // background, at idle priority, while the host suite and the other
+    // guests run (`matrix::start_kernel`).
+    let vms = if host_only {
+        None
+    } else {
+        let cache = crate::cache();
+        let tools = matrix::ensure_tools(&cache)?;
+        let mut kernels = Vec::new();
+        for spec in matrix::matrix() {
+            if only.is_empty() || only.iter().any(|k| k == spec.label) {
+                kernels.push(matrix::start_kernel(&cache, &tools, &spec)?);
+            }
+        }
+        Some((tools, kernels))
+    };
+
     let mut results: Vec<(String, Tally, bool, Duration)> = Vec::new();
     let host_label = format!("host-{}", kernel_release());
     eprintln!("\n[x] ===== {host_label}: running the suite on the host kernel =====");
@@ -49,21 +66,13 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
     let (tally, ok) = run_here(&host_label, &daemon, &tests, &matrix_dir)?;
     results.push((host_label, tally, ok, start.elapsed()));
 
-    if !host_only {
-        let cache = crate::cache();
-        let tools = matrix::ensure_tools(&cache)?;
-        let mut kernels = Vec::new();
-        for spec in matrix::matrix() {
-            if only.is_empty() || only.iter().any(|k| k == spec.label) {
-                kernels.push(matrix::ensure_kernel(&cache, &tools, &spec)?);
-            }
-        }
+    if let Some((tools, kernels)) = vms {
         for t in &tests {
             if let Some(line) = scope_line(t) {
                 eprintln!("[x] {line}");
             }
         }
-        results.extend(run_vms(&tools, &kernels, &daemon, &tests, &matrix_dir)?);
+        results.extend(run_vms(&tools, kernels, &daemon, &tests, &matrix_dir)?);
     }
 
     let order: Vec<&str> = results.iter().map(|r| r.0.as_str()).collect();
@@ -104,34 +113,45 @@ pub fn run(host_only: bool, only: &[String]) -> anyhow::Result<()> {
 
 /// Runs the suite in every VM kernel, `vm_jobs()` at a time, and returns
 /// their results in matrix order.
+///
+/// A kernel still being built is waited for when its turn comes; its
+/// time in the table is the suite's, not the wait's. A kernel that fails
+/// to build or boot is a failed row, after the other kernels have run.
 fn run_vms(
     tools: &matrix::VmTools,
-    kernels: &[matrix::Kernel],
+    kernels: Vec<matrix::PendingKernel>,
     daemon: &Path,
     tests: &[PathBuf],
     matrix_dir: &Path,
 ) -> anyhow::Result<Vec<(String, Tally, bool, Duration)>> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done = std::sync::Mutex::new(Vec::new());
+    let labels: Vec<String> = kernels.iter().map(|k| k.label().to_string()).collect();
     let jobs = vm_jobs().min(kernels.len()).max(1);
+    let queue = std::sync::Mutex::new(kernels.into_iter().enumerate());
+    let done = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
                 loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(kernel) = kernels.get(i) else { break };
-                    eprintln!(
-                        "\n[x] ===== {}: running the suite inside {} under QEMU =====",
-                        kernel.label, kernel.release
-                    );
-                    let start = Instant::now();
-                    let outcome = run_in_vm(tools, kernel, daemon, tests, matrix_dir);
-                    let took = start.elapsed();
-                    eprintln!(
-                        "\n[x] ===== {}: done after {} s =====",
-                        kernel.label,
-                        took.as_secs()
-                    );
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some((i, pending)) = next else { break };
+                    let (outcome, took) = match pending.wait() {
+                        Ok(kernel) => {
+                            eprintln!(
+                                "\n[x] ===== {}: running the suite inside {} under QEMU =====",
+                                kernel.label, kernel.release
+                            );
+                            let start = Instant::now();
+                            let outcome = run_in_vm(tools, &kernel, daemon, tests, matrix_dir);
+                            let took = start.elapsed();
+                            eprintln!(
+                                "\n[x] ===== {}: done after {} s =====",
+                                kernel.label,
+                                took.as_secs()
+                            );
+                            (outcome, took)
+                        }
+                        Err(e) => (Err(e), Duration::ZERO),
+                    };
                     done.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push((i, outcome, took));
@@ -143,8 +163,16 @@ fn run_vms(
     done.sort_by_key(|d| d.0);
     let mut results = Vec::new();
     for (i, outcome, took) in done {
-        let (tally, ok) = outcome?;
-        results.push((kernels[i].label.clone(), tally, ok, took));
+        // A kernel that could not be built or booted is a failed row of
+        // the table, after the others' results, not the end of the suite.
+        let (tally, ok) = outcome.unwrap_or_else(|e| {
+            let tally = Tally {
+                troubles: vec![format!("no suite ran: {e:#}")],
+                ..Tally::default()
+            };
+            (tally, false)
+        });
+        results.push((labels[i].clone(), tally, ok, took));
     }
     Ok(results)
 }
