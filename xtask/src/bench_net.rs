@@ -7,6 +7,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    rc::Rc,
     time::Duration,
 };
 
@@ -104,14 +105,16 @@ fn run_time_ns(pid: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no run time in /proc/{pid}/schedstat: {stat}"))
 }
 
-/// One run of `seconds` through `row`'s pair: (handled/s, offered/s, ns
-/// of b's NAPI thread per packet handled).
+/// One run of `seconds` through `row`'s pair, its dropper put in place
+/// first and taken away after: (handled/s, offered/s, ns of b's NAPI
+/// thread per packet handled).
 fn drop_sample(
     row: &mut DropRow,
     generator: &Generator,
     seconds: f64,
     rpc: &mut Client,
 ) -> anyhow::Result<(f64, f64, f64)> {
+    row.attach(rpc)?;
     let before = row.handled(rpc)?;
     let cpu_before = run_time_ns(&row.napi)?;
     let offered = blast(&row.pair, generator, seconds)?;
@@ -119,6 +122,7 @@ fn drop_sample(
     std::thread::sleep(Duration::from_millis(200));
     let handled = row.handled(rpc)? - before;
     let cpu = run_time_ns(&row.napi)? - cpu_before;
+    row.detach(rpc)?;
     Ok((
         handled as f64 / seconds,
         offered,
@@ -275,33 +279,94 @@ const KERNEL_DROPPERS: [KernelDropper; 3] = [
     },
 ];
 
-/// How a row of the drop table counts what its dropper handled.
-enum Counter {
-    /// Read in b by the kernel dropper's own command.
+/// A row's dropper: where it lives and how it counts what it handled.
+enum Dropper {
+    /// In the kernel, installed once on a pair of its own; read in b by
+    /// its own command.
     Kernel(fn(&Netns) -> anyhow::Result<u64>),
-    /// What b's veth counts as dropped by its XDP program (the reference
-    /// programs, held by `packet_bench xdpdrop*`).
-    XdpDrops(std::process::Child),
-    /// The activations of the daemon's fault with this id.
-    Activations(serde_json::Value),
+    /// A reference program of `packet_bench` (`xdpdrop*`), attached for
+    /// each sample on the shared pair and counted by b's veth as XDP
+    /// drops.
+    Reference {
+        example: PathBuf,
+        mode: &'static str,
+        held: Option<std::process::Child>,
+    },
+    /// An injectord fault, injected for each sample on the shared pair and
+    /// counted by its activations.
+    Fault {
+        fault: serde_json::Value,
+        id: Option<serde_json::Value>,
+    },
 }
 
-/// A row of the drop table: a dropper on its own veth pair, and its
+/// A row of the drop table: a dropper, the pair it drops on, and its
 /// samples.
 struct DropRow {
     name: &'static str,
-    pair: Link,
+    pair: Rc<Link>,
     /// b's NAPI thread: whose CPU time per packet the table shows.
     napi: String,
-    counter: Counter,
+    dropper: Dropper,
     samples: Vec<(f64, f64, f64)>,
 }
 
 impl DropRow {
+    /// Puts a per-sample dropper in place at b: attached, counting, and
+    /// the daemon idle again (its interface pool refilled).
+    fn attach(&mut self, rpc: &mut Client) -> anyhow::Result<()> {
+        let b = &self.pair.b;
+        match &mut self.dropper {
+            Dropper::Kernel(_) => {}
+            Dropper::Reference {
+                example,
+                mode,
+                held,
+            } => {
+                *held = Some(b.spawn(example.to_str().context("utf-8 path")?, &[mode, "eth0"]));
+                wait_for_xdp(b, true)?;
+            }
+            Dropper::Fault { fault, id } => {
+                *id = Some(
+                    rpc.call(
+                        "inject",
+                        json!({"target": {"interface": "eth0", "netns": b.name}, "fault": fault}),
+                    )?["id"]
+                        .clone(),
+                );
+                // A fault that has just been injected has its interface
+                // object from the pool, whose refill verifies a new one
+                // in the background: measured once that is over, as a
+                // fault that runs for a while would be.
+                crate::bench_switch::pool_refilled(rpc)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a per-sample dropper away again, XDP program and all.
+    fn detach(&mut self, rpc: &mut Client) -> anyhow::Result<()> {
+        match &mut self.dropper {
+            Dropper::Kernel(_) => return Ok(()),
+            Dropper::Reference { held, .. } => {
+                if let Some(mut child) = held.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            Dropper::Fault { id, .. } => {
+                if let Some(id) = id.take() {
+                    rpc.call("remove", json!({"id": id}))?;
+                }
+            }
+        }
+        wait_for_xdp(&self.pair.b, false)
+    }
+
     fn handled(&self, rpc: &mut Client) -> anyhow::Result<u64> {
-        match &self.counter {
-            Counter::Kernel(read) => read(&self.pair.b),
-            Counter::XdpDrops(_) => {
+        match &self.dropper {
+            Dropper::Kernel(read) => read(&self.pair.b),
+            Dropper::Reference { .. } => {
                 let out = self.pair.b.run_ok("ethtool", &["-S", "eth0"]);
                 Ok(out
                     .lines()
@@ -314,9 +379,12 @@ impl DropRow {
                     .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
                     .sum())
             }
-            Counter::Activations(id) => Ok(rpc.call("get", json!({"id": id}))?["activations"]
-                .as_u64()
-                .unwrap_or(0)),
+            Dropper::Fault { id, .. } => {
+                let id = id.as_ref().context("the fault is not injected")?;
+                Ok(rpc.call("get", json!({"id": id}))?["activations"]
+                    .as_u64()
+                    .unwrap_or(0))
+            }
         }
     }
 
@@ -333,11 +401,29 @@ impl DropRow {
 
 impl Drop for DropRow {
     fn drop(&mut self) {
-        if let Counter::XdpDrops(child) = &mut self.counter {
+        if let Dropper::Reference {
+            held: Some(child), ..
+        } = &mut self.dropper
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// Waits until b's eth0 has an XDP program (`attached`) or none.
+fn wait_for_xdp(b: &Netns, attached: bool) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        let out = b.run_ok("ip", &["link", "show", "dev", "eth0"]);
+        if out.contains(" prog/xdp ") == attached {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!(
+        "b's eth0 still {} an XDP program after 5 s",
+        if attached { "lacks" } else { "has" }
+    )
 }
 
 /// Rounds of [`drop_throughput`]: each takes one sample of every row in
@@ -376,88 +462,74 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
         }
         rows.push(DropRow {
             name: dropper.row,
-            pair,
+            pair: Rc::new(pair),
             napi,
-            counter: Counter::Kernel(dropper.handled),
+            dropper: Dropper::Kernel(dropper.handled),
             samples: Vec::new(),
         });
     }
-    // One daemon for the three injectord rows, as it would serve three
-    // devices.
+    // The programs, injectord's and the references, take turns on one
+    // pair: the same veth, the same NAPI thread, the same pages. On pairs
+    // of their own, rows differed by up to 5% from where they ran alone.
+    let (shared, napi) = receiver("xdp")?;
+    let shared = Rc::new(shared);
     let d = start_daemon(bin)?;
     let mut rpc = d.client();
     let udp = |hook| json!({"type": "packet_drop", "direction": "ingress", "protocol": "udp", "hook": hook});
-    for (tag, fault, name) in [
+    for (fault, name) in [
         (
-            "inj",
             udp("xdp"),
             "injectord packet_drop ingress, UDP, \"hook\": \"xdp\"",
         ),
         (
-            "inj-all",
             json!({"type": "packet_drop", "direction": "ingress", "hook": "xdp"}),
             "injectord packet_drop ingress, every IP packet, \"hook\": \"xdp\"",
         ),
         (
-            "inj-tc",
             udp("tc"),
             "injectord packet_drop ingress, UDP, in TC (a veth's default)",
         ),
     ] {
-        let (pair, napi) = receiver(tag)?;
-        let id = rpc.call(
-            "inject",
-            json!({"target": {"interface": "eth0", "netns": pair.b.name}, "fault": fault}),
-        )?["id"]
-            .clone();
         rows.push(DropRow {
             name,
-            pair,
-            napi,
-            counter: Counter::Activations(id),
+            pair: shared.clone(),
+            napi: napi.clone(),
+            dropper: Dropper::Fault { fault, id: None },
             samples: Vec::new(),
         });
     }
-    // The daemon refills its pool of interface objects in the background
-    // after a first fault: measured once that is over, as a fault that
-    // runs for a while would be.
-    crate::bench_switch::pool_refilled(&mut rpc)?;
     if let Generator::XdpFrames { example, .. } = generator {
         // The references, held by packet_bench: a bare XDP_DROP, which
         // looks at nothing; one that reads the ethertype first; one that
         // also counts each drop in a per-CPU counter, as every fault
         // does; and one that also checks the lease, as every fault does.
-        for (tag, mode, name) in [
+        for (mode, name) in [
             (
-                "xdp-ip",
                 "xdpdrop-ip",
                 "reference: XDP_DROP of IPv4 frames by ethertype",
             ),
             (
-                "xdp-cnt",
                 "xdpdrop-counted",
                 "reference: ... and a per-CPU counter bumped",
             ),
             (
-                "xdp-lease",
                 "xdpdrop-leased",
                 "reference: ... and the daemon's lease checked",
             ),
-            ("xdp", "xdpdrop", "a bare XDP_DROP program (the ceiling)"),
+            ("xdpdrop", "a bare XDP_DROP program (the ceiling)"),
         ] {
-            let (pair, napi) = receiver(tag)?;
-            let child = pair
-                .b
-                .spawn(example.to_str().context("utf-8 path")?, &[mode, "eth0"]);
             rows.push(DropRow {
                 name,
-                pair,
-                napi,
-                counter: Counter::XdpDrops(child),
+                pair: shared.clone(),
+                napi: napi.clone(),
+                dropper: Dropper::Reference {
+                    example: example.clone(),
+                    mode,
+                    held: None,
+                },
                 samples: Vec::new(),
             });
         }
-        std::thread::sleep(Duration::from_millis(500));
     }
     for _ in 0..DROP_ROUNDS {
         for row in &mut rows {
@@ -480,7 +552,7 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
         }
     };
     println!(
-        "\n100% drop of 64-byte UDP frames from {how}, a.eth0 -> b.eth0; b handles its packets in a NAPI thread; medians of {DROP_ROUNDS} x {seconds} s, the rows taking turns; ns/pkt: CPU time of b's NAPI thread per packet handled"
+        "\n100% drop of 64-byte UDP frames from {how}, a.eth0 -> b.eth0; b handles its packets in a NAPI thread; medians of {DROP_ROUNDS} x {seconds} s, the rows taking turns, the XDP and TC programs (injectord's and the references) on one shared pair, each attached for its sample; ns/pkt: CPU time of b's NAPI thread per packet handled"
     );
     println!(
         "{:<62} {:>12} {:>12} {:>8} {:>11} {:>11} {:>12}",

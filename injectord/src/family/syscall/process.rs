@@ -781,6 +781,12 @@ fn ns_ms(ns: u64) -> f64 {
 /// The `pauses` object of `get`: how many, how long the last and the
 /// longest lasted, how many are in progress.
 fn describe_pauses(owner: &Owner, describe: &mut Map<String, Value>) {
+    // In progress first: that takes the resumer's lock, under which a
+    // pause is ended and then recorded, so a pause whose end a client has
+    // already seen (its request answered after the thaw) is in the
+    // summary read next. The other order once showed a thawed pause as
+    // neither in progress nor counted.
+    let paused_now = owner.paused_now();
     let s = owner.stats.summary();
     describe.insert(
         "pauses".into(),
@@ -788,7 +794,7 @@ fn describe_pauses(owner: &Owner, describe: &mut Map<String, Value>) {
             "count": s.count,
             "last_ms": s.last_ns.map(ns_ms),
             "max_ms": if s.count > 0 { Some(ns_ms(s.max_ns)) } else { None },
-            "paused_now": owner.paused_now(),
+            "paused_now": paused_now,
         }),
     );
 }
