@@ -1,6 +1,6 @@
 //! Programs for `./x bench` only; the daemon never loads them.
 
-use crate::maps::{FAULT_STATS, coarse_now, leased};
+use crate::maps::{FAULT_STATS, coarse_clock};
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{cgroup_skb, xdp},
@@ -57,7 +57,7 @@ pub fn bench_xdp_drop_leased(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn counted_drop(ctx: &XdpContext, lease: bool) -> u32 {
-    if !crate::packet::is_ip(ctx.data(), ctx.data_end()) || (lease && !leased(coarse_now())) {
+    if !crate::packet::is_ip(ctx.data(), ctx.data_end()) || (lease && !coarse_clock().leased()) {
         return xdp_action::XDP_PASS;
     }
     if let Some(stats) = FAULT_STATS.get_ptr_mut(0) {

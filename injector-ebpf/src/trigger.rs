@@ -5,19 +5,19 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use injector_common::Trigger;
 
-use crate::maps::{FAULT_STATS, TRIGGER_STATE, coarse_now, lease_checked, leased};
+use crate::maps::{FAULT_STATS, TRIGGER_STATE, coarse_clock, lease_checked};
 
 /// Evaluates `trigger` for one event that matched the fault in `slot`.
 /// Returns whether the fault fires; updates the slot's counters either way.
 /// Expired rules, and every rule once the daemon's lease has run out,
 /// return `false` without counting an evaluation: every fault of every
 /// family goes through here, so none outlives its daemon by more than the
-/// lease (plus one clock tick: see [`coarse_now`]).
+/// lease (plus one clock tick: see [`crate::maps::CoarseClock`]).
 #[inline(always)]
 pub fn evaluate(slot: u32, trigger: &Trigger) -> bool {
     if lease_checked() || trigger.expires_at_ns != 0 {
-        let now = coarse_now();
-        if !leased(now) || (trigger.expires_at_ns != 0 && now >= trigger.expires_at_ns) {
+        let clock = coarse_clock();
+        if !clock.leased() || (trigger.expires_at_ns != 0 && clock.now >= trigger.expires_at_ns) {
             return false;
         }
     }

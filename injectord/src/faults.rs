@@ -392,11 +392,11 @@ impl Faults {
         let (fault, view) = {
             let mut t = lock(&self.table);
             let id = find(&t, sel)?.id;
-            let fault = self.take(&mut t, id).expect("found above");
+            let fault = self.take(&mut t, id, End::Removed).expect("found above");
             let v = view(&fault);
             (fault, v)
         };
-        self.undo(fault, End::Removed);
+        self.undo(fault);
         Ok(view)
     }
 
@@ -406,12 +406,12 @@ impl Faults {
             let mut t = lock(&self.table);
             let ids: Vec<_> = t.by_id.keys().copied().collect();
             ids.into_iter()
-                .filter_map(|id| self.take(&mut t, id))
+                .filter_map(|id| self.take(&mut t, id, End::Cleared))
                 .collect()
         };
         let n = faults.len();
         for f in faults {
-            self.undo(f, End::Cleared);
+            self.undo(f);
         }
         n
     }
@@ -428,9 +428,9 @@ impl Faults {
             if !due {
                 return false;
             }
-            self.take(&mut t, id)
+            self.take(&mut t, id, End::Ttl)
         };
-        fault.map(|f| self.undo(f, End::Ttl)).is_some()
+        fault.map(|f| self.undo(f)).is_some()
     }
 
     /// Ends every fault whose target cgroup is gone: its directory no
@@ -475,18 +475,24 @@ impl Faults {
                 .map(|f| f.id)
                 .collect();
             ids.into_iter()
-                .filter_map(|id| self.take(&mut t, id))
+                .filter_map(|id| self.take(&mut t, id, End::TargetGone))
                 .collect()
         };
         let n = faults.len();
         for f in faults {
-            self.undo(f, End::TargetGone);
+            self.undo(f);
         }
         n
     }
 
-    /// Takes a fault out of the table (it stops being listed at once).
-    fn take(&self, t: &mut Table, id: FaultId) -> Option<ActiveFault> {
+    /// Takes a fault out of the table: it stops being listed at once, and
+    /// its end is counted and logged at once, under the table's lock, so
+    /// that whoever sees it gone from `list` also sees why in the metrics
+    /// and the log. Undoing what it installed comes after ([`Self::undo`]),
+    /// and may wait for the installer lock. (Counted after the undo, a
+    /// removed cgroup's fault was once unlisted but not yet counted when a
+    /// client looked, in a TCG guest.)
+    fn take(&self, t: &mut Table, id: FaultId, end: End) -> Option<ActiveFault> {
         let fault = t.by_id.remove(&id)?;
         t.by_name.remove(fault.name.as_str());
         if let Some(cg) = &fault.cgroup
@@ -498,32 +504,30 @@ impl Faults {
             }
         }
         self.count(t);
-        Some(fault)
-    }
-
-    /// Drops what a fault installed, which undoes it, under the installer
-    /// lock (so it never races an install on the same device), and counts
-    /// why it ended.
-    fn undo(&self, fault: ActiveFault, end: End) {
-        let _installer = lock(&self.installer);
-        let (id, name) = (fault.id, fault.name.clone());
-        let cgroup = fault.cgroup.clone();
-        let target = fault.spec.target.to_string();
-        drop(fault);
         if let Some(n) = End::ALL.iter().position(|e| *e == end) {
             self.ended[n].fetch_add(1, Ordering::Relaxed);
         }
-        match (end, cgroup) {
+        match (end, &fault.cgroup) {
             (End::TargetGone, Some(cg)) => tracing::warn!(
-                id,
-                name = %name,
-                target = %target,
+                id = fault.id,
+                name = %fault.name,
+                target = %fault.spec.target,
                 cgroup = %cg.path,
                 cgroup_id = cg.id,
                 "fault ended: its target cgroup is gone (removed, or replaced by another at the same path)"
             ),
-            _ => tracing::info!(id, name = %name, reason = end.as_str(), "fault removed"),
+            _ => {
+                tracing::info!(id = fault.id, name = %fault.name, reason = end.as_str(), "fault removed")
+            }
         }
+        Some(fault)
+    }
+
+    /// Drops what a taken fault installed, which undoes it, under the
+    /// installer lock (so it never races an install on the same device).
+    fn undo(&self, fault: ActiveFault) {
+        let _installer = lock(&self.installer);
+        drop(fault);
     }
 
     /// The syscall latency histograms of the targeted cgroups.
