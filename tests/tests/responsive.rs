@@ -26,9 +26,21 @@ const STATUS_WITHIN: Duration = Duration::from_millis(40);
 /// in a TCG guest while another guest and a build shared the 2 cores.)
 const IDLE_REFERENCE: Duration = Duration::from_millis(1);
 
-/// The bound for this machine: [`STATUS_WITHIN`], scaled by how much
-/// slower than [`IDLE_REFERENCE`] an idle `status` is here (never less).
-fn status_bound(d: &Daemon) -> Duration {
+/// How fast a Prometheus scrape must answer meanwhile, on the same
+/// machines as [`STATUS_WITHIN`].
+const SCRAPE_WITHIN: Duration = Duration::from_millis(200);
+
+/// The bounds for this machine, for `status` and for a scrape:
+/// [`STATUS_WITHIN`] and [`SCRAPE_WITHIN`], scaled by how much slower
+/// than [`IDLE_REFERENCE`] an idle `status` is here (never less).
+/// (Unscaled, one scrape took 315 ms in debian-6.1 while `status` kept
+/// answering within its bound.)
+struct Bounds {
+    status: Duration,
+    scrape: Duration,
+}
+
+fn bounds(d: &Daemon) -> Bounds {
     let mut c = d.client();
     let mut idle: Vec<Duration> = (0..21)
         .map(|_| {
@@ -40,7 +52,10 @@ fn status_bound(d: &Daemon) -> Duration {
     idle.sort();
     let median = idle[idle.len() / 2];
     let scale = (median.as_secs_f64() / IDLE_REFERENCE.as_secs_f64()).max(1.0);
-    STATUS_WITHIN.mul_f64(scale)
+    Bounds {
+        status: STATUS_WITHIN.mul_f64(scale),
+        scrape: SCRAPE_WITHIN.mul_f64(scale),
+    }
 }
 
 /// Round-trip times of `status` (and one scrape per five) from another
@@ -96,22 +111,24 @@ fn within(samples: &[Duration], bound: Duration, took: Duration) -> bool {
     slow.len() <= (samples.len() / 50).max(1) && slow.iter().all(|t| **t < (took / 2).max(bound))
 }
 
-fn assert_responsive(w: &Watch, bound: Duration, took: Duration, what: &str) {
+fn assert_responsive(w: &Watch, bounds: &Bounds, took: Duration, what: &str) {
     assert!(
         w.status.len() >= 5,
         "{what}: too few status answers ({}) to tell",
         w.status.len()
     );
     assert!(
-        within(&w.status, bound, took),
-        "{what}: status took {:?} (limit {bound:?} on this machine) over {} calls, the request {took:?}",
+        within(&w.status, bounds.status, took),
+        "{what}: status took {:?} (limit {:?} on this machine) over {} calls, the request {took:?}",
         w.status,
+        bounds.status,
         w.status.len()
     );
     assert!(
-        within(&w.scrapes, Duration::from_millis(200), took),
-        "{what}: scrapes took {:?}, the request {took:?}",
-        w.scrapes
+        within(&w.scrapes, bounds.scrape, took),
+        "{what}: scrapes took {:?} (limit {:?} on this machine), the request {took:?}",
+        w.scrapes,
+        bounds.scrape
     );
 }
 
@@ -122,12 +139,16 @@ fn a_fifo_named_as_netns_blocks_nobody() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let spec = json!({"target": {"interface": "eth0", "netns": fifo.to_str().unwrap()},
                       "fault": {"type": "packet_drop"}});
-    let bound = status_bound(&d);
+    // The interface pool the daemon fills after start-up verifies
+    // programs, which at emulated speed slows the whole guest: not what
+    // this test is about, unlike the next one's.
+    d.wait_at_rest();
+    let bounds = bounds(&d);
     let (code, took, w) = during(&d, || d.error_code("inject", spec));
     let _ = std::fs::remove_file(&fifo);
     assert_eq!(code, "invalid_value", "a FIFO is not a network namespace");
     assert!(took < Duration::from_secs(5), "the inject took {took:?}");
-    assert_responsive(&w, bound, took, "FIFO as netns");
+    assert_responsive(&w, &bounds, took, "FIFO as netns");
 }
 
 #[test]
@@ -136,19 +157,21 @@ fn the_first_fault_on_a_fresh_interface_blocks_nobody() {
     let link = Link::new("resp");
     let spec = json!({"name": "first", "target": {"interface": "eth0", "netns": link.a.name},
                       "fault": {"type": "packet_corrupt", "direction": "both"}});
-    let bound = status_bound(&d);
+    let bounds = bounds(&d);
     let (_, took, w) = during(&d, || d.inject(spec));
     println!(
-        "first fault took {took:?}; {} status calls meanwhile, worst {:?} (bound {bound:?})",
+        "first fault took {took:?}; {} status calls meanwhile, worst {:?} (bound {:?})",
         w.status.len(),
-        w.status.iter().max()
+        w.status.iter().max(),
+        bounds.status
     );
-    assert_responsive(&w, bound, took, "first fault on an interface");
+    assert_responsive(&w, &bounds, took, "first fault on an interface");
     // And its removal (detaching, netlink) blocks nobody either.
     let (_, took, w) = during(&d, || d.call("remove", json!({"name": "first"})).unwrap());
     assert!(
-        within(&w.status, bound, took),
-        "removal took {took:?}; status took {:?} (bound {bound:?})",
-        w.status
+        within(&w.status, bounds.status, took),
+        "removal took {took:?}; status took {:?} (bound {:?})",
+        w.status,
+        bounds.status
     );
 }
