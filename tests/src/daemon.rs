@@ -189,8 +189,9 @@ impl Daemon {
             .with_context(|| format!("spawning {}", self.binary.display()))
     }
 
+    /// Waits until the control socket answers, at most [`READY_LIMIT`].
     fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + READY_LIMIT;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
@@ -204,7 +205,11 @@ impl Daemon {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("injectord not ready after 30 s\n{}", self.logs());
+                bail!(
+                    "injectord not ready after {} s\n{}",
+                    READY_LIMIT.as_secs(),
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -364,6 +369,13 @@ impl Daemon {
 
 /// How long a signalled daemon may take to exit.
 pub const EXIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a start may take before the socket answers. About a second on
+/// the host; in a TCG guest every program the families load is verified
+/// at emulated speed (debian-6.12 once took 11 s for the packet family
+/// alone, and passed the 30 s this used to be), so the limit is for a
+/// start that hangs, not for a slow one.
+const READY_LIMIT: Duration = Duration::from_secs(90);
 
 /// Waits up to `limit` for `child`; past it, returns where the child's
 /// threads are blocked (kernel stacks) and kills it.
