@@ -123,7 +123,7 @@ fn delay_available(d: &Daemon) -> bool {
 #[test]
 fn histograms_count_each_direct_io_by_device_op_and_targeted_cgroup() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let a = LoopDevice::new("blk-hist-a", 8);
     let b = LoopDevice::new("blk-hist-b", 8);
     let target = TestCgroup::new("blk-hist-target");
@@ -182,7 +182,11 @@ fn histograms_count_each_direct_io_by_device_op_and_targeted_cgroup() {
 #[test]
 fn histograms_are_off_with_the_flag() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start_with(&["--no-block-latency"]);
+    let d = Daemon::builder()
+        .without_interface_pool()
+        .args(&["--no-block-latency"])
+        .start()
+        .expect("starting injectord");
     let a = LoopDevice::new("blk-off", 8);
     let cg = TestCgroup::new("blk-off");
     assert_eq!(io(&cg, &[&format!("read:{}:5", a.dev)])[0]["ok"], 5);
@@ -237,7 +241,7 @@ fn io_error_layer(d: &Daemon, name: &str, cg: &TestCgroup, spec: Value) -> Optio
 #[test]
 fn io_error_fails_the_selected_device_and_operation_of_the_target_only() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let mut d = Daemon::start();
+    let mut d = Daemon::start_without_interface_pool();
     let a = LoopDevice::new("blk-err-a", 8);
     let b = LoopDevice::new("blk-err-b", 8);
     let target = TestCgroup::new("blk-err-target");
@@ -291,7 +295,7 @@ fn io_error_fails_the_selected_device_and_operation_of_the_target_only() {
 #[test]
 fn io_error_on_a_filesystem_fails_its_files_and_the_block_layer_fails_fsync() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let fs = LoopDevice::ext4("blk-err-fs", 32);
     let target = TestCgroup::new("blk-err-fs");
     let Some(layer) = io_error_layer(
@@ -347,7 +351,7 @@ fn io_error_on_a_filesystem_fails_its_files_and_the_block_layer_fails_fsync() {
 #[test]
 fn io_delay_20ms_slows_the_targets_io_by_20ms_and_moves_its_histogram() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let a = LoopDevice::new("blk-delay-a", 8);
     let b = LoopDevice::new("blk-delay-b", 8);
     let target = TestCgroup::new("blk-delay-target");
@@ -416,7 +420,7 @@ fn io_delay_20ms_slows_the_targets_io_by_20ms_and_moves_its_histogram() {
 #[test]
 fn io_delay_bounds_hold_max_delay_and_max_concurrent() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let a = LoopDevice::new("blk-bound", 8);
     let target = TestCgroup::new("blk-bound");
     assert!(delay_available(&d));
@@ -469,7 +473,11 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
     let a = LoopDevice::new("blk-end", 8);
     let target = TestCgroup::new("blk-end");
     // remove: a task held for 30 s is continued at once.
-    let mut d = Daemon::builder().own_process_group().start().unwrap();
+    let mut d = Daemon::builder()
+        .without_interface_pool()
+        .own_process_group()
+        .start()
+        .unwrap();
     assert!(delay_available(&d));
     let long = json!({"type": "io_delay", "device": a.dev, "delay": "10s"});
     d.inject(fault("long", &target, long.clone()));
@@ -558,7 +566,7 @@ fn io_delay_ends_on_remove_ttl_and_kills_and_leaves_no_task_stopped() {
 #[test]
 fn bad_block_specs_get_specific_errors() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("blk-bad");
     let dev = LoopDevice::new("blk-bad", 8);
     // A fault that works, in force before the bad requests and aimed at
@@ -673,7 +681,7 @@ fn bad_block_specs_get_specific_errors() {
 #[test]
 fn io_error_with_a_path_fails_the_files_under_it_only() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let fs = LoopDevice::ext4("blk-err-path", 32);
     let target = TestCgroup::new("blk-err-path");
     let data = fs.file("data");
@@ -724,7 +732,7 @@ fn io_error_with_a_path_fails_the_files_under_it_only() {
 #[test]
 fn histograms_time_the_requests_of_a_queue_without_iostats() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let a = LoopDevice::new("blk-nostat-a", 8);
     let b = LoopDevice::new("blk-nostat-b", 8);
     let target = TestCgroup::new("blk-nostat-target");

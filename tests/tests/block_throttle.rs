@@ -284,7 +284,7 @@ fn refused_without_controller(d: &Daemon, cg: &TestCgroup, dev: &str) -> bool {
 #[test]
 fn bandwidth_is_held_to_the_limit_for_the_target_only_and_remove_restores_every_file() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let disk = LoopDevice::new("thr-bps", 64);
     let cg = TestCgroup::new("thr-bps");
     let sibling = TestCgroup::new("thr-bps-sib");
@@ -344,7 +344,7 @@ fn bandwidth_is_held_to_the_limit_for_the_target_only_and_remove_restores_every_
 #[test]
 fn iops_limit_reads_only_and_ttl_expiry_restores() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let disk = LoopDevice::new("thr-iops", 64);
     let cg = TestCgroup::new("thr-iops");
     if refused_without_controller(&d, &cg, &disk.dev) {
@@ -428,7 +428,11 @@ fn ends_with(d: &mut Daemon, end: impl FnOnce(&mut Daemon), what: &str) {
 fn a_killed_daemon_cgroup_is_undone_by_the_next_start_before_it_serves() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
     let unit = TestCgroup::new("injectord-unit");
-    let mut d = Daemon::builder().in_cgroup(&unit.path).start().unwrap();
+    let mut d = Daemon::builder()
+        .without_interface_pool()
+        .in_cgroup(&unit.path)
+        .start()
+        .unwrap();
     let disk = LoopDevice::new("thr-unit", 64);
     let cg = TestCgroup::new("thr-unit");
     if refused_without_controller(&d, &cg, &disk.dev) {
@@ -470,7 +474,7 @@ fn a_killed_daemon_cgroup_is_undone_by_the_next_start_before_it_serves() {
 #[test]
 fn sigterm_restores_every_file() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let mut d = Daemon::start();
+    let mut d = Daemon::start_without_interface_pool();
     ends_with(
         &mut d,
         |d| {
@@ -484,7 +488,7 @@ fn sigterm_restores_every_file() {
 #[test]
 fn sigkill_of_the_daemon_restores_every_file() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let mut d = Daemon::start();
+    let mut d = Daemon::start_without_interface_pool();
     ends_with(
         &mut d,
         |d| {
@@ -498,7 +502,11 @@ fn sigkill_of_the_daemon_restores_every_file() {
 #[test]
 fn sigkill_of_the_process_group_restores_every_file() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let mut d = Daemon::builder().own_process_group().start().unwrap();
+    let mut d = Daemon::builder()
+        .without_interface_pool()
+        .own_process_group()
+        .start()
+        .unwrap();
     ends_with(
         &mut d,
         |d| {
@@ -512,7 +520,7 @@ fn sigkill_of_the_process_group_restores_every_file() {
 #[test]
 fn bad_throttles_get_specific_errors() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let disk = LoopDevice::new("thr-bad", 16);
     let cg = TestCgroup::new("thr-bad");
     let spec = |fault: Value| throttle(&cg, "bad", fault);
@@ -595,7 +603,7 @@ fn io_max_line(cg: &TestCgroup, dev: &str) -> String {
 #[test]
 fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let disk = LoopDevice::new("thr-prev", 64);
     let cg = TestCgroup::new("thr-prev");
     let Ok(kind) = controller(&d) else {
@@ -735,7 +743,7 @@ fn a_tighter_limit_set_before_is_kept_and_the_previous_value_comes_back_exactly(
 #[test]
 fn a_target_that_goes_away_ends_the_throttle_and_its_delegation() {
     let _one_at_a_time = serial(ONE_AT_A_TIME);
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let disk = LoopDevice::new("thr-gone", 16);
     let cg = TestCgroup::new("thr-gone");
     if refused_without_controller(&d, &cg, &disk.dev) {

@@ -32,7 +32,7 @@ const BACKENDS: [&str; 23] = [
 
 #[test]
 fn capabilities_cover_every_backend_and_are_recorded() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let caps = d.call("capabilities", json!(null)).unwrap();
     let backends = caps["backends"].as_array().unwrap();
     for name in BACKENDS {
@@ -94,7 +94,7 @@ fn capabilities_cover_every_backend_and_are_recorded() {
 
 #[test]
 fn status_reports_the_daemon() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let s = d.call("status", json!(null)).unwrap();
     assert_eq!(s["pid"], d.pid());
     assert_eq!(s["faults_active"], 0);

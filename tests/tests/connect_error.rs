@@ -6,7 +6,7 @@ use serde_json::json;
 
 #[test]
 fn target_gets_errno_and_sibling_connects_fine() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let parent = TestCgroup::new("basic");
     let target = parent.child("target");
     let sibling = parent.child("sibling");
@@ -34,7 +34,7 @@ fn target_gets_errno_and_sibling_connects_fine() {
 
 #[test]
 fn errno_by_number_and_descendants_are_hit() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let target = TestCgroup::new("errno-num");
     let grandchild = target.child("a/b");
     d.inject(connect_fault(&target, json!({"errno": 110})));
@@ -44,7 +44,7 @@ fn errno_by_number_and_descendants_are_hit() {
 
 #[test]
 fn address_and_port_filters_match_only_what_they_name() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("filters");
     d.inject(connect_fault(
         &cg,
@@ -77,7 +77,7 @@ fn address_and_port_filters_match_only_what_they_name() {
 
 #[test]
 fn probability_lands_within_four_sigma_and_matches_metrics() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("prob");
     d.inject(json!({
         "name": "p30",
@@ -105,7 +105,7 @@ fn probability_lands_within_four_sigma_and_matches_metrics() {
 
 #[test]
 fn every_nth_after_and_max_activations_are_exact() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     // Kept to the end: a fault ends when its cgroup is removed.
     let mut cgroups = Vec::new();
     for (name, trigger, expected) in [
@@ -156,7 +156,7 @@ fn every_nth_after_and_max_activations_are_exact() {
 
 #[test]
 fn pid_target_resolves_to_the_process_cgroup() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("pid");
     let mut sleeper = cg.spawn("sleep", &["30"]);
     d.inject(json!({
@@ -175,7 +175,7 @@ fn pid_target_resolves_to_the_process_cgroup() {
 
 #[test]
 fn several_faults_on_one_cgroup_and_conflicts() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("multi");
     d.inject(connect_fault(&cg, json!({"port": 1001, "errno": "EACCES"})));
     d.inject(connect_fault(&cg, json!({"port": 1002, "errno": "EPERM"})));

@@ -25,7 +25,7 @@ fn rand32() -> u32 {
 
 #[test]
 fn container_ids_resolve_in_every_runtime_layout() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let root = TestCgroup::new("runtimes");
     let pod = "pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901";
     // "ID" stands for the container id.
@@ -86,7 +86,7 @@ fn container_ids_resolve_in_every_runtime_layout() {
 
 #[test]
 fn ambiguous_prefix_lists_the_candidates() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let root = TestCgroup::new("ambiguous");
     let shared = container_id("");
     let a = format!("{}{}", &shared[..12], &container_id("")[12..]);

@@ -48,7 +48,7 @@ impl Raw {
 /// is the protocol itself, as JSON-RPC 2.0 defines it.
 #[test]
 fn json_rpc_2_0_notifications_ids_and_batches() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("rpc");
     let mut raw = Raw::new(&d);
 
@@ -140,7 +140,7 @@ fn json_rpc_2_0_notifications_ids_and_batches() {
 
 #[test]
 fn errno_aliases_are_accepted_as_the_errno_they_name() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     for (alias, canonical) in [
         ("EWOULDBLOCK", "EAGAIN"),
         ("ENOTSUP", "EOPNOTSUPP"),
@@ -160,7 +160,7 @@ fn errno_aliases_are_accepted_as_the_errno_they_name() {
 
 #[test]
 fn spec_can_be_wrapped_in_params_spec() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("wrapped");
     let r = d
         .call(

@@ -16,7 +16,7 @@ fn refused(cg: &TestCgroup) -> bool {
 
 #[test]
 fn ttl_expiry_removes_the_fault() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("ttl");
     let started = Instant::now();
     d.inject(json!({
@@ -50,7 +50,7 @@ fn ttl_expiry_removes_the_fault() {
 
 #[test]
 fn remove_and_clear_take_effect_before_the_reply() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let a = TestCgroup::new("rm-a");
     let b = TestCgroup::new("rm-b");
     let id = d.inject(connect_fault(&a, json!({})));
@@ -72,7 +72,7 @@ fn remove_and_clear_take_effect_before_the_reply() {
 
 #[test]
 fn sigterm_removes_all_faults_and_exits_zero() {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("term");
     d.inject(connect_fault(&cg, json!({})));
     assert!(refused(&cg));
@@ -87,7 +87,7 @@ fn sigterm_removes_all_faults_and_exits_zero() {
 
 #[test]
 fn sigkill_leaves_nothing_attached() {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("kill");
     d.inject(connect_fault(&cg, json!({})));
     assert!(refused(&cg));
@@ -127,7 +127,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn second_daemon_on_the_same_socket_refuses_to_start() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let out = d.spawn().unwrap().wait_with_output().unwrap();
     assert!(!out.status.success());
     let logs = d.logs();
@@ -139,7 +139,7 @@ fn second_daemon_on_the_same_socket_refuses_to_start() {
 #[test]
 fn socket_is_private() {
     use std::os::unix::fs::PermissionsExt as _;
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
@@ -148,7 +148,11 @@ fn socket_is_private() {
 fn kernel_stops_firing_at_expiry_even_if_the_daemon_is_stalled() {
     // A lease longer than the TTL, so that what stops the fault is its
     // expiry, not the frozen daemon's lease (tested in lease.rs).
-    let d = Daemon::start_with(&["--lease", "30s"]);
+    let d = Daemon::builder()
+        .without_interface_pool()
+        .args(&["--lease", "30s"])
+        .start()
+        .expect("starting injectord");
     let cg = TestCgroup::new("stalled");
     // Long enough that a slow VM starts the probing client well within it.
     let ttl = Duration::from_secs(4);

@@ -144,7 +144,7 @@ fn last_pause_ms(d: &Daemon, name: &str) -> f64 {
 #[test]
 fn a_kill_at_the_nth_open_under_a_path_kills_exactly_there_and_spares_the_sibling() {
     const N: u64 = 4;
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let parent = TestCgroup::new("pk-nth");
     let target = parent.child("target");
     let sibling = parent.child("sibling");
@@ -190,7 +190,7 @@ fn a_kill_at_the_nth_open_under_a_path_kills_exactly_there_and_spares_the_siblin
 
 #[test]
 fn a_kill_at_once_ends_the_whole_cgroup_or_only_the_named_pid() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     // SIGKILL of a cgroup, one sleeper a level down.
     let all = TestCgroup::new("pk-now");
     let nested = all.child("nested");
@@ -239,7 +239,7 @@ fn a_kill_at_once_ends_the_whole_cgroup_or_only_the_named_pid() {
 
 #[test]
 fn a_pause_at_once_freezes_the_cgroup_for_the_pause_then_thaws_it() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("pp-now");
     let pause = Duration::from_millis(1500);
     let ticker = python(&cg, TICKER, &["4"]);
@@ -329,7 +329,7 @@ fn a_pause_at_once_freezes_the_cgroup_for_the_pause_then_thaws_it() {
 
 #[test]
 fn a_pause_at_a_syscall_stops_the_caller_and_continues_it_after_the_pause() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("pp-sys");
     let sibling = TestCgroup::new("pp-sys-sibling");
     let dir = Scratch::new("pp-sys");
@@ -373,7 +373,11 @@ fn a_pause_at_a_syscall_stops_the_caller_and_continues_it_after_the_pause() {
 
 #[test]
 fn a_killed_process_group_leaves_nothing_frozen_or_stopped() {
-    let mut d = Daemon::builder().own_process_group().start().unwrap();
+    let mut d = Daemon::builder()
+        .without_interface_pool()
+        .own_process_group()
+        .start()
+        .unwrap();
     let frozen = TestCgroup::new("pp-pg-freeze");
     let stopped = TestCgroup::new("pp-pg-stop");
     let dir = Scratch::new("pp-pg");
@@ -419,7 +423,11 @@ fn a_killed_process_group_leaves_nothing_frozen_or_stopped() {
 #[test]
 fn a_killed_daemon_cgroup_is_thawed_by_the_next_start_before_it_serves() {
     let unit = TestCgroup::new("injectord-unit");
-    let mut d = Daemon::builder().in_cgroup(&unit.path).start().unwrap();
+    let mut d = Daemon::builder()
+        .without_interface_pool()
+        .in_cgroup(&unit.path)
+        .start()
+        .unwrap();
     let frozen = TestCgroup::new("pp-cg-freeze");
     let stopped = TestCgroup::new("pp-cg-stop");
     let mut a = frozen.spawn("sleep", &["600"]);
@@ -452,7 +460,7 @@ fn a_killed_daemon_cgroup_is_thawed_by_the_next_start_before_it_serves() {
 
 #[test]
 fn bad_process_specs_get_specific_errors_and_other_faults_keep_working() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("pk-bad");
     let dir = Scratch::new("pk-bad");
     let data = dir.file("data");
@@ -581,7 +589,7 @@ print("done", flush=True)
 #[test]
 fn a_kill_at_the_nth_write_to_a_disk_kills_exactly_there() {
     const N: u64 = 10;
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("pk-disk");
     let data = injectord_tests::workload::Filesystem::tmpfs("pk-disk-data");
     let other = injectord_tests::workload::Filesystem::tmpfs("pk-disk-other");

@@ -96,7 +96,7 @@ fn backend_of(d: &Daemon, name: &str) -> String {
 
 #[test]
 fn socket_fails_in_the_target_and_its_descendants_only() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let parent = TestCgroup::new("sc-socket");
     let target = parent.child("target");
     let nested = target.child("a/b");
@@ -122,7 +122,7 @@ fn socket_fails_in_the_target_and_its_descendants_only() {
 
 #[test]
 fn a_proc_sys_read_fails_for_that_name_only_through_the_sysctl_hook() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("sc-sysctl");
     let sibling = TestCgroup::new("sc-sysctl-sibling");
     d.inject(fault(
@@ -152,7 +152,7 @@ fn a_proc_sys_read_fails_for_that_name_only_through_the_sysctl_hook() {
 
 #[test]
 fn udp_sends_bind_and_getsockopt_fail_with_their_filters() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("sc-sock-calls");
     d.inject(fault(
         "send",
@@ -197,7 +197,7 @@ fn udp_sends_bind_and_getsockopt_fail_with_their_filters() {
 
 #[test]
 fn a_trigger_after_n_fails_exactly_the_later_calls() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("sc-after");
     d.inject(json!({
         "name": "third", "target": {"cgroup": cg.rel},
@@ -213,7 +213,7 @@ fn a_trigger_after_n_fails_exactly_the_later_calls() {
 
 #[test]
 fn openat_fails_under_a_path_prefix_where_kprobe_or_lsm_exist() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("sc-openat");
     let sibling = TestCgroup::new("sc-openat-sibling");
     let dir = Scratch::new("sc-openat");
@@ -250,7 +250,7 @@ fn openat_fails_under_a_path_prefix_where_kprobe_or_lsm_exist() {
 
 #[test]
 fn mkdir_fails_on_lsm_and_override_kernels_and_is_refused_elsewhere() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("sc-mkdir");
     let dir = Scratch::new("sc-mkdir");
     let spec = fault(
@@ -271,7 +271,7 @@ fn mkdir_fails_on_lsm_and_override_kernels_and_is_refused_elsewhere() {
 
 #[test]
 fn a_syscall_without_a_hook_fails_only_where_override_exists() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("sc-getrandom");
     let spec = fault(
         "rng",
@@ -300,7 +300,7 @@ fn a_syscall_without_a_hook_fails_only_where_override_exists() {
 
 #[test]
 fn impossible_syscall_specs_get_specific_errors_and_nothing_else_breaks() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("sc-bad");
     d.inject(fault(
         "keep",
@@ -380,7 +380,7 @@ fn impossible_syscall_specs_get_specific_errors_and_nothing_else_breaks() {
 
 #[test]
 fn memory_growth_fails_with_enomem_where_bpf_lsm_exists() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("sc-memory");
     let sibling = TestCgroup::new("sc-memory-sibling");
     let spec = fault("mem", &cg, json!({"type": "memory_error"}));
@@ -439,7 +439,7 @@ print(" ".join(res), flush=True)
 #[test]
 fn a_targeted_cgroups_syscall_latency_is_a_histogram_by_syscall_group() {
     // Without the flag nothing is timed: no tracepoint runs for anyone.
-    let plain = Daemon::start();
+    let plain = Daemon::start_without_interface_pool();
     let cg0 = TestCgroup::new("sc-latency-off");
     plain.inject(fault(
         "watch",
@@ -455,7 +455,11 @@ fn a_targeted_cgroups_syscall_latency_is_a_histogram_by_syscall_group() {
         "timed without --syscall-latency"
     );
     drop(plain);
-    let d = Daemon::start_with(&["--syscall-latency"]);
+    let d = Daemon::builder()
+        .without_interface_pool()
+        .args(&["--syscall-latency"])
+        .start()
+        .expect("starting injectord");
     let cg = TestCgroup::new("sc-latency");
     let sibling = TestCgroup::new("sc-latency-sibling");
     // Any cgroup fault makes its target watched; this one never fires.
@@ -521,7 +525,7 @@ fn refused(d: &Daemon, spec: Value, want: &[&str]) {
 
 #[test]
 fn a_device_filter_fails_calls_on_that_filesystem_only() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("sc-device");
     let sibling = TestCgroup::new("sc-device-sibling");
     let data = Filesystem::tmpfs("sc-device-data");
@@ -622,7 +626,7 @@ fn a_device_filter_fails_calls_on_that_filesystem_only() {
 
 #[test]
 fn socket_family_and_type_filters_pick_the_sockets() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let cg = TestCgroup::new("sc-sockf");
     let sibling = TestCgroup::new("sc-sockf-sibling");
     let lsm = d.has_backend("syscall_lsm");

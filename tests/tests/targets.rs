@@ -114,7 +114,7 @@ fn connect_fault_on(target: Value, name: &str, port: u16) -> Value {
 
 #[test]
 fn pods_resolve_under_both_drivers_and_every_qos_class() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let root = TestCgroup::new("pods");
     let port = tcp_sink("127.0.0.1:0");
     for driver in DRIVERS {
@@ -159,7 +159,7 @@ fn pods_resolve_under_both_drivers_and_every_qos_class() {
 /// in the sibling pod next to it or outside kubepods.
 #[test]
 fn a_pod_fault_hits_its_containers_and_nothing_else() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let root = TestCgroup::new("podscope");
     let outside = root.child("system.slice/vnf-manager.service");
     let port = tcp_sink("127.0.0.1:0");
@@ -186,7 +186,7 @@ fn a_pod_fault_hits_its_containers_and_nothing_else() {
 
 #[test]
 fn pod_errors_name_the_uid_and_where_kubelet_would_have_put_it() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let root = TestCgroup::new("poderr");
     let spec =
         |uid: &str| json!({"target": {"pod": uid}, "fault": {"type": "connect_error", "errno": 1}});
@@ -302,7 +302,7 @@ fn vm_layouts(id: u32, machine_tail: &str) -> Vec<(&'static str, String, String)
 
 #[test]
 fn vm_targets_resolve_in_both_libvirt_layouts_and_name_their_qemu() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let qemu = FakeQemu::new();
     let port = tcp_sink("127.0.0.1:0");
     let outside = TestCgroup::new("vm-outside");
@@ -367,7 +367,7 @@ fn vm_targets_resolve_in_both_libvirt_layouts_and_name_their_qemu() {
 
 #[test]
 fn vm_names_libvirt_makes_alike_are_ambiguous_and_missing_ones_say_where_they_looked() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let root = TestCgroup::new("vmclash");
     let tag = unique("web").replace('-', "");
     // "web_1..." and "web1..." both become the machine name qemu-N-web1...
@@ -444,7 +444,7 @@ fn gone_soon(d: &Daemon, name: &str) -> Duration {
 
 #[test]
 fn a_fault_ends_when_its_cgroup_is_removed_and_a_new_cgroup_there_is_not_hit() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let root = TestCgroup::new("gone");
     let parking = root.child("parking");
     let a = root.child("a");
@@ -525,7 +525,7 @@ fn a_fault_ends_when_its_cgroup_is_removed_and_a_new_cgroup_there_is_not_hit() {
 /// fault on the pod next to it stays.
 #[test]
 fn faults_on_a_pod_end_with_the_pod() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let root = TestCgroup::new("podends");
     let port = tcp_sink("127.0.0.1:0");
     for driver in DRIVERS {
