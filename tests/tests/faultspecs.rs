@@ -136,7 +136,7 @@ fn every_library_spec_has_a_test_here() {
 /// wins back and the other returns to BACKUP.
 #[test]
 fn split_brain_peer_makes_both_keepalived_nodes_master() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let link = Link::new("vrrp");
     let (cg_a, cg_b) = (
         TestCgroup::new("keepalived-a"),
@@ -239,7 +239,7 @@ fn wait_in_netns(pid: u32, ns: &Netns) {
 /// still answers it (failover works) and other cgroups reach the database.
 #[test]
 fn dependency_refused_refuses_only_the_vnfs_database_connects() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let link = Link::new("db");
     // nginx stands in for the database: any listener on 5432 does.
     let _db = nginx(&link.b, 5432);
@@ -264,7 +264,7 @@ fn dependency_refused_refuses_only_the_vnfs_database_connects() {
 /// lookup fails at once), while another cgroup resolves through it.
 #[test]
 fn dns_unreachable_fails_the_vnfs_lookups_only() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let link = Link::new("dns");
     let _dns = dnsmasq(&link.b, B_IP, "db.vnf.test", "10.99.0.50");
     let _conf = ResolvConf::new(&link.a, B_IP);
@@ -297,7 +297,7 @@ fn dns_unreachable_fails_the_vnfs_lookups_only() {
 /// activations / evaluations stays near 0.3.
 #[test]
 fn flaky_upstream_is_absorbed_by_haproxy_retries() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let link = Link::new("flaky");
     let _upstream = nginx(&link.b, 8443);
     let cg = TestCgroup::new("haproxy");
@@ -331,7 +331,7 @@ fn flaky_upstream_is_absorbed_by_haproxy_retries() {
 /// as exhausted.
 #[test]
 fn connect_timeout_burst_stops_after_fifty() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let link = Link::new("burst");
     let _web = nginx(&link.b, 8080);
     let root = TestCgroup::new("burst");
@@ -359,7 +359,7 @@ fn connect_timeout_burst_stops_after_fifty() {
 /// IPv4 is untouched.
 #[test]
 fn ipv6_blackhole_sends_happy_eyeballs_to_ipv4() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let link = Link::new("v6hole");
     let _web = nginx(&link.b, 8080);
     let app = TestCgroup::new("dual-stack");
@@ -847,7 +847,7 @@ fn assert_measured_pause(d: &Daemon, name: &str, pause: Duration) {
 /// and another cgroup writes there.
 #[test]
 fn disk_full_fails_the_vnfs_opens_under_its_data_directory() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let (vnf, other) = (
         TestCgroup::new("disk-full"),
         TestCgroup::new("disk-full-other"),
@@ -889,7 +889,7 @@ fn disk_full_fails_the_vnfs_opens_under_its_data_directory() {
 /// the configuration it has, and another cgroup's `nginx -t` reads it.
 #[test]
 fn config_unreadable_fails_a_reload_while_nginx_keeps_serving() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let (vnf, other) = (TestCgroup::new("conf"), TestCgroup::new("conf-other"));
     let spec = spec("storage/config-unreadable.json", json!({"cgroup": vnf.rel}));
     if !file_fault_or_refused(&d, &spec) {
@@ -933,7 +933,7 @@ fn config_unreadable_fails_a_reload_while_nginx_keeps_serving() {
 /// runs inside it, and elsewhere the spec is refused, naming that.
 #[test]
 fn fsync_eio_fails_the_vnfs_commits() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let (vnf, other) = (TestCgroup::new("fsync"), TestCgroup::new("fsync-other"));
     let spec = spec("storage/fsync-eio.json", json!({"cgroup": vnf.rel}));
     if !supported_or_refused(
@@ -967,7 +967,7 @@ fn fsync_eio_fails_the_vnfs_commits() {
 /// once the fault is gone the first gets it too.
 #[test]
 fn memory_exhausted_refuses_growth_until_the_fault_ends() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let (vnf, other) = (TestCgroup::new("mem"), TestCgroup::new("mem-other"));
     let spec = spec("compute/memory-exhausted.json", json!({"cgroup": vnf.rel}));
     if !supported_or_refused(
@@ -1020,7 +1020,7 @@ print("ok", flush=True)
 /// elsewhere the spec is refused, naming that.
 #[test]
 fn entropy_starved_fails_key_generation_with_eagain() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let (vnf, other) = (TestCgroup::new("rng"), TestCgroup::new("rng-other"));
     let spec = spec("compute/entropy-starved.json", json!({"cgroup": vnf.rel}));
     if !supported_or_refused(
@@ -1072,7 +1072,7 @@ print(" ".join(res), flush=True)
 /// through the cgroup programs, or BPF LSM or the override where present.
 #[test]
 fn fd_exhaustion_fails_new_sockets_with_emfile() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let (vnf, other) = (TestCgroup::new("fds"), TestCgroup::new("fds-other"));
     let port = tcp_sink("127.0.0.1:0");
     let spec = spec("compute/fd-exhaustion.json", json!({"cgroup": vnf.rel}));
@@ -1114,7 +1114,7 @@ for i in range(n):
         f.write("x")
 print("done", flush=True)
 "#;
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let vnf = TestCgroup::new("crash");
     let spec = spec(
         "process/crash-at-10th-open.json",
@@ -1158,7 +1158,7 @@ print("done", flush=True)
 /// and worker both die; a process beside the container lives on.
 #[test]
 fn group_sigkill_ends_every_process_of_the_container() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let root = TestCgroup::new("sigkill");
     let id = container_id();
     let ctr = root.child(&format!("system.slice/docker-{id}.scope"));
@@ -1200,7 +1200,7 @@ fn group_sigkill_ends_every_process_of_the_container() {
 /// only late. The daemon measures how long the freeze lasted.
 #[test]
 fn freeze_5s_holds_requests_until_the_thaw() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let vnf = TestCgroup::new("freeze");
     let ns = Netns::new("freeze");
     let _web = nginx_with(&ns, Some(&vnf), 8080, None);
@@ -1228,7 +1228,7 @@ fn freeze_5s_holds_requests_until_the_thaw() {
 /// answered once it continues.
 #[test]
 fn hung_worker_holds_requests_while_the_master_runs() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let vnf = TestCgroup::new("hung");
     let ns = Netns::new("hung");
     let web = nginx_with(&ns, Some(&vnf), 8080, None);
@@ -1262,7 +1262,7 @@ fn hung_worker_holds_requests_while_the_master_runs() {
 /// ± 5 ms longer, another cgroup's do not. Served on every kernel.
 #[test]
 fn slow_disk_holds_each_io_20ms() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let (vnf, other) = (
         TestCgroup::new("slowdisk"),
         TestCgroup::new("slowdisk-other"),
@@ -1316,7 +1316,7 @@ fn slow_disk_holds_each_io_20ms() {
 /// device fails with EIO; reads work, another cgroup writes.
 #[test]
 fn disk_write_eio_fails_the_vnfs_writes_only() {
-    let d = Daemon::start();
+    let d = Daemon::start_without_interface_pool();
     let (vnf, other) = (TestCgroup::new("wreio"), TestCgroup::new("wreio-other"));
     let fs = LoopDevice::ext4("wreio", 32);
     let spec = spec("storage/disk-write-eio.json", json!({"cgroup": vnf.rel}));

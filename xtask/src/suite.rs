@@ -209,7 +209,10 @@ fn vm_jobs() -> usize {
 ///   what only it can show is the override backends (syscall, block and
 ///   process faults, run there). The packet family, connect errors and
 ///   block throttling take the same kernel paths as in debian-6.12, so
-///   they run in debian-6.1 and debian-6.12 only.
+///   they run in debian-6.1 and debian-6.12 only. So do the binaries that
+///   test the daemon's user space (the CLI, container ids, the control
+///   protocol, a runtime that nothing blocks), which no kernel option
+///   changes.
 ///
 /// Each of these took 1-7 min per guest: the suite must end within CI's
 /// 90 minutes on two cores.
@@ -222,6 +225,10 @@ const SCOPED: &[(&str, &[&str])] = &[
     ("packet_protocols-", &["debian-6.1", "debian-6.12"]),
     ("connect_error-", &["debian-6.1", "debian-6.12"]),
     ("block_throttle-", &["debian-6.1", "debian-6.12"]),
+    ("cli-", &["debian-6.1", "debian-6.12"]),
+    ("containers-", &["debian-6.1", "debian-6.12"]),
+    ("control-", &["debian-6.1", "debian-6.12"]),
+    ("responsive-", &["debian-6.1", "debian-6.12"]),
 ];
 
 /// Where a scoped binary runs, for the log; `None` for the others.
@@ -648,5 +655,10 @@ mod tests {
             line("packet_lifecycle-0123abcd").as_deref(),
             Some("packet_lifecycle-0123abcd: on the host and in debian-6.1, debian-6.12 only")
         );
+        assert_eq!(
+            line("cli-0123abcd").as_deref(),
+            Some("cli-0123abcd: on the host and in debian-6.1, debian-6.12 only")
+        );
+        assert_eq!(line("client-0123abcd"), None);
     }
 }
