@@ -113,6 +113,9 @@ pub struct RuleSet {
     /// parsing anything past the ethertype, from this copy: a 100% drop of
     /// a whole device costs little more than a bare `XDP_DROP`.
     pub catch_all: [CatchAll; NR_HOOKS],
+    /// Per hook: the rules that take frames that are not IP as well
+    /// ([`RULE_EVERY_FRAME`]), a non-IP frame's only candidates.
+    pub frame_masks: [u64; NR_HOOKS],
 }
 
 /// Hooks an interface's programs run at: [`HOOK_XDP`], [`HOOK_TC_INGRESS`]
@@ -153,7 +156,9 @@ pub struct CatchAll {
     pub mask: u64,
     /// The rule's fault slot.
     pub slot: u32,
-    pub _pad: u32,
+    /// 1: the rule takes every frame ([`RULE_EVERY_FRAME`]), so the
+    /// programs decide without reading the ethertype; 0: IP packets only.
+    pub every_frame: u32,
     pub trigger: Trigger,
 }
 
@@ -164,6 +169,7 @@ impl Default for RuleSet {
             proto_masks: [0; NR_PROTO_CLASSES],
             dport_masks: [0; DPORT_BUCKETS],
             catch_all: [CatchAll::default(); NR_HOOKS],
+            frame_masks: [0; NR_HOOKS],
         }
     }
 }
@@ -286,6 +292,10 @@ pub const RULE_FIX_CHECKSUM: u8 = 1;
 pub const RULE_JITTER_NORMAL: u8 = 2;
 /// `icmp` matches ICMP and ICMPv6.
 pub const RULE_PROTO_ICMP_ANY: u8 = 4;
+/// A drop without filters on an interface that takes frames that are not
+/// IP as well (ARP, LLDP, LACP, ...), as a pulled cable or netem's `loss
+/// 100%` would (`"protocol": "all"`).
+pub const RULE_EVERY_FRAME: u8 = 8;
 
 /// Corrupt at a random offset of the region.
 pub const OFFSET_RANDOM: u32 = u32::MAX;
@@ -384,6 +394,11 @@ impl AddrMask {
 }
 
 impl PacketRule {
+    /// Whether the rule drops frames that are not IP as well.
+    pub fn takes_every_frame(&self) -> bool {
+        self.flags & RULE_EVERY_FRAME != 0 && self.drops_everything()
+    }
+
     /// Whether the rule drops every IP packet it sees: no protocol, port
     /// or prefix filter.
     pub fn drops_everything(&self) -> bool {

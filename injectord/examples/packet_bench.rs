@@ -300,6 +300,21 @@ fn main() -> anyhow::Result<()> {
         t,
     );
     maps.remove(0, &mut own, &every_ip, 0);
+    let every_frame = add(
+        &mut maps,
+        &mut own,
+        json!({"type": "packet_drop", "direction": "both", "protocol": "all"}),
+        30,
+        trigger(),
+    )?;
+    expect_xdp(&iface, PACKET_XDP, &data, XDP_DROP)?;
+    let (x, t) = both(&iface)?;
+    row(
+        "drop every frame, firing (\"protocol\": \"all\": the frame unread)",
+        x,
+        t,
+    );
+    maps.remove(0, &mut own, &every_frame, 0);
     // What the drop benchmark's reference droppers cost.
     for (what, program) in [
         ("reference: a bare XDP_DROP", BENCH_XDP_DROP),

@@ -243,6 +243,90 @@ fn a_drop_without_filters_takes_every_ip_packet_and_spares_arp() {
     assert_eq!(icmp["activations"], icmp["evaluations"], "{icmp}");
 }
 
+/// `"protocol": "all"` drops every frame, ARP included, as a pulled cable
+/// would: first on its hook (the fast path, which never reads the frame)
+/// and behind another rule (where a frame that is not IP has the drops
+/// that take every frame as its only candidates).
+#[test]
+fn a_drop_of_every_frame_takes_arp_too_first_or_behind_another_rule() {
+    let d = Daemon::start();
+    let link = Link::new("everyframe");
+    let on_b = json!({"interface": "eth0", "netns": link.b.name});
+    let unresolved = |what: &str| {
+        // Forget b's address, so the pings must ask ARP first, and a's
+        // on b, whose own probes of a stale entry would teach a b's.
+        link.a.run_ok("ip", &["neigh", "flush", "all"]);
+        link.b.run_ok("ip", &["neigh", "flush", "all"]);
+        let (tx, rx, ..) = ping(&link.a, B_IP, 3, "0.2");
+        assert_eq!((tx, rx), (3, 0), "{what}: nothing answered");
+        let neigh = link.a.run_ok("ip", &["neigh", "show", B_IP]);
+        assert!(
+            !neigh.contains("lladdr"),
+            "{what}: ARP must be dropped too: {neigh:?}"
+        );
+    };
+    for hook in ["xdp", "tc"] {
+        let all = d.inject(json!({"name": format!("all-{hook}"), "target": on_b,
+            "fault": {"type": "packet_drop", "direction": "ingress", "hook": hook, "protocol": "all"}}));
+        unresolved(hook);
+        let view = d.call("get", json!({"id": all})).unwrap();
+        assert!(view["evaluations"].as_u64() >= Some(1), "{hook}: {view}");
+        assert_eq!(view["activations"], view["evaluations"], "{hook}: {view}");
+        assert_eq!(view["spec"]["fault"]["protocol"], "all", "{hook}: {view}");
+        d.call("remove", json!({"id": all})).unwrap();
+        link.b.attachments_when("eth0", |a| {
+            !a.xdp.contains("prog/xdp") && !a.tcx[0].contains("packet")
+        });
+        let (tx, rx, ..) = ping(&link.a, B_IP, 2, "0.2");
+        assert_eq!((tx, rx), (2, 2), "{hook}: the link is back once removed");
+    }
+
+    // Behind a UDP drop, which no frame here is for.
+    let udp = d.inject(json!({"name": "udp", "target": on_b,
+        "fault": {"type": "packet_drop", "direction": "ingress", "hook": "xdp", "protocol": "udp"}}));
+    let all = d.inject(json!({"name": "all", "target": on_b,
+        "fault": {"type": "packet_drop", "direction": "ingress", "hook": "xdp", "protocol": "all"}}));
+    unresolved("behind a UDP drop");
+    let all = d.call("get", json!({"id": all})).unwrap();
+    assert!(all["evaluations"].as_u64() >= Some(1), "{all}");
+    assert_eq!(all["activations"], all["evaluations"], "{all}");
+    let udp = d.call("get", json!({"id": udp})).unwrap();
+    assert_eq!(udp["evaluations"], 0, "{udp}");
+
+    // Only a whole-interface drop can take frames that are not IP.
+    let cg = TestCgroup::new("everyframe");
+    for (fault, target, field) in [
+        (
+            json!({"type": "packet_drop", "protocol": "all", "dst_port": 53}),
+            on_b.clone(),
+            "fault.dst_port",
+        ),
+        (
+            json!({"type": "packet_drop", "protocol": "all", "src": "10.0.0.0/8"}),
+            on_b.clone(),
+            "fault.src",
+        ),
+        (
+            json!({"type": "packet_duplicate", "protocol": "all"}),
+            on_b.clone(),
+            "fault.protocol",
+        ),
+        (
+            json!({"type": "packet_drop", "protocol": "all"}),
+            json!({"cgroup": cg.rel}),
+            "fault.protocol",
+        ),
+    ] {
+        let err = d
+            .call("inject", json!({"target": target, "fault": fault}))
+            .unwrap_err()
+            .downcast::<ErrorResponse>()
+            .unwrap();
+        assert_eq!(err.data["field"], field, "{fault}: {err:?}");
+        assert!(err.message.contains("\"all\""), "{fault}: {err:?}");
+    }
+}
+
 /// A whole-device drop that fires every time is decided from the first
 /// thing the programs read (see `ActiveSet` in injector-common), kept in
 /// step with the rule set: a second catch-all takes over when the first

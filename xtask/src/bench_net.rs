@@ -486,6 +486,10 @@ fn drop_throughput(bin: &Path, generator: &Generator) -> anyhow::Result<()> {
             "injectord packet_drop ingress, every IP packet, \"hook\": \"xdp\"",
         ),
         (
+            json!({"type": "packet_drop", "direction": "ingress", "protocol": "all", "hook": "xdp"}),
+            "injectord packet_drop ingress, every frame (\"protocol\": \"all\"), \"hook\": \"xdp\"",
+        ),
+        (
             udp("tc"),
             "injectord packet_drop ingress, UDP, in TC (a veth's default)",
         ),

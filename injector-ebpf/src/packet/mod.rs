@@ -232,14 +232,12 @@ pub fn run_interface<const HOOK: usize, P: Packet>(
     let Some(active) = IFACE_ACTIVE.get(0) else {
         return Verdict::Pass;
     };
-    // A first rule that drops every IP packet is every IP packet's first
-    // candidate: decided on the ethertype alone, before the parse. One
-    // that fires at every event, the common case, from `active` itself.
+    // A first rule that drops every IP packet (or every frame) is every
+    // IP packet's first candidate: decided on the ethertype alone, before
+    // the parse, or without reading the frame at all. One that fires at
+    // every event, the common case, from `active` itself.
     let fast = &active.fast[HOOK % NR_IFACE_HOOKS];
-    if fast.mask != 0 {
-        if !parse::is_ip(data, end) {
-            return Verdict::Pass;
-        }
+    if fast.mask != 0 && (fast.every_frame != 0 || parse::is_ip(data, end)) {
         // Such a trigger, spelled out so that the compiler drops the
         // probability and counting branches of `evaluate`.
         let every_time = Trigger {
@@ -259,17 +257,17 @@ pub fn run_interface<const HOOK: usize, P: Packet>(
     };
     // Any other catch-all (a probability, a count), from the set.
     let catch_all = &set.catch_all[HOOK & 7];
-    if catch_all.mask != 0 {
-        if !parse::is_ip(data, end) {
-            return Verdict::Pass;
-        }
-        if trigger::evaluate(catch_all.slot, &catch_all.trigger) {
-            return Verdict::Drop;
-        }
+    if catch_all.mask != 0
+        && (catch_all.every_frame != 0 || parse::is_ip(data, end))
+        && trigger::evaluate(catch_all.slot, &catch_all.trigger)
+    {
+        return Verdict::Drop;
     }
     let first = active * MAX_PACKET_RULES;
     let Some(flow) = parse::ethernet(data, end) else {
-        return Verdict::Pass;
+        // Not IP (ARP, LLDP, ...) or too short to parse: only the drops
+        // that take every frame are candidates.
+        return drop_frame(set.frame_masks[HOOK & 7] & !catch_all.mask, first);
     };
     let flow = &flow;
     let mut mask = set.masks[HOOK & 7]
@@ -338,6 +336,62 @@ extern "C" fn set_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
     state.mask &= state.mask - 1;
     if let Some(rule) = IFACE_RULE_TABLE.get(state.first + index)
         && check(rule, state.flow, state.pkt) == Verdict::Drop
+    {
+        state.drop = true;
+        return 1;
+    }
+    0
+}
+
+/// A frame that is not IP against `mask`, the drops of its hook that take
+/// every frame: each has no filter, so only its trigger decides, in rule
+/// order. Such a rule is rarely not its hook's first (the catch-all, done
+/// by then), so the mask is almost always empty here.
+#[inline(always)]
+fn drop_frame(mask: u64, first: u32) -> Verdict {
+    if mask == 0 {
+        return Verdict::Pass;
+    }
+    let mut state = FrameLoop {
+        mask,
+        first,
+        drop: false,
+    };
+    // SAFETY: as in `run`.
+    unsafe {
+        bpf_loop(
+            MAX_PACKET_RULES,
+            frame_step as *mut c_void,
+            (&raw mut state).cast(),
+            0,
+        )
+    };
+    if state.drop {
+        Verdict::Drop
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// What [`frame_step`] works on, on the caller's stack.
+struct FrameLoop {
+    mask: u64,
+    first: u32,
+    drop: bool,
+}
+
+/// The bpf_loop callback of [`drop_frame`]: the lowest rule left.
+extern "C" fn frame_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the FrameLoop that `drop_frame` passed to bpf_loop,
+    // alive and not otherwise borrowed for the loop's duration.
+    let state = unsafe { &mut *ctx.cast::<FrameLoop>() };
+    if state.mask == 0 {
+        return 1;
+    }
+    let index = lowest_bit(state.mask);
+    state.mask &= state.mask - 1;
+    if let Some(rule) = IFACE_RULE_TABLE.get(state.first + index)
+        && trigger::evaluate(rule.slot, &rule.trigger)
     {
         state.drop = true;
         return 1;

@@ -16,7 +16,7 @@ mod protocol;
 pub mod rules;
 pub mod spec;
 
-use injector_common::packet::ACTION_DROP;
+use injector_common::packet::{ACTION_DROP, RULE_EVERY_FRAME};
 use serde_json::Value;
 
 pub use self::interface::PoolStatus;
@@ -159,6 +159,10 @@ impl Backend for Packets {
                 plan.kind
             ))
             .at("fault.hook")),
+            Target::Cgroup(_) if plan.rule.flags & RULE_EVERY_FRAME != 0 => Err(Error::InvalidValue(
+                "\"protocol\": \"all\" drops every frame at an interface, ARP included; a cgroup's packet programs (cgroup_skb) see its IP packets only. Use \"any\", or aim the fault at the interface".into(),
+            )
+            .at("fault.protocol")),
             Target::Cgroup(cgroup) => self.install_on_cgroup(req, fault, &plan, cgroup),
         }
     }

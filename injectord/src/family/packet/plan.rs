@@ -5,7 +5,8 @@ use injector_common::Trigger;
 use injector_common::packet::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_RATE, OFFSET_RANDOM,
     PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PacketRule, REGION_ANY,
-    REGION_HEADERS, REGION_PAYLOAD, RULE_FIX_CHECKSUM, RULE_JITTER_NORMAL, RULE_PROTO_ICMP_ANY,
+    REGION_HEADERS, REGION_PAYLOAD, RULE_EVERY_FRAME, RULE_FIX_CHECKSUM, RULE_JITTER_NORMAL,
+    RULE_PROTO_ICMP_ANY,
 };
 
 use super::{
@@ -40,10 +41,10 @@ impl PacketPlan {
         let filter = fault.filter();
         let mut rule = PacketRule {
             proto: filter.protocol.number(),
-            flags: if filter.protocol == Protocol::Icmp {
-                RULE_PROTO_ICMP_ANY
-            } else {
-                0
+            flags: match filter.protocol {
+                Protocol::Icmp => RULE_PROTO_ICMP_ANY,
+                Protocol::All => RULE_EVERY_FRAME,
+                _ => 0,
             },
             sport: range(filter.src_port),
             dport: range(filter.dst_port),

@@ -1,9 +1,12 @@
-//! The `protocol` filter of packet faults: `any`, a name (`"tcp"`,
+//! The `protocol` filter of packet faults: `any`, `all`, a name (`"tcp"`,
 //! `"vrrp"`, `"sctp"`, ...) or an IP protocol number (`112`), matched on
 //! the IPv4 protocol field and on the IPv6 next header past the extension
 //! headers the programs walk (see `injector-ebpf/src/packet/parse.rs`).
 //! A spec reads back as it was written: a name as that name, a number as
-//! that number.
+//! that number. `any` is any IP packet; `all` is every frame, ARP and the
+//! other frames that are not IP included, as a pulled cable or netem's
+//! `loss 100%` would: for drops of a whole interface (see
+//! [`super::spec::PacketFilter`]).
 
 use std::fmt;
 
@@ -15,6 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 pub enum Protocol {
     #[default]
     Any,
+    /// Every frame, IP or not (`"all"`).
+    All,
     Tcp,
     Udp,
     /// ICMP or ICMPv6 (`"icmp"`; `"icmpv6"` and `1` are one of them).
@@ -66,7 +71,7 @@ impl Protocol {
     /// `icmp` carries ICMP's and a flag for ICMPv6).
     pub fn number(self) -> u8 {
         match self {
-            Self::Any => PROTO_ANY,
+            Self::Any | Self::All => PROTO_ANY,
             Self::Tcp => PROTO_TCP,
             Self::Udp => PROTO_UDP,
             Self::Icmp => PROTO_ICMP,
@@ -86,6 +91,7 @@ impl Protocol {
         let lower = s.to_ascii_lowercase();
         Some(match lower.as_str() {
             "any" => Self::Any,
+            "all" => Self::All,
             "tcp" => Self::Tcp,
             "udp" => Self::Udp,
             "icmp" => Self::Icmp,
@@ -118,6 +124,7 @@ impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Any => f.write_str("any"),
+            Self::All => f.write_str("all"),
             Self::Tcp => f.write_str("tcp"),
             Self::Udp => f.write_str("udp"),
             Self::Icmp => f.write_str("icmp"),
@@ -148,7 +155,7 @@ impl<'de> Deserialize<'de> for Protocol {
 
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Protocol, E> {
                 Protocol::parse_name(s).ok_or_else(|| {
-                    let names: Vec<&str> = ["any", "tcp", "udp", "icmp"]
+                    let names: Vec<&str> = ["any", "all", "tcp", "udp", "icmp"]
                         .into_iter()
                         .chain(NAMES.iter().map(|(n, _)| *n))
                         .collect();
@@ -206,12 +213,15 @@ mod tests {
         assert_eq!(parse(json!("gre")).unwrap().number(), 47);
         assert_eq!(parse(json!(132)).unwrap().number(), 132);
         assert_eq!(parse(json!("any")).unwrap(), Protocol::Any);
+        assert_eq!(parse(json!("all")).unwrap(), Protocol::All);
+        assert_eq!(serde_json::to_value(Protocol::All).unwrap(), json!("all"));
     }
 
     #[test]
     fn ports_go_with_tcp_udp_and_sctp() {
         for (v, ports) in [
             (json!("any"), true),
+            (json!("all"), false),
             (json!("tcp"), true),
             (json!(17), true),
             (json!("sctp"), true),

@@ -433,9 +433,18 @@ fn rule_set(set: &TargetRules) -> Box<RuleSet> {
             *catch_all = CatchAll {
                 mask: first,
                 slot: entry.rule.slot,
-                _pad: 0,
+                every_frame: u32::from(entry.rule.takes_every_frame()),
                 trigger: entry.rule.trigger,
             };
+        }
+    }
+    for (index, entry) in &set.entries {
+        if entry.rule.takes_every_frame() {
+            for (hook, frames) in value.frame_masks.iter_mut().enumerate() {
+                if entry.hooks & (1 << hook) != 0 {
+                    *frames |= 1u64 << index;
+                }
+            }
         }
     }
     for (index, entry) in &set.entries {

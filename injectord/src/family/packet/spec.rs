@@ -50,6 +50,15 @@ impl PacketFault {
             _ => Self::Drop(p(value)?),
         };
         fault.filter().check()?;
+        if fault.filter().protocol == Protocol::All && !matches!(fault, Self::Drop(_)) {
+            return Err(SpecError::Never {
+                field: "protocol",
+                message: format!(
+                    "\"all\" (every frame, ARP and other frames that are not IP included) is for packet_drop; a {} acts on IP packets: use \"any\"",
+                    fault.kind()
+                ),
+            });
+        }
         if fault.hook().is_some() && !fault.filter().direction.ingress() {
             return Err(SpecError::Never {
                 field: "hook",
@@ -136,6 +145,29 @@ impl PacketFilter {
     /// packet has one), or ports on a protocol without them (ICMP, VRRP,
     /// GRE, ...; the programs read ports from TCP, UDP and SCTP only).
     fn check(&self) -> Result<(), SpecError> {
+        if self.protocol == Protocol::All {
+            let filter = [
+                ("src", self.src.is_some()),
+                ("dst", self.dst.is_some()),
+                ("src_port", self.src_port.is_some()),
+                ("dst_port", self.dst_port.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(field, set)| set.then_some(field));
+            if let Some(field) = filter {
+                return Err(SpecError::Never {
+                    field,
+                    message: format!(
+                        "{field} with \"protocol\": \"all\": frames that are not IP (ARP, LLDP, ...) have no {}, so only IP packets could match; use \"any\"",
+                        if field.ends_with("port") {
+                            "ports"
+                        } else {
+                            "addresses"
+                        }
+                    ),
+                });
+            }
+        }
         if let (Some(src), Some(dst)) = (self.src, self.dst) {
             let family = |c: Cidr| match c.net() {
                 IpNet::V4(_) => "IPv4",
