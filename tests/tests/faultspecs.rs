@@ -134,41 +134,110 @@ fn every_library_spec_has_a_test_here() {
 /// ways on one node. Each node stops hearing the other, so both hold the
 /// virtual address as MASTER; once the fault goes, the higher priority
 /// wins back and the other returns to BACKUP.
+/// Two keepalived nodes on either end of a link, a (priority 150) MASTER
+/// and b BACKUP once settled, each in a cgroup of its own.
+struct VrrpPair {
+    link: Link,
+    cgroups: (TestCgroup, TestCgroup),
+    _nodes: (Service, Service),
+}
+
+const VIP: &str = "10.99.0.100";
+const ADVERT: Duration = Duration::from_millis(200);
+// VRRPv3's master-down interval is three adverts plus a skew of under
+// one: a few adverts' time settles any change.
+const SETTLE: Duration = Duration::from_secs(10);
+
+impl VrrpPair {
+    fn new(label: &str) -> Self {
+        let link = Link::new(label);
+        let cgroups = (
+            TestCgroup::new(&format!("{label}-keepalived-a")),
+            TestCgroup::new(&format!("{label}-keepalived-b")),
+        );
+        let nodes = (
+            keepalived(&link.a, &cgroups.0, 150, VIP, ADVERT),
+            keepalived(&link.b, &cgroups.1, 100, VIP, ADVERT),
+        );
+        let pair = Self {
+            link,
+            cgroups,
+            _nodes: nodes,
+        };
+        wait_until(SETTLE, "a MASTER, b BACKUP", || pair.one_master());
+        std::thread::sleep(ADVERT * 5);
+        assert!(
+            pair.one_master(),
+            "the pair must be stable before the fault"
+        );
+        pair
+    }
+
+    fn one_master(&self) -> bool {
+        holds(&self.link.a, VIP) && !holds(&self.link.b, VIP)
+    }
+}
+
+/// Split brain: keepalived's VRRP adverts (to 224.0.0.18) dropped both
+/// ways on one node. Each node stops hearing the other, so both hold the
+/// virtual address as MASTER; once the fault goes, the higher priority
+/// wins back and the other returns to BACKUP.
 #[test]
 fn split_brain_peer_makes_both_keepalived_nodes_master() {
     let d = Daemon::start_without_interface_pool();
-    let link = Link::new("vrrp");
-    let (cg_a, cg_b) = (
-        TestCgroup::new("keepalived-a"),
-        TestCgroup::new("keepalived-b"),
-    );
-    let vip = "10.99.0.100";
-    let advert = Duration::from_millis(200);
-    let _a = keepalived(&link.a, &cg_a, 150, vip, advert);
-    let _b = keepalived(&link.b, &cg_b, 100, vip, advert);
-    // VRRPv3's master-down interval is three adverts plus a skew of under
-    // one: a few adverts' time settles any change.
-    let settle = Duration::from_secs(10);
-    let one_master = || holds(&link.a, vip) && !holds(&link.b, vip);
-    wait_until(settle, "a MASTER, b BACKUP", one_master);
-    std::thread::sleep(advert * 5);
-    assert!(one_master(), "the pair must be stable before the fault");
-
+    let pair = VrrpPair::new("vrrp");
+    let link = &pair.link;
+    let cg_a = &pair.cgroups.0;
     let spec = spec("network/split-brain-peer.json", json!({"cgroup": cg_a.rel}));
     let id = d.inject(spec.clone());
-    wait_until(settle, "both nodes MASTER (split brain)", || {
-        holds(&link.a, vip) && holds(&link.b, vip)
+    wait_until(SETTLE, "both nodes MASTER (split brain)", || {
+        holds(&link.a, VIP) && holds(&link.b, VIP)
     });
-    std::thread::sleep(advert * 5);
+    std::thread::sleep(ADVERT * 5);
     assert!(
-        holds(&link.a, vip) && holds(&link.b, vip),
+        holds(&link.a, VIP) && holds(&link.b, VIP),
         "the split must last while the fault does"
     );
     let dropped = packets(&d, &name_of(&spec), "packet_drop", "dropped");
     assert!(dropped > 0, "adverts dropped: {dropped}");
 
     d.call("remove", json!({"id": id})).unwrap();
-    wait_until(settle, "one MASTER again after removal", one_master);
+    wait_until(SETTLE, "one MASTER again after removal", || {
+        pair.one_master()
+    });
+}
+
+/// A dead link under a MASTER: every frame on its interface dropped both
+/// ways, ARP included. The BACKUP stops hearing adverts and takes the
+/// virtual address, and its ARP for the old MASTER goes unanswered (with
+/// `"protocol": "any"` it would resolve). After removal the higher
+/// priority wins back.
+#[test]
+fn link_down_fails_over_to_the_standby_and_leaves_arp_unanswered() {
+    let d = Daemon::start();
+    let pair = VrrpPair::new("linkdown");
+    let link = &pair.link;
+    let spec = spec(
+        "network/link-down.json",
+        json!({"interface": "eth0", "netns": link.a.name}),
+    );
+    let id = d.inject(spec.clone());
+    wait_until(SETTLE, "b MASTER once a's link is down", || {
+        holds(&link.b, VIP)
+    });
+    link.b.run_ok("ip", &["neigh", "flush", "all"]);
+    let answered = ping_all(&link.b, A_IP, 3, "0.2").received;
+    assert_eq!(answered, 0, "a must be unreachable from b");
+    let neigh = link.b.run_ok("ip", &["neigh", "show", A_IP]);
+    assert!(
+        !neigh.contains("lladdr"),
+        "b's ARP for a must go unanswered: {neigh:?}"
+    );
+    let dropped = packets(&d, &name_of(&spec), "packet_drop", "dropped");
+    assert!(dropped > 0, "frames dropped: {dropped}");
+
+    d.call("remove", json!({"id": id})).unwrap();
+    wait_until(SETTLE, "a MASTER again after removal", || pair.one_master());
 }
 
 /// connect.py in `ns`, inside `cg` if given: `{"ok": n, "errors": {...},
