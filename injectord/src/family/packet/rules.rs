@@ -587,6 +587,8 @@ fn lpm_key(target: u64, prefix: Option<IpNet>) -> Key<LpmData> {
 
 #[cfg(test)]
 mod tests {
+    use injector_common::packet::{ACTION_DROP, RULE_EVERY_FRAME};
+
     use super::*;
 
     #[test]
@@ -639,6 +641,38 @@ mod tests {
         assert_eq!(v.masks[1], 0b10);
         // UDP's class: the UDP rules and the any-protocol one.
         assert_eq!(v.proto_masks[proto_class(17)], 0b10_0011);
+    }
+
+    #[test]
+    fn drops_of_every_frame_are_non_ip_frames_candidates_and_skip_the_ethertype() {
+        let drop = |flags: u8, hooks: u8| RuleEntry {
+            hooks,
+            src: None,
+            dst: None,
+            rule: PacketRule {
+                action: ACTION_DROP,
+                proto: PROTO_ANY,
+                flags,
+                sport: [0, u16::MAX],
+                dport: [0, u16::MAX],
+                ..PacketRule::default()
+            },
+        };
+        let mut set = TargetRules::default();
+        // Hook 0: an IP-only drop first, a drop of every frame behind it.
+        set.entries.insert(0, drop(0, 0b01));
+        set.entries.insert(1, drop(RULE_EVERY_FRAME, 0b11));
+        let v = rule_set(&set);
+        assert_eq!(v.frame_masks[0], 0b10);
+        assert_eq!(v.frame_masks[1], 0b10);
+        assert_eq!((v.catch_all[0].mask, v.catch_all[0].every_frame), (0b01, 0));
+        assert_eq!((v.catch_all[1].mask, v.catch_all[1].every_frame), (0b10, 1));
+        // A port filter makes it an IP rule, whatever the flag says.
+        let mut filtered = drop(RULE_EVERY_FRAME, 0b01);
+        filtered.rule.dport = [53, 53];
+        let mut set = TargetRules::default();
+        set.entries.insert(0, filtered);
+        assert_eq!(rule_set(&set).frame_masks[0], 0);
     }
 
     #[test]
