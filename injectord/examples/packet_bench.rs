@@ -285,36 +285,28 @@ fn main() -> anyhow::Result<()> {
     for indices in others.drain(..) {
         maps.remove(0, &mut own, &indices, 0);
     }
-    let every_ip = add(
-        &mut maps,
-        &mut own,
-        json!({"type": "packet_drop", "direction": "both"}),
-        30,
-        trigger(),
-    )?;
-    expect_xdp(&iface, PACKET_XDP, &data, XDP_DROP)?;
-    let (x, t) = both(&iface)?;
-    row(
-        "drop every IP packet, firing (decided on the ethertype)",
-        x,
-        t,
-    );
-    maps.remove(0, &mut own, &every_ip, 0);
-    let every_frame = add(
-        &mut maps,
-        &mut own,
-        json!({"type": "packet_drop", "direction": "both", "protocol": "all"}),
-        30,
-        trigger(),
-    )?;
-    expect_xdp(&iface, PACKET_XDP, &data, XDP_DROP)?;
-    let (x, t) = both(&iface)?;
-    row(
-        "drop every frame, firing (\"protocol\": \"all\": the frame unread)",
-        x,
-        t,
-    );
-    maps.remove(0, &mut own, &every_frame, 0);
+    for (protocol, what) in [
+        (
+            "any",
+            "drop every IP packet, firing (decided on the ethertype)",
+        ),
+        (
+            "all",
+            "drop every frame, firing (\"protocol\": \"all\": the frame unread)",
+        ),
+    ] {
+        let whole = add(
+            &mut maps,
+            &mut own,
+            json!({"type": "packet_drop", "direction": "both", "protocol": protocol}),
+            30,
+            trigger(),
+        )?;
+        expect_xdp(&iface, PACKET_XDP, &data, XDP_DROP)?;
+        let (x, t) = both(&iface)?;
+        row(what, x, t);
+        maps.remove(0, &mut own, &whole, 0);
+    }
     // What the drop benchmark's reference droppers cost.
     for (what, program) in [
         ("reference: a bare XDP_DROP", BENCH_XDP_DROP),
